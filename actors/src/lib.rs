@@ -1,0 +1,1 @@
+//! `troupe-actors`: the actor runtime of a Troupe node (work in progress).

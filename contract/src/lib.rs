@@ -1,0 +1,109 @@
+//! The contract between `troupe-operator` and `troupe-node`.
+//!
+//! Both programs are built from this crate so that they can never disagree on:
+//!
+//! * the **labels** that select a cluster's pods ([`labels`]),
+//! * the **ports** and **environment variables** of a node container ([`ports`], [`env`]),
+//! * the **metric names** the HPA and the operator read ([`metrics`]),
+//! * the **member table**: the versioned list of members that the nodes publish and the
+//!   operator copies into `ActorCluster.status.members` ([`member_table`]).
+//!
+//! It owns no I/O and no Kubernetes types; it is plain data, kept small on purpose.
+
+pub mod member_table;
+
+pub use member_table::{Member, MemberStatus, MemberTable, MemberTableError};
+
+/// API group and version of the `ActorCluster` resource.
+pub const API_GROUP: &str = "troupe.dev";
+/// API version of the `ActorCluster` resource.
+pub const API_VERSION: &str = "v1alpha1";
+
+/// Labels every object of one ActorCluster carries.
+pub mod labels {
+    /// `app.kubernetes.io/name`: always [`NAME_VALUE`] on node pods.
+    pub const NAME: &str = "app.kubernetes.io/name";
+    /// The value of [`NAME`] on node pods.
+    pub const NAME_VALUE: &str = "troupe-node";
+    /// `app.kubernetes.io/instance`: the ActorCluster's name.
+    pub const INSTANCE: &str = "app.kubernetes.io/instance";
+    /// `app.kubernetes.io/managed-by`: always [`MANAGED_BY_VALUE`].
+    pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+    /// The value of [`MANAGED_BY`].
+    pub const MANAGED_BY_VALUE: &str = "troupe-operator";
+    /// `app.kubernetes.io/component`.
+    pub const COMPONENT: &str = "app.kubernetes.io/component";
+    /// The value of [`COMPONENT`] on node pods.
+    pub const COMPONENT_NODE: &str = "actor-node";
+
+    /// The label selector (as `k=v,k=v`) that finds the node pods of `cluster`.
+    pub fn node_selector(cluster: &str) -> String {
+        format!("{NAME}={NAME_VALUE},{INSTANCE}={cluster}")
+    }
+
+    /// The selector labels of the node pods of `cluster`, as pairs.
+    pub fn node_selector_pairs(cluster: &str) -> [(&'static str, String); 2] {
+        [
+            (NAME, NAME_VALUE.to_owned()),
+            (INSTANCE, cluster.to_owned()),
+        ]
+    }
+}
+
+/// Well-known ports of a node container.
+pub mod ports {
+    /// Management: `/alive`, `/ready`, `/metrics`, `/cluster/members`.
+    pub const MANAGEMENT: u16 = 8558;
+    /// Client HTTP API: `ask` and `tell`.
+    pub const CLIENT: u16 = 8080;
+    /// Node-to-node transport.
+    pub const TRANSPORT: u16 = 25520;
+    /// Port names used in the pod spec and the Services.
+    pub const MANAGEMENT_NAME: &str = "management";
+    /// Port name of [`CLIENT`].
+    pub const CLIENT_NAME: &str = "http";
+    /// Port name of [`TRANSPORT`].
+    pub const TRANSPORT_NAME: &str = "transport";
+}
+
+/// Environment variables the operator sets on node containers.
+pub mod env {
+    /// The pod's name (downward API `metadata.name`).
+    pub const POD_NAME: &str = "POD_NAME";
+    /// The pod's namespace (downward API `metadata.namespace`).
+    pub const POD_NAMESPACE: &str = "POD_NAMESPACE";
+    /// The pod's IP (downward API `status.podIP`).
+    pub const POD_IP: &str = "POD_IP";
+    /// The pod's UID (downward API `metadata.uid`).
+    pub const POD_UID: &str = "POD_UID";
+    /// The ActorCluster's name.
+    pub const CLUSTER_NAME: &str = "TROUPE_CLUSTER";
+    /// Mailbox capacity per actor.
+    pub const MAILBOX_CAPACITY: &str = "TROUPE_MAILBOX_CAPACITY";
+    /// Mailbox overflow policy (`Backpressure`, `DropNewest`, `DropOldest`, `Reject`).
+    pub const MAILBOX_OVERFLOW: &str = "TROUPE_MAILBOX_OVERFLOW";
+    /// Base URL of the sidecar-mode application container, if any.
+    pub const APP_URL: &str = "TROUPE_APP_URL";
+    /// Log filter (tracing `EnvFilter` syntax).
+    pub const LOG: &str = "TROUPE_LOG";
+}
+
+/// Names of metrics that more than one program reads.
+pub mod metrics {
+    /// Per-pod mailbox depth: the sum over all actors on the node. Labelled by `actor_type`
+    /// for the per-type series; the unlabelled total is [`MAILBOX_DEPTH_TOTAL`].
+    pub const MAILBOX_DEPTH: &str = "troupe_mailbox_depth";
+    /// The per-pod total mailbox depth, the HPA's metric.
+    pub const MAILBOX_DEPTH_TOTAL: &str = "troupe_mailbox_depth_total";
+}
+
+/// Where the member table of a cluster is kept in Kubernetes.
+pub mod coordination {
+    /// Name of the `coordination.k8s.io/v1` Lease that elects the coordinator and holds the
+    /// member table of `cluster`.
+    pub fn lease_name(cluster: &str) -> String {
+        format!("{cluster}-members")
+    }
+    /// The Lease annotation that holds the JSON member table.
+    pub const MEMBER_TABLE_ANNOTATION: &str = "troupe.dev/member-table";
+}

@@ -1,0 +1,251 @@
+//! The member table: who is in a cluster, in which state, at which version.
+//!
+//! One table exists per ActorCluster. The nodes keep it in the annotation
+//! [`crate::coordination::MEMBER_TABLE_ANNOTATION`] of the cluster's Lease and change it
+//! only with a compare-and-swap on the Lease's `resourceVersion`, so the Kubernetes API
+//! server is the single arbiter of membership: there is exactly one table, hence exactly
+//! one cluster. The operator only reads it.
+//!
+//! ```text
+//!            join            promote             leave              remove
+//!  (absent) ──────► Joining ─────────► Up ──────────────► Leaving ──────────► (absent)
+//!                      │                │                     │
+//!                      └──── down ──────┴──────── down ───────┴──► Down ──► (absent)
+//! ```
+//!
+//! Every change bumps [`MemberTable::version`]. Transitions are pure functions here so that
+//! both programs and the tests agree on them.
+
+use serde::{Deserialize, Serialize};
+
+/// The state of one member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum MemberStatus {
+    /// Admitted to the table, not yet serving.
+    Joining,
+    /// A full member: owns actors and may be Ready.
+    Up,
+    /// Leaving gracefully: hands its actors over, then removes itself.
+    Leaving,
+    /// Declared dead by the coordinator; removed from the table shortly after.
+    Down,
+}
+
+impl std::fmt::Display for MemberStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = match self {
+            Self::Joining => "Joining",
+            Self::Up => "Up",
+            Self::Leaving => "Leaving",
+            Self::Down => "Down",
+        };
+        f.write_str(s)
+    }
+}
+
+/// One member of the table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Member {
+    /// The pod's name.
+    pub pod: String,
+    /// A random id chosen by the node process at start. A restarted container is a new
+    /// incarnation and must join again; the old one is downed.
+    pub incarnation: String,
+    /// The pod's IP address.
+    pub address: String,
+    /// The member's state.
+    pub status: MemberStatus,
+    /// The table version at which the member was admitted; lower means older.
+    pub since_version: u64,
+}
+
+/// The versioned member table of one cluster.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberTable {
+    /// Bumped by one on every change.
+    pub version: u64,
+    /// Members, ordered by pod name.
+    pub members: Vec<Member>,
+}
+
+/// Why a transition of the member table was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MemberTableError {
+    /// The pod is not in the table (or has another incarnation).
+    #[error("pod {pod} (incarnation {incarnation}) is not a member")]
+    NotAMember {
+        /// The pod's name.
+        pod: String,
+        /// The incarnation that was asked for.
+        incarnation: String,
+    },
+    /// The transition is not allowed from the member's current state.
+    #[error("member {pod} cannot go from {from} to {to}")]
+    InvalidTransition {
+        /// The pod's name.
+        pod: String,
+        /// Its current state.
+        from: MemberStatus,
+        /// The state that was asked for.
+        to: MemberStatus,
+    },
+    /// The stored table could not be parsed.
+    #[error("member table is not valid JSON: {0}")]
+    Malformed(String),
+}
+
+impl MemberTable {
+    /// Parses a table from the Lease annotation.
+    pub fn from_json(s: &str) -> Result<Self, MemberTableError> {
+        serde_json::from_str(s).map_err(|e| MemberTableError::Malformed(e.to_string()))
+    }
+
+    /// Serialises the table for the Lease annotation.
+    pub fn to_json(&self) -> String {
+        // A struct of strings and integers always serialises.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// The member for `pod`, whatever its incarnation.
+    pub fn get(&self, pod: &str) -> Option<&Member> {
+        self.members.iter().find(|m| m.pod == pod)
+    }
+
+    /// Members that are Up, ordered by pod name: the set that owns actors.
+    pub fn up_members(&self) -> impl Iterator<Item = &Member> {
+        self.members.iter().filter(|m| m.status == MemberStatus::Up)
+    }
+
+    /// Number of members in `status`.
+    pub fn count(&self, status: MemberStatus) -> usize {
+        self.members.iter().filter(|m| m.status == status).count()
+    }
+
+    /// Admits `pod` as Joining. A previous incarnation of the same pod is replaced (it is
+    /// dead: a pod runs one node process at a time). Joining again with the same incarnation
+    /// changes nothing and returns `false`.
+    pub fn join(&mut self, pod: &str, incarnation: &str, address: &str) -> bool {
+        if let Some(m) = self.get(pod)
+            && m.incarnation == incarnation
+        {
+            return false;
+        }
+        self.members.retain(|m| m.pod != pod);
+        self.version += 1;
+        self.members.push(Member {
+            pod: pod.to_owned(),
+            incarnation: incarnation.to_owned(),
+            address: address.to_owned(),
+            status: MemberStatus::Joining,
+            since_version: self.version,
+        });
+        self.members.sort_by(|a, b| a.pod.cmp(&b.pod));
+        true
+    }
+
+    /// Moves a member to `to`, checking the state machine in the module docs.
+    /// Returns `Ok(false)` when the member already is in `to`.
+    pub fn transition(
+        &mut self,
+        pod: &str,
+        incarnation: &str,
+        to: MemberStatus,
+    ) -> Result<bool, MemberTableError> {
+        use MemberStatus::*;
+        let m = self
+            .members
+            .iter_mut()
+            .find(|m| m.pod == pod && m.incarnation == incarnation)
+            .ok_or_else(|| MemberTableError::NotAMember {
+                pod: pod.to_owned(),
+                incarnation: incarnation.to_owned(),
+            })?;
+        if m.status == to {
+            return Ok(false);
+        }
+        let allowed = matches!(
+            (m.status, to),
+            (Joining, Up) | (Up, Leaving) | (Joining, Leaving) | (Joining | Up | Leaving, Down)
+        );
+        if !allowed {
+            return Err(MemberTableError::InvalidTransition {
+                pod: pod.to_owned(),
+                from: m.status,
+                to,
+            });
+        }
+        m.status = to;
+        self.version += 1;
+        Ok(true)
+    }
+
+    /// Removes a member (after it left, or after it was downed). Returns whether it was there.
+    pub fn remove(&mut self, pod: &str, incarnation: &str) -> bool {
+        let before = self.members.len();
+        self.members
+            .retain(|m| !(m.pod == pod && m.incarnation == incarnation));
+        let removed = self.members.len() != before;
+        if removed {
+            self.version += 1;
+        }
+        removed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_promote_leave_remove() {
+        let mut t = MemberTable::default();
+        assert!(t.join("a", "i1", "10.0.0.1"));
+        assert!(!t.join("a", "i1", "10.0.0.1"));
+        assert_eq!(t.version, 1);
+        assert_eq!(t.transition("a", "i1", MemberStatus::Up), Ok(true));
+        assert_eq!(t.up_members().count(), 1);
+        assert_eq!(t.transition("a", "i1", MemberStatus::Leaving), Ok(true));
+        assert!(t.remove("a", "i1"));
+        assert!(t.members.is_empty());
+        assert_eq!(t.version, 4);
+    }
+
+    #[test]
+    fn a_new_incarnation_replaces_the_old() {
+        let mut t = MemberTable::default();
+        t.join("a", "i1", "10.0.0.1");
+        t.transition("a", "i1", MemberStatus::Up).ok();
+        assert!(t.join("a", "i2", "10.0.0.1"));
+        assert_eq!(t.members.len(), 1);
+        assert_eq!(t.members[0].incarnation, "i2");
+        assert_eq!(t.members[0].status, MemberStatus::Joining);
+    }
+
+    #[test]
+    fn invalid_transitions_are_refused() {
+        let mut t = MemberTable::default();
+        t.join("a", "i1", "10.0.0.1");
+        t.transition("a", "i1", MemberStatus::Down).ok();
+        assert!(matches!(
+            t.transition("a", "i1", MemberStatus::Up),
+            Err(MemberTableError::InvalidTransition { .. })
+        ));
+        assert!(matches!(
+            t.transition("b", "i1", MemberStatus::Up),
+            Err(MemberTableError::NotAMember { .. })
+        ));
+    }
+
+    #[test]
+    fn json_round_trip_and_malformed_input() {
+        let mut t = MemberTable::default();
+        t.join("b", "i", "10.0.0.2");
+        t.join("a", "i", "10.0.0.1");
+        let back = MemberTable::from_json(&t.to_json()).ok();
+        assert_eq!(back.as_ref(), Some(&t));
+        assert_eq!(t.members[0].pod, "a");
+        assert!(MemberTable::from_json("{not json").is_err());
+    }
+}

@@ -1,0 +1,28 @@
+# shellcheck shell=bash
+# Shared settings for the hack/ scripts: versions, cache paths, logging.
+# Sourced, never executed.
+
+KUBE_VERSION="${KUBE_VERSION:-v1.34.4}"
+ETCD_VERSION="${ETCD_VERSION:-v3.6.4}"
+HELM_VERSION="${HELM_VERSION:-v3.19.5}"
+
+TROUPE_CACHE="${TROUPE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/troupe}"
+K8S_BIN="$TROUPE_CACHE/kubernetes-$KUBE_VERSION/bin"
+HELM_BIN="$TROUPE_CACHE/helm-$HELM_VERSION/bin"
+# Go's module and build caches live under ~/.cache too, never in the tree.
+export GOMODCACHE="${GOMODCACHE_TROUPE:-$TROUPE_CACHE/go-mod}"
+export GOCACHE="${GOCACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/go-build}"
+export GOTOOLCHAIN=local
+
+# Runtime state of the local cluster (certificates, data, logs, pid files).
+CLUSTER_DIR="${CLUSTER_DIR:-/var/lib/troupe-cluster}"
+NODE_NAME="${NODE_NAME:-troupe-node-0}"
+NODE_IP="${NODE_IP:-10.98.0.1}"
+POD_CIDR="${POD_CIDR:-10.244.0.0/24}"
+SERVICE_CIDR="${SERVICE_CIDR:-10.96.0.0/16}"
+FIRST_SERVICE_IP="${FIRST_SERVICE_IP:-10.96.0.1}"
+CONTAINERD_ROOT="$CLUSTER_DIR/containerd"
+CONTAINERD_SOCK="/run/troupe-containerd/containerd.sock"
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }

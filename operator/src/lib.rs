@@ -1,0 +1,1 @@
+//! `troupe-operator`: reconciles `ActorCluster` resources (work in progress).

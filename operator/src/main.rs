@@ -1,0 +1,5 @@
+//! The `troupe-operator` binary (work in progress).
+
+fn main() -> anyhow::Result<()> {
+    anyhow::bail!("troupe-operator is not implemented yet")
+}
