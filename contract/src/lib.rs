@@ -84,6 +84,9 @@ pub mod env {
     pub const MAILBOX_OVERFLOW: &str = "TROUPE_MAILBOX_OVERFLOW";
     /// Base URL of the sidecar-mode application container, if any.
     pub const APP_URL: &str = "TROUPE_APP_URL";
+    /// Comma-separated actor types the sidecar application serves (empty or unset: every
+    /// type that is not built into the node).
+    pub const APP_TYPES: &str = "TROUPE_APP_TYPES";
     /// Log filter (tracing `EnvFilter` syntax).
     pub const LOG: &str = "TROUPE_LOG";
 }

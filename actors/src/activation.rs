@@ -1,0 +1,495 @@
+//! Activations: the live actors of one node, their directory, and the task that runs each.
+//!
+//! ```text
+//!  TypeEntry (one per actor type)
+//!   ├─ shards: id → Arc<Activation>     the directory (an id is in it from activation until
+//!   │                                   its state is parked, so a new activation of the same
+//!   │                                   id can never miss that state)
+//!   └─ parked: id → (generation, state) state of actors that passivated or moved away
+//!
+//!  Activation lifecycle (one task each):
+//!   Claiming ──claimed──► Active ──idle / handed over / drained──► Closing ──► Gone
+//!      └──────── aborted (a newer owner claimed it) ──────────────────────────► Gone
+//! ```
+//!
+//! The task handles one message at a time, catches handler panics (the failed message is
+//! answered with an error, the actor restarted after a [`Backoff`]), and passivates the actor
+//! after the idle time. Routing and the claim protocol are the runtime's; this module only
+//! runs what it is given.
+
+use std::{
+    cell::Cell,
+    collections::HashMap,
+    panic::AssertUnwindSafe,
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use futures::FutureExt;
+use tokio::sync::Notify;
+
+use crate::{
+    behavior::{Actor, ActorType, Step},
+    config::{MailboxConfig, SupervisionConfig},
+    error::{ActorError, DeliveryError},
+    mailbox::{Envelope, Mailbox},
+    message::Reply,
+    metrics::TypeStats,
+    placement::key_hash,
+    supervision::Backoff,
+};
+
+/// Phase of an activation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Phase {
+    /// Asking the previous owners to release the actor; messages queue meanwhile.
+    Claiming = 0,
+    /// Handling messages.
+    Active = 1,
+    /// Mailbox closed; finishing queued messages, then parking the state.
+    Closing = 2,
+    /// Done; no longer in the directory.
+    Gone = 3,
+}
+
+/// One live actor on this node.
+#[derive(Debug)]
+pub struct Activation {
+    /// Its mailbox.
+    pub mailbox: Mailbox,
+    phase: AtomicU8,
+    /// Generation of the state it runs on (state generation + 1).
+    pub generation: AtomicU64,
+    /// Set when a newer owner claimed the actor while it was still claiming.
+    pub aborted: AtomicBool,
+    gone: Notify,
+}
+
+impl Activation {
+    fn new(config: MailboxConfig, stats: &TypeStats) -> Self {
+        Self {
+            mailbox: Mailbox::new(config, stats.depth.clone()),
+            phase: AtomicU8::new(Phase::Claiming as u8),
+            generation: AtomicU64::new(0),
+            aborted: AtomicBool::new(false),
+            gone: Notify::new(),
+        }
+    }
+
+    /// Its phase.
+    pub fn phase(&self) -> Phase {
+        match self.phase.load(Ordering::Acquire) {
+            0 => Phase::Claiming,
+            1 => Phase::Active,
+            2 => Phase::Closing,
+            _ => Phase::Gone,
+        }
+    }
+
+    fn set_phase(&self, p: Phase) {
+        self.phase.store(p as u8, Ordering::Release);
+    }
+
+    /// Asks the actor to finish its queued messages, park its state and go.
+    pub fn close(&self) {
+        if self.phase() == Phase::Claiming {
+            self.aborted.store(true, Ordering::Release);
+        }
+        self.mailbox.close();
+    }
+
+    /// Waits until the activation is gone, at most `timeout`; returns whether it is.
+    pub async fn wait_gone(&self, timeout: Duration) -> bool {
+        let wait = async {
+            loop {
+                let n = self.gone.notified();
+                tokio::pin!(n);
+                n.as_mut().enable();
+                if self.phase() == Phase::Gone {
+                    return;
+                }
+                n.await;
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.is_ok()
+    }
+}
+
+const SHARDS: usize = 16;
+
+type Shard = RwLock<HashMap<Box<str>, Arc<Activation>, foldhash::fast::RandomState>>;
+
+/// Everything a node keeps about one actor type.
+pub struct TypeEntry {
+    /// The type's name.
+    pub name: Arc<str>,
+    /// Its factory.
+    pub factory: Arc<dyn ActorType>,
+    /// Its mailbox settings.
+    pub mailbox: MailboxConfig,
+    /// Its metrics.
+    pub stats: TypeStats,
+    shards: Box<[Shard]>,
+    parked: Mutex<HashMap<Box<str>, (u64, Bytes), foldhash::fast::RandomState>>,
+}
+
+impl std::fmt::Debug for TypeEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TypeEntry")
+            .field("name", &self.name)
+            .field("mailbox", &self.mailbox)
+            .finish_non_exhaustive()
+    }
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl TypeEntry {
+    /// A type with no activation.
+    pub fn new(factory: Arc<dyn ActorType>, mailbox: MailboxConfig, stats: TypeStats) -> Self {
+        Self {
+            name: factory.name().into(),
+            factory,
+            mailbox,
+            stats,
+            shards: (0..SHARDS).map(|_| Shard::default()).collect(),
+            parked: Mutex::default(),
+        }
+    }
+
+    fn shard(&self, id: &str) -> &Shard {
+        &self.shards[(key_hash("", id) % SHARDS as u64) as usize]
+    }
+
+    /// The activation of `id`, if any.
+    pub fn get(&self, id: &str) -> Option<Arc<Activation>> {
+        read(self.shard(id)).get(id).cloned()
+    }
+
+    /// Inserts a new activation of `id` unless one exists; returns it and whether it is new.
+    pub fn get_or_insert(&self, id: &str) -> (Arc<Activation>, bool) {
+        let mut shard = write(self.shard(id));
+        if let Some(a) = shard.get(id) {
+            return (a.clone(), false);
+        }
+        let a = Arc::new(Activation::new(self.mailbox, &self.stats));
+        shard.insert(id.into(), a.clone());
+        (a, true)
+    }
+
+    fn remove(&self, id: &str, act: &Arc<Activation>) {
+        let mut shard = write(self.shard(id));
+        if shard.get(id).is_some_and(|a| Arc::ptr_eq(a, act)) {
+            shard.remove(id);
+        }
+    }
+
+    /// Ids and activations on this node.
+    pub fn activations(&self) -> Vec<(Arc<str>, Arc<Activation>)> {
+        self.shards
+            .iter()
+            .flat_map(|s| {
+                read(s)
+                    .iter()
+                    .map(|(k, v)| (Arc::from(&**k), v.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// Number of activations.
+    pub fn active_count(&self) -> usize {
+        self.shards.iter().map(|s| read(s).len()).sum()
+    }
+
+    /// Keeps `state` of `id` unless a newer generation is already kept; returns whether kept.
+    pub fn park(&self, id: &str, generation: u64, state: Bytes) -> bool {
+        let mut p = lock(&self.parked);
+        match p.get(id) {
+            Some((g, _)) if *g >= generation => false,
+            _ => {
+                p.insert(id.into(), (generation, state));
+                true
+            }
+        }
+    }
+
+    /// Takes the kept state of `id`.
+    pub fn take_parked(&self, id: &str) -> Option<(u64, Bytes)> {
+        lock(&self.parked).remove(id)
+    }
+
+    /// Removes the kept state of `id` if it still is `generation` (after a hand-off).
+    pub fn remove_parked_if(&self, id: &str, generation: u64) {
+        let mut p = lock(&self.parked);
+        if p.get(id).is_some_and(|(g, _)| *g == generation) {
+            p.remove(id);
+        }
+    }
+
+    /// Starts `act` on `state` merged with any state parked meanwhile (a hand-off that
+    /// arrived during the claim), atomically with respect to [`TypeEntry::offer_handoff`].
+    /// Returns the state to activate with and the activation's generation.
+    pub fn begin(
+        &self,
+        id: &str,
+        act: &Activation,
+        state: Option<(u64, Bytes)>,
+    ) -> (Option<Bytes>, u64) {
+        let mut p = lock(&self.parked);
+        let state = newest(state, p.remove(id));
+        let generation = state.as_ref().map_or(0, |(g, _)| *g) + 1;
+        act.generation.store(generation, Ordering::Release);
+        act.set_phase(Phase::Active);
+        (state.map(|(_, s)| s), generation)
+    }
+
+    /// A state handed over by another node: kept for the next activation unless a running
+    /// or kept state is at least as new.
+    pub fn offer_handoff(&self, id: &str, generation: u64, state: Bytes) -> HandOffOutcome {
+        let mut p = lock(&self.parked);
+        if let Some(act) = self.get(id)
+            && act.phase() != Phase::Claiming
+        {
+            return if generation < act.generation.load(Ordering::Acquire) {
+                HandOffOutcome::Superseded
+            } else {
+                HandOffOutcome::Conflict
+            };
+        }
+        match p.get(id) {
+            Some((g, _)) if *g >= generation => HandOffOutcome::Superseded,
+            _ => {
+                p.insert(id.into(), (generation, state));
+                HandOffOutcome::Kept
+            }
+        }
+    }
+
+    /// Copies of every kept state.
+    pub fn parked(&self) -> Vec<(Arc<str>, u64, Bytes)> {
+        lock(&self.parked)
+            .iter()
+            .map(|(k, (g, s))| (Arc::from(&**k), *g, s.clone()))
+            .collect()
+    }
+}
+
+/// What became of a handed-over state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandOffOutcome {
+    /// Kept for the next activation.
+    Kept,
+    /// A state at least as new is already running or kept.
+    Superseded,
+    /// The actor already runs on an older state: this one cannot be merged (logged, counted).
+    Conflict,
+}
+
+/// The newer of two states.
+pub fn newest(a: Option<(u64, Bytes)>, b: Option<(u64, Bytes)>) -> Option<(u64, Bytes)> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(if y.0 > x.0 { y } else { x }),
+        (x, None) => x,
+        (None, y) => y,
+    }
+}
+
+thread_local! {
+    static SAMPLE: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Whether this message is timed (one in `every`, counted per thread: no shared atomic).
+pub fn sample(every: u32) -> bool {
+    SAMPLE.with(|c| {
+        let n = c.get().wrapping_add(1);
+        c.set(n);
+        every <= 1 || n % every == 0
+    })
+}
+
+/// What the claim phase decided.
+#[derive(Debug)]
+pub enum Claimed {
+    /// Activate with this state (generation, bytes), if any.
+    Activate(Option<(u64, Bytes)>),
+    /// Do not activate: another node owns the actor; route the queued messages again.
+    Abort,
+}
+
+/// Runs one activation from claim to gone. `claim` runs the claim protocol; `reroute`
+/// takes the messages of an aborted activation.
+pub async fn run(
+    entry: Arc<TypeEntry>,
+    id: Arc<str>,
+    act: Arc<Activation>,
+    claim: impl Future<Output = Claimed>,
+    reroute: impl FnOnce(Vec<Envelope>),
+    settings: RunSettings,
+) {
+    entry.stats.active.inc();
+    let claimed = claim.await;
+    let state = match claimed {
+        Claimed::Activate(state) if !act.aborted.load(Ordering::Acquire) => state,
+        other => {
+            if let Claimed::Activate(Some((g, s))) = other {
+                entry.park(&id, g, s);
+            }
+            let queued = act.mailbox.close_and_take_all();
+            finish(&entry, &id, &act);
+            reroute(queued);
+            return;
+        }
+    };
+    let (state, generation) = entry.begin(&id, &act, state);
+    let mut actor = activate(&*entry.factory, &id, state);
+    let mut backoff = Backoff::new(settings.supervision);
+    loop {
+        let envelope = match act.mailbox.try_recv() {
+            Some(e) => e,
+            None => {
+                match tokio::time::timeout(settings.passivate_after, act.mailbox.recv()).await {
+                    Ok(Some(e)) => e,
+                    Ok(None) => break,
+                    Err(_) => {
+                        // Idle: close if still empty, then finish what raced in.
+                        act.mailbox.close_if_empty();
+                        continue;
+                    }
+                }
+            }
+        };
+        if act.mailbox.is_closed() {
+            act.set_phase(Phase::Closing);
+        }
+        let started = envelope.enqueued.map(|queued| {
+            let now = Instant::now();
+            entry
+                .stats
+                .waiting
+                .observe(now.saturating_duration_since(queued).as_secs_f64());
+            now
+        });
+        let outcome = handle(&mut *actor, &envelope).await;
+        entry.stats.processed.inc();
+        if let Some(s) = started {
+            entry.stats.processing.observe(s.elapsed().as_secs_f64());
+        }
+        match outcome {
+            Ok(reply) => {
+                if let Some(tx) = envelope.reply {
+                    let _ = tx.send(reply.map_err(DeliveryError::Actor));
+                }
+            }
+            Err(panic) => {
+                entry.stats.restarts.inc();
+                let delay = backoff.on_failure(Instant::now());
+                tracing::warn!(
+                    actor_type = %entry.name, id = %id, panic = %panic,
+                    restart_in_ms = delay.as_millis() as u64,
+                    "actor handler panicked; restarting it"
+                );
+                if let Some(tx) = envelope.reply {
+                    let _ = tx.send(Err(DeliveryError::Actor(ActorError::Failed(format!(
+                        "the handler panicked ({panic}); the actor was restarted"
+                    )))));
+                }
+                let state = snapshot(&mut *actor).await.ok().filter(|s| !s.is_empty());
+                tokio::time::sleep(delay).await;
+                actor = activate(&*entry.factory, &id, state);
+            }
+        }
+    }
+    act.set_phase(Phase::Closing);
+    match snapshot(&mut *actor).await {
+        Ok(s) if !s.is_empty() => {
+            entry.park(&id, generation, s);
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::error!(actor_type = %entry.name, id = %id, error = %e, "actor state lost at deactivation");
+        }
+    }
+    finish(&entry, &id, &act);
+}
+
+fn finish(entry: &TypeEntry, id: &str, act: &Arc<Activation>) {
+    entry.remove(id, act);
+    act.set_phase(Phase::Gone);
+    act.gone.notify_waiters();
+    entry.stats.active.dec();
+}
+
+/// Settings of the activation task.
+#[derive(Clone, Copy, Debug)]
+pub struct RunSettings {
+    /// Idle time before passivation.
+    pub passivate_after: Duration,
+    /// Restart backoff.
+    pub supervision: SupervisionConfig,
+}
+
+fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic".to_owned()
+    }
+}
+
+fn activate(factory: &dyn ActorType, id: &str, state: Option<Bytes>) -> Box<dyn Actor> {
+    match std::panic::catch_unwind(AssertUnwindSafe(|| factory.activate(id, state))) {
+        Ok(a) => a,
+        Err(p) => {
+            tracing::error!(id, panic = %panic_text(p), "actor activation panicked; starting it without state");
+            factory.activate(id, None)
+        }
+    }
+}
+
+async fn run_step(step: std::thread::Result<Step>) -> Result<Reply, String> {
+    match step {
+        Ok(Step::Done(r)) => Ok(r),
+        Ok(Step::Later(fut)) => AssertUnwindSafe(fut)
+            .catch_unwind()
+            .await
+            .map_err(panic_text),
+        Err(p) => Err(panic_text(p)),
+    }
+}
+
+async fn handle(actor: &mut dyn Actor, envelope: &Envelope) -> Result<Reply, String> {
+    run_step(std::panic::catch_unwind(AssertUnwindSafe(|| {
+        actor.handle(&envelope.message)
+    })))
+    .await
+}
+
+async fn snapshot(actor: &mut dyn Actor) -> Result<Bytes, String> {
+    match run_step(std::panic::catch_unwind(AssertUnwindSafe(|| {
+        actor.deactivate()
+    })))
+    .await
+    {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(p) => Err(format!("deactivate panicked: {p}")),
+    }
+}

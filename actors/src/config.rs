@@ -1,0 +1,239 @@
+//! Configuration of a runtime: identity, mailboxes, timeouts, sidecar.
+//!
+//! [`RuntimeConfig::from_env`] reads the variables the operator sets
+//! (`troupe_contract::env`); everything else has defaults that suit a pod.
+
+use std::{collections::HashMap, fmt, str::FromStr, sync::Arc, time::Duration};
+
+use crate::{behavior::ActorType, error::Error};
+
+/// What a full mailbox does with one more message.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum OverflowPolicy {
+    /// The sender waits for room, up to [`MailboxConfig::backpressure_timeout`]; then the
+    /// message is refused (HTTP 503 with `Retry-After`).
+    #[default]
+    Backpressure,
+    /// The new message is dropped and counted as a dead letter; a `tell` still reads as
+    /// accepted, an `ask` gets [`crate::DeliveryError::Dropped`].
+    DropNewest,
+    /// The oldest queued message is dropped (dead letter; its asker gets `Dropped`) and the
+    /// new one is queued.
+    DropOldest,
+    /// The new message is refused at once (HTTP 429 with `Retry-After`).
+    Reject,
+}
+
+impl FromStr for OverflowPolicy {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s.to_ascii_lowercase().replace(['-', '_'], "").as_str() {
+            "backpressure" => Ok(Self::Backpressure),
+            "dropnewest" => Ok(Self::DropNewest),
+            "dropoldest" => Ok(Self::DropOldest),
+            "reject" => Ok(Self::Reject),
+            _ => Err(Error::Config(format!(
+                "mailbox overflow policy {s:?} is not one of Backpressure, DropNewest, DropOldest, Reject"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for OverflowPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// Capacity and overflow policy of the mailboxes of one actor type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MailboxConfig {
+    /// Messages that may wait in one actor's mailbox (> 0).
+    pub capacity: usize,
+    /// What happens when it is full.
+    pub overflow: OverflowPolicy,
+    /// How long a [`OverflowPolicy::Backpressure`] sender waits for room.
+    pub backpressure_timeout: Duration,
+}
+
+impl Default for MailboxConfig {
+    fn default() -> Self {
+        Self {
+            capacity: 1000,
+            overflow: OverflowPolicy::Backpressure,
+            backpressure_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Restart policy after a handler panic: exponential backoff between `min` and `max`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SupervisionConfig {
+    /// Delay before the first restart.
+    pub min_backoff: Duration,
+    /// Upper bound of the delay.
+    pub max_backoff: Duration,
+    /// A run without panic this long resets the backoff.
+    pub reset_after: Duration,
+}
+
+impl Default for SupervisionConfig {
+    fn default() -> Self {
+        Self {
+            min_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_secs(5),
+            reset_after: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Everything a runtime needs to know.
+#[derive(Clone)]
+pub struct RuntimeConfig {
+    /// This node's pod name, as in the member table.
+    pub pod: String,
+    /// This node process's incarnation, as in the member table.
+    pub incarnation: String,
+    /// Mailbox settings for every type without an override.
+    pub mailbox: MailboxConfig,
+    /// Per-type mailbox overrides, by type name.
+    pub mailbox_overrides: HashMap<String, MailboxConfig>,
+    /// An actor idle this long is passivated (its state is kept on the node).
+    pub passivate_after: Duration,
+    /// Restart backoff after a panic.
+    pub supervision: SupervisionConfig,
+    /// How long the client API and remote asks wait for a reply.
+    pub ask_timeout: Duration,
+    /// Largest client request body (bytes); larger ones get 413.
+    pub max_body_bytes: usize,
+    /// Largest node-to-node frame (bytes); larger ones close the connection.
+    pub max_frame_bytes: usize,
+    /// Port peers listen on when a member's address carries no port.
+    pub transport_port: u16,
+    /// Base URL of the sidecar application (`TROUPE_APP_URL`), if any.
+    pub app_url: Option<String>,
+    /// Actor types served by the sidecar. Empty: every type that is not built in.
+    pub app_types: Vec<String>,
+    /// Default work of the `load` actor per message (`sleep_us`, `spin_us`).
+    pub load_work: (u64, u64),
+    /// Extra actor types, added to the built-in ones (tests, embedding programs).
+    pub actor_types: Vec<Arc<dyn ActorType>>,
+    /// One message in this many has its mailbox and processing time recorded (≥ 1).
+    pub timing_sample_every: u32,
+}
+
+impl fmt::Debug for RuntimeConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RuntimeConfig")
+            .field("pod", &self.pod)
+            .field("incarnation", &self.incarnation)
+            .field("mailbox", &self.mailbox)
+            .field("mailbox_overrides", &self.mailbox_overrides)
+            .field("passivate_after", &self.passivate_after)
+            .field("ask_timeout", &self.ask_timeout)
+            .field("app_url", &self.app_url)
+            .field("app_types", &self.app_types)
+            .field(
+                "actor_types",
+                &self
+                    .actor_types
+                    .iter()
+                    .map(|t| t.name())
+                    .collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl RuntimeConfig {
+    /// Defaults for a node called `pod` with `incarnation`.
+    pub fn new(pod: impl Into<String>, incarnation: impl Into<String>) -> Self {
+        Self {
+            pod: pod.into(),
+            incarnation: incarnation.into(),
+            mailbox: MailboxConfig::default(),
+            mailbox_overrides: HashMap::new(),
+            passivate_after: Duration::from_secs(120),
+            supervision: SupervisionConfig::default(),
+            ask_timeout: Duration::from_secs(5),
+            max_body_bytes: 1 << 20,
+            max_frame_bytes: 8 << 20,
+            transport_port: troupe_contract::ports::TRANSPORT,
+            app_url: None,
+            app_types: Vec::new(),
+            load_work: (0, 100),
+            actor_types: Vec::new(),
+            timing_sample_every: 8,
+        }
+    }
+
+    /// Defaults, then `TROUPE_MAILBOX_CAPACITY`, `TROUPE_MAILBOX_OVERFLOW`, `TROUPE_APP_URL`
+    /// and `TROUPE_APP_TYPES` (comma-separated) from `lookup` (pass `|k| std::env::var(k).ok()`).
+    pub fn from_env(
+        pod: impl Into<String>,
+        incarnation: impl Into<String>,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, Error> {
+        use troupe_contract::env;
+        let mut c = Self::new(pod, incarnation);
+        if let Some(v) = lookup(env::MAILBOX_CAPACITY) {
+            c.mailbox.capacity = v.trim().parse().map_err(|_| {
+                Error::Config(format!(
+                    "{} must be a positive integer, got {v:?}",
+                    env::MAILBOX_CAPACITY
+                ))
+            })?;
+        }
+        if let Some(v) = lookup(env::MAILBOX_OVERFLOW) {
+            c.mailbox.overflow = v.trim().parse()?;
+        }
+        c.app_url = lookup(env::APP_URL)
+            .map(|u| u.trim().trim_end_matches('/').to_owned())
+            .filter(|u| !u.is_empty());
+        if let Some(v) = lookup(env::APP_TYPES) {
+            c.app_types = v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect();
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Checks the settings that have no safe meaning when out of range.
+    pub fn validate(&self) -> Result<(), Error> {
+        let all = std::iter::once(("default", &self.mailbox))
+            .chain(self.mailbox_overrides.iter().map(|(k, v)| (k.as_str(), v)));
+        for (name, m) in all {
+            if m.capacity == 0 {
+                return Err(Error::Config(format!(
+                    "mailbox capacity of {name} must be > 0"
+                )));
+            }
+        }
+        if self.pod.is_empty() || self.incarnation.is_empty() {
+            return Err(Error::Config(
+                "pod and incarnation must not be empty".into(),
+            ));
+        }
+        if let Some(u) = &self.app_url
+            && !u.starts_with("http://")
+        {
+            return Err(Error::Config(format!(
+                "{} must be an http:// URL, got {u:?}",
+                troupe_contract::env::APP_URL
+            )));
+        }
+        Ok(())
+    }
+
+    /// The mailbox settings of `actor_type`.
+    pub fn mailbox_for(&self, actor_type: &str) -> MailboxConfig {
+        self.mailbox_overrides
+            .get(actor_type)
+            .copied()
+            .unwrap_or(self.mailbox)
+    }
+}

@@ -1,0 +1,300 @@
+//! The runtime's Prometheus metrics.
+//!
+//! | name | type | labels |
+//! |---|---|---|
+//! | `troupe_mailbox_depth` | gauge | `actor_type` |
+//! | `troupe_mailbox_depth_total` | gauge (the HPA's per-pod metric) | — |
+//! | `troupe_messages_processed_total` | counter | `actor_type` |
+//! | `troupe_processing_seconds` | histogram (sampled) | `actor_type` |
+//! | `troupe_mailbox_wait_seconds` | histogram (sampled) | `actor_type` |
+//! | `troupe_dead_letters_total` | counter | `actor_type`, `reason` |
+//! | `troupe_rejected_total` | counter | `actor_type`, `reason` |
+//! | `troupe_active_actors` | gauge | `actor_type` |
+//! | `troupe_actor_restarts_total` | counter | `actor_type` |
+//! | `troupe_forwarded_total` | counter | — |
+//! | `troupe_handovers_total` | counter | `direction` (`out`, `in`) |
+//! | `troupe_transport_errors_total` | counter | `kind` |
+//!
+//! Mailbox depth is one relaxed atomic per actor type, updated by the mailbox itself and
+//! read only when Prometheus scrapes (a custom collector sums the per-type series into the
+//! total). Everything on the per-message path is resolved once per type ([`TypeStats`]).
+
+use std::sync::{
+    Arc, RwLock,
+    atomic::{AtomicI64, Ordering},
+};
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+    core::{Collector, Desc},
+    proto::MetricFamily,
+};
+use troupe_contract::metrics::{MAILBOX_DEPTH, MAILBOX_DEPTH_TOTAL};
+
+use crate::error::Error;
+
+/// Metrics of one actor type, resolved once.
+#[derive(Debug)]
+pub struct TypeStats {
+    /// Messages waiting in all mailboxes of the type.
+    pub depth: Arc<AtomicI64>,
+    /// Messages handled.
+    pub processed: IntCounter,
+    /// Handler time (sampled).
+    pub processing: Histogram,
+    /// Time in mailbox (sampled).
+    pub waiting: Histogram,
+    /// Live activations.
+    pub active: IntGauge,
+    /// Restarts after a panic.
+    pub restarts: IntCounter,
+    /// Dropped by drop-oldest.
+    pub dropped_oldest: IntCounter,
+    /// Dropped by drop-newest.
+    pub dropped_newest: IntCounter,
+    /// Lost with a failed hand-over or an unreachable owner.
+    pub undeliverable: IntCounter,
+    /// Refused: reject policy.
+    pub rejected_full: IntCounter,
+    /// Refused: backpressure timeout.
+    pub rejected_backpressure: IntCounter,
+}
+
+/// All metrics of one runtime.
+#[derive(Debug, Clone)]
+pub struct RuntimeMetrics {
+    depth: DepthCollector,
+    processed: IntCounterVec,
+    processing: HistogramVec,
+    waiting: HistogramVec,
+    dead_letters: IntCounterVec,
+    rejected: IntCounterVec,
+    active: IntGaugeVec,
+    restarts: IntCounterVec,
+    /// Messages forwarded to another node.
+    pub forwarded: IntCounter,
+    /// Actor states handed out to a new owner.
+    pub handovers_out: IntCounter,
+    /// Actor states received from a former owner.
+    pub handovers_in: IntCounter,
+    /// Malformed frames and lost connections.
+    pub transport_errors: IntCounterVec,
+}
+
+const TIME_BUCKETS: &[f64] = &[
+    0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0,
+];
+
+impl RuntimeMetrics {
+    /// Creates the metrics and registers them in `registry`.
+    pub fn register(registry: &Registry) -> Result<Self, Error> {
+        let by_type = &["actor_type"];
+        let m = Self {
+            depth: DepthCollector::default(),
+            processed: IntCounterVec::new(
+                Opts::new(
+                    "troupe_messages_processed_total",
+                    "Messages handled by actors.",
+                ),
+                by_type,
+            )?,
+            processing: HistogramVec::new(
+                HistogramOpts::new(
+                    "troupe_processing_seconds",
+                    "Time an actor spent handling one message (sampled).",
+                )
+                .buckets(TIME_BUCKETS.to_vec()),
+                by_type,
+            )?,
+            waiting: HistogramVec::new(
+                HistogramOpts::new(
+                    "troupe_mailbox_wait_seconds",
+                    "Time a message waited in its mailbox (sampled).",
+                )
+                .buckets(TIME_BUCKETS.to_vec()),
+                by_type,
+            )?,
+            dead_letters: IntCounterVec::new(
+                Opts::new(
+                    "troupe_dead_letters_total",
+                    "Accepted messages that were never handled (dropped by policy, or undeliverable).",
+                ),
+                &["actor_type", "reason"],
+            )?,
+            rejected: IntCounterVec::new(
+                Opts::new(
+                    "troupe_rejected_total",
+                    "Messages refused because a mailbox was full.",
+                ),
+                &["actor_type", "reason"],
+            )?,
+            active: IntGaugeVec::new(
+                Opts::new(
+                    "troupe_active_actors",
+                    "Live actor activations on this node.",
+                ),
+                by_type,
+            )?,
+            restarts: IntCounterVec::new(
+                Opts::new(
+                    "troupe_actor_restarts_total",
+                    "Actor restarts after a handler panic.",
+                ),
+                by_type,
+            )?,
+            forwarded: IntCounter::new(
+                "troupe_forwarded_total",
+                "Messages forwarded to the node that owns their actor.",
+            )?,
+            handovers_out: IntCounter::with_opts(
+                Opts::new("troupe_handovers_total", "Actor states handed over.")
+                    .const_label("direction", "out"),
+            )?,
+            handovers_in: IntCounter::with_opts(
+                Opts::new("troupe_handovers_total", "Actor states handed over.")
+                    .const_label("direction", "in"),
+            )?,
+            transport_errors: IntCounterVec::new(
+                Opts::new(
+                    "troupe_transport_errors_total",
+                    "Node-to-node transport errors.",
+                ),
+                &["kind"],
+            )?,
+        };
+        registry.register(Box::new(m.depth.clone()))?;
+        registry.register(Box::new(m.processed.clone()))?;
+        registry.register(Box::new(m.processing.clone()))?;
+        registry.register(Box::new(m.waiting.clone()))?;
+        registry.register(Box::new(m.dead_letters.clone()))?;
+        registry.register(Box::new(m.rejected.clone()))?;
+        registry.register(Box::new(m.active.clone()))?;
+        registry.register(Box::new(m.restarts.clone()))?;
+        registry.register(Box::new(m.forwarded.clone()))?;
+        registry.register(Box::new(m.handovers_out.clone()))?;
+        registry.register(Box::new(m.handovers_in.clone()))?;
+        registry.register(Box::new(m.transport_errors.clone()))?;
+        Ok(m)
+    }
+
+    /// The per-type metrics of `actor_type` (call once per type and keep them).
+    pub fn for_type(&self, actor_type: &str) -> TypeStats {
+        let depth = Arc::new(AtomicI64::new(0));
+        self.depth.add(actor_type, depth.clone());
+        let l = &[actor_type];
+        TypeStats {
+            depth,
+            processed: self.processed.with_label_values(l),
+            processing: self.processing.with_label_values(l),
+            waiting: self.waiting.with_label_values(l),
+            active: self.active.with_label_values(l),
+            restarts: self.restarts.with_label_values(l),
+            dropped_oldest: self
+                .dead_letters
+                .with_label_values(&[actor_type, "dropped_oldest"]),
+            dropped_newest: self
+                .dead_letters
+                .with_label_values(&[actor_type, "dropped_newest"]),
+            undeliverable: self
+                .dead_letters
+                .with_label_values(&[actor_type, "undeliverable"]),
+            rejected_full: self
+                .rejected
+                .with_label_values(&[actor_type, "mailbox_full"]),
+            rejected_backpressure: self
+                .rejected
+                .with_label_values(&[actor_type, "backpressure_timeout"]),
+        }
+    }
+
+    /// The current total mailbox depth of the node.
+    pub fn total_depth(&self) -> i64 {
+        self.depth.total()
+    }
+}
+
+/// Reads the per-type depth atomics at scrape time.
+#[derive(Clone, Debug)]
+struct DepthCollector {
+    types: Arc<RwLock<Vec<(String, Arc<AtomicI64>)>>>,
+    descs: Vec<Desc>,
+}
+
+impl Default for DepthCollector {
+    fn default() -> Self {
+        let descs = [
+            Desc::new(
+                MAILBOX_DEPTH.into(),
+                "Messages waiting in mailboxes, by actor type.".into(),
+                vec!["actor_type".into()],
+                Default::default(),
+            ),
+            Desc::new(
+                MAILBOX_DEPTH_TOTAL.into(),
+                "Messages waiting in all mailboxes of this node (the HPA's metric).".into(),
+                vec![],
+                Default::default(),
+            ),
+        ]
+        .into_iter()
+        .filter_map(Result::ok)
+        .collect();
+        Self {
+            types: Arc::default(),
+            descs,
+        }
+    }
+}
+
+impl DepthCollector {
+    fn add(&self, actor_type: &str, depth: Arc<AtomicI64>) {
+        let mut t = self.types.write().unwrap_or_else(|p| p.into_inner());
+        t.push((actor_type.to_owned(), depth));
+    }
+
+    fn total(&self) -> i64 {
+        let t = self.types.read().unwrap_or_else(|p| p.into_inner());
+        t.iter()
+            .map(|(_, d)| d.load(Ordering::Relaxed).max(0))
+            .sum()
+    }
+}
+
+impl Collector for DepthCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let mut out = Vec::with_capacity(2);
+        let by_type = match IntGaugeVec::new(
+            Opts::new(
+                MAILBOX_DEPTH,
+                "Messages waiting in mailboxes, by actor type.",
+            ),
+            &["actor_type"],
+        ) {
+            Ok(v) => v,
+            Err(_) => return out,
+        };
+        let total = self.total();
+        {
+            let t = self.types.read().unwrap_or_else(|p| p.into_inner());
+            for (name, d) in t.iter() {
+                by_type
+                    .with_label_values(&[name.as_str()])
+                    .set(d.load(Ordering::Relaxed).max(0));
+            }
+        }
+        out.extend(by_type.collect());
+        if let Ok(g) = IntGauge::new(
+            MAILBOX_DEPTH_TOTAL,
+            "Messages waiting in all mailboxes of this node (the HPA's metric).",
+        ) {
+            g.set(total);
+            out.extend(g.collect());
+        }
+        out
+    }
+}

@@ -1,0 +1,263 @@
+//! Placement: which Up member owns an actor, by rendezvous (highest-random-weight) hashing.
+//!
+//! Every member scores every actor key with a deterministic hash; the highest score owns
+//! it. When a member joins or leaves only the keys it wins or held move (≈ 1/n of them),
+//! and every node computes the same owner from the same member table with no coordination.
+//!
+//! [`PlacementHistory`] keeps the last few placements a node has seen, so that a new owner
+//! knows whom to ask for an actor before activating it (see `runtime` for the protocol).
+//! Pure data and functions: no I/O, no clock.
+
+use std::{collections::VecDeque, sync::Arc};
+
+use troupe_contract::{MemberStatus, MemberTable};
+
+/// One member that can own actors.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlacedMember {
+    /// Pod name.
+    pub pod: Arc<str>,
+    /// Incarnation.
+    pub incarnation: Arc<str>,
+    /// `ip:port` of its transport.
+    pub transport_addr: Arc<str>,
+    seed: u64,
+}
+
+impl PlacedMember {
+    /// A member; `transport_addr` is where its transport listens.
+    pub fn new(pod: &str, incarnation: &str, transport_addr: &str) -> Self {
+        Self {
+            pod: pod.into(),
+            incarnation: incarnation.into(),
+            transport_addr: transport_addr.into(),
+            // The pod name only: a restarted pod keeps its place (its state is gone anyway).
+            seed: fnv1a(pod.as_bytes(), FNV_OFFSET),
+        }
+    }
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+fn fnv1a(bytes: &[u8], mut h: u64) -> u64 {
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// splitmix64's finaliser: turns a combined hash into a well-spread score.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The hash of an actor key, the same on every node.
+pub fn key_hash(actor_type: &str, id: &str) -> u64 {
+    let h = fnv1a(actor_type.as_bytes(), FNV_OFFSET);
+    fnv1a(id.as_bytes(), fnv1a(&[0xff], h))
+}
+
+/// The owners of actors under one member table.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Placement {
+    /// The member-table version this placement was computed from.
+    pub version: u64,
+    /// Members that own actors (Up), by pod name.
+    pub owners: Vec<PlacedMember>,
+    /// Every member that is alive (Joining, Up, Leaving): may hold actors or state.
+    pub alive: Vec<PlacedMember>,
+}
+
+impl Placement {
+    /// The placement of `table`; `transport_addr` maps a member's address to `ip:port`.
+    pub fn from_table(table: &MemberTable, transport_addr: impl Fn(&str) -> String) -> Self {
+        let placed = |m: &troupe_contract::Member| {
+            PlacedMember::new(&m.pod, &m.incarnation, &transport_addr(&m.address))
+        };
+        Self {
+            version: table.version,
+            owners: table.up_members().map(placed).collect(),
+            alive: table
+                .members
+                .iter()
+                .filter(|m| m.status != MemberStatus::Down)
+                .map(placed)
+                .collect(),
+        }
+    }
+
+    /// The owner of `(actor_type, id)`, or `None` when no member is Up.
+    pub fn owner(&self, actor_type: &str, id: &str) -> Option<&PlacedMember> {
+        self.owner_of_hash(key_hash(actor_type, id))
+    }
+
+    /// The owner of a key by its [`key_hash`].
+    pub fn owner_of_hash(&self, key: u64) -> Option<&PlacedMember> {
+        self.owners
+            .iter()
+            .max_by_key(|m| (mix(key ^ m.seed), m.seed))
+    }
+
+    /// Whether `pod` (with `incarnation`) is alive in this placement.
+    pub fn is_alive(&self, pod: &str, incarnation: &str) -> bool {
+        self.alive
+            .iter()
+            .any(|m| &*m.pod == pod && &*m.incarnation == incarnation)
+    }
+
+    /// The alive member called `pod`.
+    pub fn alive_member(&self, pod: &str) -> Option<&PlacedMember> {
+        self.alive.iter().find(|m| &*m.pod == pod)
+    }
+}
+
+/// The last few placements a node has seen, newest last.
+#[derive(Clone, Debug, Default)]
+pub struct PlacementHistory {
+    placements: VecDeque<Arc<Placement>>,
+}
+
+/// How many placements a node remembers.
+pub const HISTORY_LEN: usize = 16;
+
+impl PlacementHistory {
+    /// Records a new placement (ignored unless newer than the current one).
+    pub fn push(&mut self, p: Arc<Placement>) -> bool {
+        if self
+            .placements
+            .back()
+            .is_some_and(|c| c.version >= p.version)
+        {
+            return false;
+        }
+        if self.placements.len() == HISTORY_LEN {
+            self.placements.pop_front();
+        }
+        self.placements.push_back(p);
+        true
+    }
+
+    /// The current placement.
+    pub fn current(&self) -> Option<&Arc<Placement>> {
+        self.placements.back()
+    }
+
+    /// Members other than `self_pod` that owned `(actor_type, id)` under an earlier
+    /// placement and are still alive now: the ones that may still hold it or its state.
+    pub fn previous_owners(&self, actor_type: &str, id: &str, self_pod: &str) -> Vec<PlacedMember> {
+        let Some(current) = self.current() else {
+            return Vec::new();
+        };
+        let key = key_hash(actor_type, id);
+        let mut out: Vec<PlacedMember> = Vec::new();
+        for p in self.placements.iter().rev() {
+            if let Some(o) = p.owner_of_hash(key)
+                && &*o.pod != self_pod
+                && current.is_alive(&o.pod, &o.incarnation)
+                && !out.iter().any(|x| x.pod == o.pod)
+                && let Some(now) = current.alive_member(&o.pod)
+            {
+                out.push(now.clone());
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn placement(version: u64, pods: &[&str]) -> Placement {
+        let owners: Vec<PlacedMember> = pods
+            .iter()
+            .map(|p| PlacedMember::new(p, "i", &format!("{p}:1")))
+            .collect();
+        Placement {
+            version,
+            alive: owners.clone(),
+            owners,
+        }
+    }
+
+    fn owners(p: &Placement, n: usize) -> Vec<String> {
+        (0..n)
+            .map(|i| {
+                p.owner("counter", &format!("id-{i}"))
+                    .map(|m| m.pod.to_string())
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_node_computes_the_same_owner_and_spreads_keys() {
+        let a = placement(1, &["a", "b", "c"]);
+        let b = placement(1, &["c", "a", "b"]);
+        assert_eq!(owners(&a, 1000), owners(&b, 1000));
+        for pod in ["a", "b", "c"] {
+            let n = owners(&a, 3000).iter().filter(|o| *o == pod).count();
+            assert!((800..1200).contains(&n), "{pod} owns {n} of 3000");
+        }
+        assert!(placement(1, &[]).owner("counter", "x").is_none());
+    }
+
+    #[test]
+    fn adding_a_member_moves_about_one_in_n_keys_and_only_to_it() {
+        let n = 4000;
+        let before = owners(&placement(1, &["a", "b", "c", "d"]), n);
+        let after = owners(&placement(2, &["a", "b", "c", "d", "e"]), n);
+        let moved: Vec<_> = before.iter().zip(&after).filter(|(x, y)| x != y).collect();
+        assert!(
+            moved.iter().all(|(_, to)| *to == "e"),
+            "keys move only to the new member"
+        );
+        let share = moved.len() as f64 / n as f64;
+        assert!(
+            (0.15..0.25).contains(&share),
+            "moved {share}, expected ≈ 1/5"
+        );
+    }
+
+    #[test]
+    fn removing_a_member_moves_only_its_keys() {
+        let n = 4000;
+        let before = owners(&placement(1, &["a", "b", "c", "d"]), n);
+        let after = owners(&placement(2, &["a", "b", "d"]), n);
+        for (x, y) in before.iter().zip(&after) {
+            if x != "c" {
+                assert_eq!(x, y);
+            }
+        }
+        let share = before.iter().filter(|o| *o == "c").count() as f64 / n as f64;
+        assert!((0.2..0.3).contains(&share), "moved {share}, expected ≈ 1/4");
+    }
+
+    #[test]
+    fn history_names_alive_previous_owners() {
+        let mut h = PlacementHistory::default();
+        h.push(Arc::new(placement(1, &["a"])));
+        h.push(Arc::new(placement(2, &["a", "b"])));
+        assert!(
+            !h.push(Arc::new(placement(2, &["z"]))),
+            "older or equal versions are ignored"
+        );
+        // Find a key that moved from a to b.
+        let id = (0..1000)
+            .map(|i| format!("k{i}"))
+            .find(|id| {
+                h.current()
+                    .and_then(|p| p.owner("t", id))
+                    .is_some_and(|o| &*o.pod == "b")
+            })
+            .unwrap_or_default();
+        let prev = h.previous_owners("t", &id, "b");
+        assert_eq!(prev.iter().map(|m| &*m.pod).collect::<Vec<_>>(), vec!["a"]);
+        // a is gone: nobody to ask.
+        h.push(Arc::new(placement(3, &["b"])));
+        assert!(h.previous_owners("t", &id, "b").is_empty());
+    }
+}

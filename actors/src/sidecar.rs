@@ -1,0 +1,203 @@
+//! Sidecar mode: actor types implemented by an application container over localhost HTTP.
+//!
+//! The node keeps mailboxes, placement, supervision and membership; for every message it
+//! calls the application (protocol in `SIDECAR.md`):
+//!
+//! ```text
+//!  mailbox ─► POST {app}/actors/{type}/{id}/{method}   body = payload  ─► 2xx body = reply
+//!  activate   POST {app}/actors/{type}/{id}/$activate   body = state (only when there is one)
+//!  deactivate POST {app}/actors/{type}/{id}/$deactivate ─► 2xx body = state to keep
+//! ```
+//!
+//! A 4xx answer is the client's fault ([`ActorError::BadRequest`]), anything else a failure.
+
+use std::{sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioExecutor,
+};
+
+use crate::{
+    behavior::{Actor, ActorType, ReplyFuture, Step},
+    error::ActorError,
+    message::{Message, Reply},
+};
+
+/// Largest reply accepted from the application.
+const MAX_REPLY_BYTES: usize = 8 << 20;
+/// Longest wait for one application call.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The HTTP client shared by every sidecar actor of a node.
+#[derive(Clone, Debug)]
+pub struct SidecarApp {
+    base: Arc<str>,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl SidecarApp {
+    /// A client for the application at `base` (`http://127.0.0.1:3000`).
+    pub fn new(base: &str) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        Self {
+            base: base.trim_end_matches('/').into(),
+            client,
+        }
+    }
+
+    /// POSTs `body` to `{app}/actors/{type}/{id}/{method}` and returns the reply body.
+    pub fn call(&self, actor_type: &str, id: &str, method: &str, body: Bytes) -> ReplyFuture {
+        let url = format!(
+            "{}/actors/{}/{}/{}",
+            self.base,
+            path_segment(actor_type),
+            path_segment(id),
+            path_segment(method)
+        );
+        let client = self.client.clone();
+        Box::pin(async move {
+            let request = hyper::Request::post(&url)
+                .header("content-type", "application/json")
+                .body(Full::new(body))
+                .map_err(|e| ActorError::Failed(format!("sidecar request to {url}: {e}")))?;
+            let call = async {
+                let response = client.request(request).await.map_err(|e| {
+                    ActorError::Failed(format!("sidecar application unreachable at {url}: {e}"))
+                })?;
+                let status = response.status();
+                let body = Limited::new(response.into_body(), MAX_REPLY_BYTES)
+                    .collect()
+                    .await
+                    .map_err(|e| ActorError::Failed(format!("sidecar reply from {url}: {e}")))?
+                    .to_bytes();
+                if status.is_success() {
+                    Ok(body)
+                } else if status.is_client_error() {
+                    Err(ActorError::BadRequest(format!(
+                        "sidecar answered {status}: {}",
+                        String::from_utf8_lossy(&body[..body.len().min(512)])
+                    )))
+                } else {
+                    Err(ActorError::Failed(format!(
+                        "sidecar answered {status}: {}",
+                        String::from_utf8_lossy(&body[..body.len().min(512)])
+                    )))
+                }
+            };
+            tokio::time::timeout(CALL_TIMEOUT, call)
+                .await
+                .map_err(|_| ActorError::Failed(format!("sidecar call to {url} timed out")))?
+        })
+    }
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters.
+fn path_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'$') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// One actor type served by the application.
+#[derive(Clone, Debug)]
+pub struct SidecarType {
+    name: String,
+    app: SidecarApp,
+}
+
+impl SidecarType {
+    /// The type `name`, served by `app`.
+    pub fn new(name: &str, app: SidecarApp) -> Self {
+        Self {
+            name: name.to_owned(),
+            app,
+        }
+    }
+}
+
+/// One actor served by the application.
+#[derive(Debug)]
+pub struct SidecarActor {
+    actor_type: Arc<str>,
+    id: Arc<str>,
+    app: SidecarApp,
+    /// State to hand to the application before the first message.
+    pending_state: Option<Bytes>,
+}
+
+impl Actor for SidecarActor {
+    fn handle(&mut self, m: &Message) -> Step {
+        let call = self
+            .app
+            .call(&self.actor_type, &self.id, &m.method, m.payload.clone());
+        match self.pending_state.take() {
+            None => Step::Later(call),
+            Some(state) => {
+                let activate = self
+                    .app
+                    .call(&self.actor_type, &self.id, "$activate", state);
+                Step::Later(Box::pin(async move {
+                    activate.await?;
+                    call.await
+                }))
+            }
+        }
+    }
+
+    fn deactivate(&mut self) -> Step {
+        if let Some(state) = self.pending_state.take() {
+            // Never activated in the application: the state is unchanged.
+            return Step::Done(Ok(state));
+        }
+        let call = self
+            .app
+            .call(&self.actor_type, &self.id, "$deactivate", Bytes::new());
+        Step::Later(Box::pin(async move {
+            let r: Reply = call.await;
+            // An application without state handling answers 404: nothing to keep.
+            match r {
+                Err(ActorError::BadRequest(_)) => Ok(Bytes::new()),
+                other => other,
+            }
+        }))
+    }
+}
+
+impl ActorType for SidecarType {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn activate(&self, id: &str, state: Option<Bytes>) -> Box<dyn Actor> {
+        Box::new(SidecarActor {
+            actor_type: self.name.as_str().into(),
+            id: id.into(),
+            app: self.app.clone(),
+            pending_state: state.filter(|s| !s.is_empty()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::path_segment;
+
+    #[test]
+    fn path_segments_are_percent_encoded() {
+        assert_eq!(path_segment("a b?c"), "a%20b%3Fc");
+        assert_eq!(path_segment("$activate"), "$activate");
+        assert_eq!(path_segment("é"), "%C3%A9");
+    }
+}

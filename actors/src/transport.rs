@@ -1,0 +1,277 @@
+//! Node-to-node transport: persistent, pipelined TCP connections carrying [`wire`] frames.
+//!
+//! ```text
+//!  caller ─request─► Link (one per peer) ─► writer task ─► TCP ─► peer's connection task
+//!    ▲                 │ pending: corr → oneshot                    │ spawns one task per
+//!    └──── response ◄──┴── reader task ◄──────── TCP ◄─── writer ◄──┘ request (handler)
+//! ```
+//!
+//! Requests are pipelined: many are in flight on one connection, matched to responses by a
+//! correlation id. Writers batch: they write every frame already queued before flushing,
+//! so a busy link sends many frames per syscall. A malformed or oversize frame closes the
+//! connection (and is counted); it never panics. A dead link is replaced on the next
+//! request. This module knows nothing of actors: it moves [`Request`]s and [`Response`]s.
+//!
+//! [`wire`]: crate::wire
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::{Bytes, BytesMut};
+use prometheus::IntCounterVec;
+use tokio::{
+    io::{AsyncWrite, AsyncWriteExt, BufReader, BufWriter},
+    net::{TcpListener, TcpStream},
+    sync::{mpsc, oneshot},
+};
+
+use crate::wire::{self, Frame, Request, Response};
+
+/// Frames queued for one connection's writer before senders wait.
+const WRITE_QUEUE: usize = 16 * 1024;
+/// How long a connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why a request got no response.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum TransportError {
+    /// The peer could not be reached or the connection broke; the request may or may not
+    /// have been handled.
+    #[error("peer {0} unreachable: {1}")]
+    Unreachable(String, String),
+    /// The peer's address refused the connection: no process listens there any more.
+    #[error("peer {0} refused the connection")]
+    Refused(String),
+    /// No response in time.
+    #[error("no response from {0} in time")]
+    Timeout(String),
+}
+
+type Pending = Mutex<HashMap<u64, oneshot::Sender<Response>>>;
+
+#[derive(Debug)]
+struct Link {
+    addr: Arc<str>,
+    tx: mpsc::Sender<Bytes>,
+    pending: Arc<Pending>,
+    alive: Arc<AtomicBool>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Writes every queued frame, flushing when the queue is momentarily empty.
+async fn write_frames<W: AsyncWrite + Unpin>(mut rx: mpsc::Receiver<Bytes>, w: W) {
+    let mut w = BufWriter::with_capacity(64 * 1024, w);
+    while let Some(first) = rx.recv().await {
+        if w.write_all(&first).await.is_err() {
+            return;
+        }
+        while let Ok(more) = rx.try_recv() {
+            if w.write_all(&more).await.is_err() {
+                return;
+            }
+        }
+        if w.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The client side: one link per peer address, created on demand.
+#[derive(Debug)]
+pub struct Peers {
+    links: Mutex<HashMap<Arc<str>, Arc<Link>>>,
+    next_corr: AtomicU64,
+    max_frame: usize,
+    errors: IntCounterVec,
+}
+
+impl Peers {
+    /// No links yet; frames above `max_frame` bytes are refused.
+    pub fn new(max_frame: usize, errors: IntCounterVec) -> Self {
+        Self {
+            links: Mutex::new(HashMap::new()),
+            next_corr: AtomicU64::new(1),
+            max_frame,
+            errors,
+        }
+    }
+
+    async fn link(&self, addr: &str) -> Result<Arc<Link>, TransportError> {
+        if let Some(l) = lock(&self.links).get(addr)
+            && l.alive.load(Ordering::Acquire)
+        {
+            return Ok(l.clone());
+        }
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| TransportError::Unreachable(addr.into(), "connect timed out".into()))?
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                    TransportError::Refused(addr.into())
+                } else {
+                    TransportError::Unreachable(addr.into(), e.to_string())
+                }
+            })?;
+        let _ = stream.set_nodelay(true);
+        let (r, w) = stream.into_split();
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+        let link = Arc::new(Link {
+            addr: addr.into(),
+            tx,
+            pending: Arc::default(),
+            alive: Arc::new(AtomicBool::new(true)),
+        });
+        tokio::spawn(write_frames(rx, w));
+        {
+            let pending = link.pending.clone();
+            let alive = link.alive.clone();
+            let max = self.max_frame;
+            let errors = self.errors.clone();
+            let peer = link.addr.clone();
+            tokio::spawn(async move {
+                let mut r = BufReader::with_capacity(64 * 1024, r);
+                loop {
+                    match wire::read_frame(&mut r, max).await {
+                        Ok(Some(Ok(Frame::Response(corr, resp)))) => {
+                            if let Some(tx) = lock(&pending).remove(&corr) {
+                                let _ = tx.send(resp);
+                            }
+                        }
+                        Ok(Some(Ok(Frame::Request(..)))) | Ok(Some(Err(_))) => {
+                            errors.with_label_values(&["malformed_frame"]).inc();
+                            tracing::warn!(%peer, "malformed frame from peer; closing the link");
+                            break;
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            errors.with_label_values(&["connection_lost"]).inc();
+                            tracing::debug!(%peer, error = %e, "link lost");
+                            break;
+                        }
+                    }
+                }
+                alive.store(false, Ordering::Release);
+                // Dropping the senders fails every waiting request.
+                lock(&pending).clear();
+            });
+        }
+        let mut links = lock(&self.links);
+        // Another task may have connected meanwhile; keep one link per peer.
+        if let Some(l) = links.get(addr)
+            && l.alive.load(Ordering::Acquire)
+        {
+            return Ok(l.clone());
+        }
+        links.insert(link.addr.clone(), link.clone());
+        Ok(link)
+    }
+
+    /// Sends `request` to the node at `addr` and waits up to `timeout` for its response.
+    pub async fn request(
+        &self,
+        addr: &str,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<Response, TransportError> {
+        let link = self.link(addr).await?;
+        let corr = self.next_corr.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        lock(&link.pending).insert(corr, tx);
+        if !link.alive.load(Ordering::Acquire) {
+            lock(&link.pending).remove(&corr);
+            return Err(TransportError::Unreachable(
+                addr.into(),
+                "link closed".into(),
+            ));
+        }
+        let mut buf = BytesMut::with_capacity(64);
+        wire::encode(&Frame::Request(corr, request), &mut buf);
+        if link.tx.send(buf.freeze()).await.is_err() {
+            lock(&link.pending).remove(&corr);
+            link.alive.store(false, Ordering::Release);
+            return Err(TransportError::Unreachable(
+                addr.into(),
+                "link closed".into(),
+            ));
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(_)) => Err(TransportError::Unreachable(
+                addr.into(),
+                "connection lost before the response".into(),
+            )),
+            Err(_) => {
+                lock(&link.pending).remove(&corr);
+                Err(TransportError::Timeout(addr.into()))
+            }
+        }
+    }
+}
+
+/// What the server calls for each request.
+pub type Handler =
+    Arc<dyn Fn(Request) -> Pin<Box<dyn Future<Output = Response> + Send>> + Send + Sync>;
+
+/// Accepts peer connections on `listener` forever, answering each request with `handler`.
+pub async fn serve(
+    listener: TcpListener,
+    handler: Handler,
+    max_frame: usize,
+    errors: IntCounterVec,
+) -> std::io::Result<()> {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of file descriptors and the like: wait and go on.
+                tracing::warn!(error = %e, "accepting a peer connection failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let handler = handler.clone();
+        let errors = errors.clone();
+        tokio::spawn(async move {
+            let (r, w) = stream.into_split();
+            let (tx, rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
+            tokio::spawn(write_frames(rx, w));
+            let mut r = BufReader::with_capacity(64 * 1024, r);
+            loop {
+                match wire::read_frame(&mut r, max_frame).await {
+                    Ok(Some(Ok(Frame::Request(corr, req)))) => {
+                        let handler = handler.clone();
+                        let tx = tx.clone();
+                        tokio::spawn(async move {
+                            let resp = handler(req).await;
+                            let mut buf = BytesMut::with_capacity(32);
+                            wire::encode(&Frame::Response(corr, resp), &mut buf);
+                            let _ = tx.send(buf.freeze()).await;
+                        });
+                    }
+                    Ok(Some(Ok(Frame::Response(..)))) | Ok(Some(Err(_))) => {
+                        errors.with_label_values(&["malformed_frame"]).inc();
+                        tracing::warn!(%peer, "malformed frame from peer; closing the connection");
+                        break;
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "peer connection closed");
+                        break;
+                    }
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,466 @@
+//! The node-to-node wire format: length-prefixed frames with a compact binary body.
+//!
+//! ```text
+//!  frame    = len:u32be  kind:u8  correlation:u64be  body          (len counts kind..body)
+//!  string   = n:u32be utf8[n]            bytes = n:u32be [n]
+//!  Deliver  (0x01) flags:u8(bit0 ask) version:u64 hops:u8 type id method payload:bytes
+//!  Claim    (0x02) version:u64 claimant:string type id
+//!  HandOff  (0x03) generation:u64 type id state:bytes
+//!  Reply    (0x81) payload:bytes              Failed (0x82) code:u8 text:string extra:u64
+//!  Claimed  (0x83) present:u8 [generation:u64 state:bytes]
+//!  Conflict (0x84) version:u64               HandOffAck (0x85)
+//! ```
+//!
+//! Decoding never panics: every read is bounds-checked and a malformed frame is a
+//! [`WireError`], after which the connection is closed. Frames above the configured limit
+//! are refused before their body is read. This module does no I/O besides [`read_frame`].
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::error::{ActorError, DeliveryError};
+use std::time::Duration;
+
+/// A malformed or oversize frame.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WireError {
+    /// The frame announced more bytes than allowed.
+    #[error("frame of {0} bytes exceeds the limit of {1}")]
+    TooLarge(usize, usize),
+    /// The frame ended early.
+    #[error("frame truncated")]
+    Truncated,
+    /// Unknown frame kind or error code.
+    #[error("unknown frame kind or code {0:#x}")]
+    UnknownKind(u8),
+    /// A string was not UTF-8.
+    #[error("string is not UTF-8")]
+    BadString,
+    /// Bytes were left after the body.
+    #[error("{0} trailing bytes after the frame body")]
+    Trailing(usize),
+}
+
+/// A request from one node to another.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// Deliver a message (forwarded `ask` or `tell`).
+    Deliver {
+        /// Wait for the actor's reply (ask) or only for acceptance (tell).
+        ask: bool,
+        /// The sender's member-table version.
+        version: u64,
+        /// How many nodes forwarded it already.
+        hops: u8,
+        /// Actor type.
+        actor_type: String,
+        /// Actor id.
+        id: String,
+        /// Method.
+        method: String,
+        /// Payload.
+        payload: Bytes,
+    },
+    /// "I own this actor now under `version`: deactivate it and give me its state."
+    Claim {
+        /// The claimant's member-table version.
+        version: u64,
+        /// The claimant's pod.
+        claimant: String,
+        /// Actor type.
+        actor_type: String,
+        /// Actor id.
+        id: String,
+    },
+    /// "Here is the state of an actor you own" (sent by a leaving or former owner).
+    HandOff {
+        /// Generation of the state (higher is newer).
+        generation: u64,
+        /// Actor type.
+        actor_type: String,
+        /// Actor id.
+        id: String,
+        /// The state.
+        state: Bytes,
+    },
+}
+
+/// An answer to a [`Request`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Response {
+    /// The actor's reply (ask) or an empty acceptance (tell).
+    Reply(Bytes),
+    /// Delivery failed.
+    Failed(DeliveryError),
+    /// The claimed actor is released; its state, if any, with its generation.
+    Claimed(Option<(u64, Bytes)>),
+    /// The claim is refused: the receiver's table is newer; wait for it.
+    Conflict {
+        /// The receiver's table version.
+        version: u64,
+    },
+    /// The hand-off is stored (or was already superseded).
+    HandOffAck,
+}
+
+/// A decoded frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// A request and its correlation id.
+    Request(u64, Request),
+    /// A response to the request with that correlation id.
+    Response(u64, Response),
+}
+
+fn put_str(b: &mut BytesMut, s: &str) {
+    b.put_u32(s.len() as u32);
+    b.put_slice(s.as_bytes());
+}
+
+fn put_bytes(b: &mut BytesMut, s: &[u8]) {
+    b.put_u32(s.len() as u32);
+    b.put_slice(s);
+}
+
+/// Appends the encoded frame to `out`.
+pub fn encode(frame: &Frame, out: &mut BytesMut) {
+    let start = out.len();
+    out.put_u32(0);
+    match frame {
+        Frame::Request(corr, r) => match r {
+            Request::Deliver {
+                ask,
+                version,
+                hops,
+                actor_type,
+                id,
+                method,
+                payload,
+            } => {
+                out.put_u8(0x01);
+                out.put_u64(*corr);
+                out.put_u8(u8::from(*ask));
+                out.put_u64(*version);
+                out.put_u8(*hops);
+                put_str(out, actor_type);
+                put_str(out, id);
+                put_str(out, method);
+                put_bytes(out, payload);
+            }
+            Request::Claim {
+                version,
+                claimant,
+                actor_type,
+                id,
+            } => {
+                out.put_u8(0x02);
+                out.put_u64(*corr);
+                out.put_u64(*version);
+                put_str(out, claimant);
+                put_str(out, actor_type);
+                put_str(out, id);
+            }
+            Request::HandOff {
+                generation,
+                actor_type,
+                id,
+                state,
+            } => {
+                out.put_u8(0x03);
+                out.put_u64(*corr);
+                out.put_u64(*generation);
+                put_str(out, actor_type);
+                put_str(out, id);
+                put_bytes(out, state);
+            }
+        },
+        Frame::Response(corr, r) => match r {
+            Response::Reply(p) => {
+                out.put_u8(0x81);
+                out.put_u64(*corr);
+                put_bytes(out, p);
+            }
+            Response::Failed(e) => {
+                out.put_u8(0x82);
+                out.put_u64(*corr);
+                let (code, text, extra) = error_parts(e);
+                out.put_u8(code);
+                put_str(out, text);
+                out.put_u64(extra);
+            }
+            Response::Claimed(state) => {
+                out.put_u8(0x83);
+                out.put_u64(*corr);
+                match state {
+                    None => out.put_u8(0),
+                    Some((generation, s)) => {
+                        out.put_u8(1);
+                        out.put_u64(*generation);
+                        put_bytes(out, s);
+                    }
+                }
+            }
+            Response::Conflict { version } => {
+                out.put_u8(0x84);
+                out.put_u64(*corr);
+                out.put_u64(*version);
+            }
+            Response::HandOffAck => {
+                out.put_u8(0x85);
+                out.put_u64(*corr);
+            }
+        },
+    }
+    let len = (out.len() - start - 4) as u32;
+    out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+fn error_parts(e: &DeliveryError) -> (u8, &str, u64) {
+    match e {
+        DeliveryError::UnknownType(s) => (1, s, 0),
+        DeliveryError::InvalidAddress(s) => (2, s, 0),
+        DeliveryError::MailboxFull { actor, retry_after } => (3, actor, retry_after.as_secs()),
+        DeliveryError::Dropped(s) => (4, s, 0),
+        DeliveryError::NotAccepting => (5, "", 0),
+        DeliveryError::Unavailable(s) => (6, s, 0),
+        DeliveryError::Timeout(d) => (7, "", d.as_millis() as u64),
+        DeliveryError::Actor(ActorError::BadRequest(s)) => (8, s, 0),
+        DeliveryError::Actor(ActorError::Failed(s)) => (9, s, 0),
+    }
+}
+
+fn error_from_parts(code: u8, text: String, extra: u64) -> Result<DeliveryError, WireError> {
+    Ok(match code {
+        1 => DeliveryError::UnknownType(text),
+        2 => DeliveryError::InvalidAddress(text),
+        3 => DeliveryError::MailboxFull {
+            actor: text,
+            retry_after: Duration::from_secs(extra),
+        },
+        4 => DeliveryError::Dropped(text),
+        5 => DeliveryError::NotAccepting,
+        6 => DeliveryError::Unavailable(text),
+        7 => DeliveryError::Timeout(Duration::from_millis(extra)),
+        8 => DeliveryError::Actor(ActorError::BadRequest(text)),
+        9 => DeliveryError::Actor(ActorError::Failed(text)),
+        other => return Err(WireError::UnknownKind(other)),
+    })
+}
+
+struct Reader {
+    buf: Bytes,
+}
+
+impl Reader {
+    fn need(&self, n: usize) -> Result<(), WireError> {
+        if self.buf.remaining() < n {
+            Err(WireError::Truncated)
+        } else {
+            Ok(())
+        }
+    }
+    fn u8(&mut self) -> Result<u8, WireError> {
+        self.need(1)?;
+        Ok(self.buf.get_u8())
+    }
+    fn u32(&mut self) -> Result<u32, WireError> {
+        self.need(4)?;
+        Ok(self.buf.get_u32())
+    }
+    fn u64(&mut self) -> Result<u64, WireError> {
+        self.need(8)?;
+        Ok(self.buf.get_u64())
+    }
+    fn bytes(&mut self) -> Result<Bytes, WireError> {
+        let n = self.u32()? as usize;
+        self.need(n)?;
+        Ok(self.buf.split_to(n))
+    }
+    fn string(&mut self) -> Result<String, WireError> {
+        let b = self.bytes()?;
+        String::from_utf8(b.to_vec()).map_err(|_| WireError::BadString)
+    }
+}
+
+/// Decodes one frame body (everything after the length prefix).
+pub fn decode(body: Bytes) -> Result<Frame, WireError> {
+    let mut r = Reader { buf: body };
+    let kind = r.u8()?;
+    let corr = r.u64()?;
+    let frame = match kind {
+        0x01 => Frame::Request(
+            corr,
+            Request::Deliver {
+                ask: r.u8()? & 1 == 1,
+                version: r.u64()?,
+                hops: r.u8()?,
+                actor_type: r.string()?,
+                id: r.string()?,
+                method: r.string()?,
+                payload: r.bytes()?,
+            },
+        ),
+        0x02 => Frame::Request(
+            corr,
+            Request::Claim {
+                version: r.u64()?,
+                claimant: r.string()?,
+                actor_type: r.string()?,
+                id: r.string()?,
+            },
+        ),
+        0x03 => Frame::Request(
+            corr,
+            Request::HandOff {
+                generation: r.u64()?,
+                actor_type: r.string()?,
+                id: r.string()?,
+                state: r.bytes()?,
+            },
+        ),
+        0x81 => Frame::Response(corr, Response::Reply(r.bytes()?)),
+        0x82 => {
+            let code = r.u8()?;
+            let text = r.string()?;
+            let extra = r.u64()?;
+            Frame::Response(corr, Response::Failed(error_from_parts(code, text, extra)?))
+        }
+        0x83 => {
+            let state = match r.u8()? {
+                0 => None,
+                _ => Some((r.u64()?, r.bytes()?)),
+            };
+            Frame::Response(corr, Response::Claimed(state))
+        }
+        0x84 => Frame::Response(corr, Response::Conflict { version: r.u64()? }),
+        0x85 => Frame::Response(corr, Response::HandOffAck),
+        other => return Err(WireError::UnknownKind(other)),
+    };
+    if r.buf.has_remaining() {
+        return Err(WireError::Trailing(r.buf.remaining()));
+    }
+    Ok(frame)
+}
+
+/// Reads one frame body; `Ok(None)` at a clean end of stream.
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    max_len: usize,
+) -> std::io::Result<Option<Result<Frame, WireError>>> {
+    let len = match reader.read_u32().await {
+        Ok(n) => n as usize,
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if len > max_len {
+        return Ok(Some(Err(WireError::TooLarge(len, max_len))));
+    }
+    let mut buf = BytesMut::zeroed(len);
+    reader.read_exact(&mut buf).await?;
+    Ok(Some(decode(buf.freeze())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(f: Frame) {
+        let mut b = BytesMut::new();
+        encode(&f, &mut b);
+        let len = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
+        assert_eq!(len, b.len() - 4);
+        assert_eq!(decode(b.freeze().slice(4..)), Ok(f));
+    }
+
+    fn samples() -> Vec<Frame> {
+        vec![
+            Frame::Request(
+                7,
+                Request::Deliver {
+                    ask: true,
+                    version: 3,
+                    hops: 1,
+                    actor_type: "counter".into(),
+                    id: "c-1".into(),
+                    method: "add".into(),
+                    payload: Bytes::from_static(b"{\"by\":2}"),
+                },
+            ),
+            Frame::Request(
+                8,
+                Request::Claim {
+                    version: 9,
+                    claimant: "pod-a".into(),
+                    actor_type: "kv".into(),
+                    id: "x".into(),
+                },
+            ),
+            Frame::Request(
+                9,
+                Request::HandOff {
+                    generation: 4,
+                    actor_type: "kv".into(),
+                    id: "x".into(),
+                    state: Bytes::from_static(b"state"),
+                },
+            ),
+            Frame::Response(1, Response::Reply(Bytes::from_static(b"ok"))),
+            Frame::Response(
+                2,
+                Response::Failed(DeliveryError::MailboxFull {
+                    actor: "counter/c".into(),
+                    retry_after: Duration::from_secs(2),
+                }),
+            ),
+            Frame::Response(
+                3,
+                Response::Failed(DeliveryError::Actor(ActorError::Failed("boom".into()))),
+            ),
+            Frame::Response(4, Response::Claimed(Some((5, Bytes::from_static(b"s"))))),
+            Frame::Response(5, Response::Claimed(None)),
+            Frame::Response(6, Response::Conflict { version: 12 }),
+            Frame::Response(7, Response::HandOffAck),
+        ]
+    }
+
+    #[test]
+    fn every_frame_round_trips() {
+        for f in samples() {
+            round_trip(f);
+        }
+    }
+
+    #[test]
+    fn malformed_frames_are_errors_not_panics() {
+        for f in samples() {
+            let mut b = BytesMut::new();
+            encode(&f, &mut b);
+            let body = b.freeze().slice(4..);
+            // Every truncation and every single-byte corruption decodes to Ok or Err.
+            for cut in 0..body.len() {
+                assert!(decode(body.slice(..cut)).is_err());
+            }
+            for i in 0..body.len() {
+                for v in [0u8, 0x7f, 0xff] {
+                    let mut m = body.to_vec();
+                    m[i] = v;
+                    let _ = decode(Bytes::from(m));
+                }
+            }
+        }
+        assert_eq!(
+            decode(Bytes::from_static(&[0x55, 0, 0, 0, 0, 0, 0, 0, 0])),
+            Err(WireError::UnknownKind(0x55))
+        );
+    }
+
+    #[tokio::test]
+    async fn oversize_frames_are_refused_before_reading_them() {
+        let data = [0u8, 0x10, 0, 0, 1, 2, 3];
+        let mut r = &data[..];
+        let got = read_frame(&mut r, 1024).await.ok().flatten();
+        assert_eq!(got, Some(Err(WireError::TooLarge(0x0010_0000, 1024))));
+        let mut empty: &[u8] = &[];
+        assert!(matches!(read_frame(&mut empty, 1024).await, Ok(None)));
+    }
+}
