@@ -1,13 +1,45 @@
-//! `troupe-node`: one actor node of a Troupe cluster.
+//! `troupe-node`: one actor node of a Troupe cluster — the membership half.
 //!
 //! ```text
-//!            ┌──────────── management port (8558) ─────────────┐
-//!  kubelet ─►│ /alive  /ready  /metrics  /cluster/members       │
-//!            └──────────────────────┬───────────────────────────┘
-//!                                   │ reads
-//!                              NodeState
+//!   Kubernetes API                                  other nodes
+//!   ├─ Lease <cluster>-members ◄─ CAS ─┐        ┌─► GET /cluster/ping (probes, gossip)
+//!   └─ pods (watch) ───► PodSet ──┐    │        │
+//!                                 ▼    │        │
+//!   k8s::{LeaseStore, watch_pods} ─► membership loop ──► MembershipView (watch)
+//!     (edges: I/O)                 (election, coordinator, ├─► Health ─► /ready
+//!                                   failure_detector, view:└─► /metrics, /cluster/members
+//!                                   pure)                      (http)
 //! ```
 //!
-//! [`health`] owns the management HTTP surface.
+//! * Pure logic, tested without I/O: [`election`], [`coordinator`], [`failure_detector`],
+//!   [`view`], [`discovery`], [`timing`]; the table itself is `troupe_contract::MemberTable`.
+//! * Seams: [`store::MemberStore`] (compare-and-swap record) and [`probe::Prober`];
+//!   Kubernetes behind them in [`k8s`], test doubles in [`memory`].
+//! * [`node::Node`] ties it together; [`http`] serves it.
+//!
+//! The guarantee: the member table lives in one store object changed only by
+//! compare-and-swap, so there is exactly one table, hence one cluster; and a node is Ready
+//! only while it is Up in the latest table it read and its knowledge is fresh.
 
+pub mod coordinator;
+pub mod discovery;
+pub mod election;
+pub mod failure_detector;
 pub mod health;
+pub mod http;
+pub mod k8s;
+pub mod membership;
+pub mod memory;
+pub mod metrics;
+pub mod node;
+pub mod probe;
+pub mod store;
+pub mod timing;
+pub mod view;
+
+pub use discovery::PodSet;
+pub use failure_detector::MemberKey;
+pub use membership::{Identity, LeaveReport};
+pub use node::{Node, NodeError};
+pub use timing::Timing;
+pub use view::{BootstrapState, MembershipView};

@@ -1,0 +1,321 @@
+//! The Kubernetes edge: the member store on a `coordination.k8s.io/v1` Lease, and the pod
+//! watch that feeds [`PodSet`]. Everything here is I/O; what it means is decided elsewhere.
+//!
+//! * [`LeaseStore`]: the Lease `<cluster>-members` in the node's namespace. `holderIdentity`,
+//!   `renewTime` and `leaseDurationSeconds` carry the coordinator lease (so `kubectl get
+//!   lease` shows the coordinator), the annotation `troupe.dev/member-table` the table.
+//!   Writes are `replace` with the read `resourceVersion` (409 → [`StoreError::Conflict`]).
+//! * [`watch_pods`]: a watch on the cluster's pods by label, in the node's namespace. On
+//!   errors the watcher backs off and resumes; the snapshot stays as it was.
+//!
+//! RBAC needed: pods get/list/watch; leases get/list/watch/create/update.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::PostParams;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::watch_object;
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Client};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use troupe_contract::coordination::{MEMBER_TABLE_ANNOTATION, lease_name};
+use troupe_contract::{MemberTable, labels};
+
+use crate::discovery::PodSet;
+use crate::store::{ChangeStream, LeaseRecord, MemberStore, StoreError, Stored};
+
+/// The member store on the cluster's Lease.
+#[derive(Clone)]
+pub struct LeaseStore {
+    api: Api<Lease>,
+    name: String,
+    cluster: String,
+    /// The last Lease object seen, so that a replace keeps its other metadata.
+    last: Arc<Mutex<Option<Lease>>>,
+}
+
+impl std::fmt::Debug for LeaseStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaseStore")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl LeaseStore {
+    /// The store of `cluster` in `namespace`.
+    pub fn new(client: Client, namespace: &str, cluster: &str) -> Self {
+        Self {
+            api: Api::namespaced(client, namespace),
+            name: lease_name(cluster),
+            cluster: cluster.to_owned(),
+            last: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    fn remember(&self, lease: &Lease) {
+        if let Ok(mut g) = self.last.lock() {
+            *g = Some(lease.clone());
+        }
+    }
+
+    fn base(&self, resource_version: Option<&str>) -> ObjectMeta {
+        let cached = self.last.lock().ok().and_then(|g| g.clone());
+        match cached {
+            Some(l)
+                if resource_version.is_some()
+                    && l.metadata.resource_version.as_deref() == resource_version =>
+            {
+                l.metadata
+            }
+            _ => ObjectMeta {
+                name: Some(self.name.clone()),
+                labels: Some(
+                    labels::node_selector_pairs(&self.cluster)
+                        .into_iter()
+                        .map(|(k, v)| (k.to_owned(), v))
+                        .collect(),
+                ),
+                resource_version: resource_version.map(str::to_owned),
+                ..ObjectMeta::default()
+            },
+        }
+    }
+
+    fn lease(&self, resource_version: Option<&str>, record: &LeaseRecord) -> Lease {
+        let mut metadata = self.base(resource_version);
+        metadata.resource_version = resource_version.map(str::to_owned);
+        metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(MEMBER_TABLE_ANNOTATION.to_owned(), record.table.to_json());
+        Lease {
+            metadata,
+            spec: Some(LeaseSpec {
+                holder_identity: record.holder.clone(),
+                renew_time: Timestamp::from_millisecond(record.renew_ms)
+                    .ok()
+                    .map(MicroTime),
+                lease_duration_seconds: Some(record.lease_duration_s),
+                ..LeaseSpec::default()
+            }),
+        }
+    }
+}
+
+/// Reads a [`LeaseRecord`] out of a Lease.
+pub fn record_of(lease: &Lease) -> Result<Stored, StoreError> {
+    let resource_version = lease
+        .metadata
+        .resource_version
+        .clone()
+        .ok_or_else(|| StoreError::Malformed("the Lease has no resourceVersion".into()))?;
+    let spec = lease.spec.clone().unwrap_or_default();
+    let table = match lease
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(MEMBER_TABLE_ANNOTATION))
+    {
+        Some(json) => {
+            MemberTable::from_json(json).map_err(|e| StoreError::Malformed(e.to_string()))?
+        }
+        None => MemberTable::default(),
+    };
+    Ok(Stored {
+        resource_version,
+        record: LeaseRecord {
+            holder: spec.holder_identity.filter(|h| !h.is_empty()),
+            renew_ms: spec
+                .renew_time
+                .map(|t| t.0.as_millisecond())
+                .unwrap_or_default(),
+            lease_duration_s: spec.lease_duration_seconds.unwrap_or(3),
+            table,
+        },
+    })
+}
+
+fn store_error(e: kube::Error) -> StoreError {
+    match &e {
+        kube::Error::Api(s) if s.is_conflict() || s.is_already_exists() => StoreError::Conflict,
+        _ => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+impl MemberStore for LeaseStore {
+    async fn read(&self) -> Result<Option<Stored>, StoreError> {
+        match self.api.get_opt(&self.name).await.map_err(store_error)? {
+            Some(lease) => {
+                self.remember(&lease);
+                record_of(&lease).map(Some)
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn create(&self, record: &LeaseRecord) -> Result<Stored, StoreError> {
+        let lease = self.lease(None, record);
+        let created = self
+            .api
+            .create(&PostParams::default(), &lease)
+            .await
+            .map_err(store_error)?;
+        self.remember(&created);
+        record_of(&created)
+    }
+
+    async fn replace(
+        &self,
+        resource_version: &str,
+        record: &LeaseRecord,
+    ) -> Result<Stored, StoreError> {
+        let lease = self.lease(Some(resource_version), record);
+        let replaced = self
+            .api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await
+            .map_err(store_error)?;
+        self.remember(&replaced);
+        record_of(&replaced)
+    }
+
+    fn changes(&self) -> ChangeStream {
+        let me = self.clone();
+        watch_object(self.api.clone(), &self.name)
+            .map(move |r| match r {
+                Ok(Some(lease)) => {
+                    me.remember(&lease);
+                    record_of(&lease).map(Some)
+                }
+                Ok(None) => Ok(None),
+                Err(e) => Err(StoreError::Unavailable(e.to_string())),
+            })
+            .boxed()
+    }
+}
+
+/// Watches the pods of `cluster` in `namespace` and publishes the [`PodSet`]. A watch
+/// error leaves the snapshot unchanged (the watcher backs off and resumes).
+pub fn watch_pods(
+    client: Client,
+    namespace: &str,
+    cluster: &str,
+) -> (watch::Receiver<PodSet>, JoinHandle<()>) {
+    let api: Api<Pod> = Api::namespaced(client, namespace);
+    let config = watcher::Config::default().labels(&labels::node_selector(cluster));
+    let (tx, rx) = watch::channel(PodSet::default());
+    let task = tokio::spawn(async move {
+        let mut stream = watcher::watcher(api, config).default_backoff().boxed();
+        let mut buffer: Option<PodSet> = None;
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(Event::Init) => {
+                    buffer = Some(PodSet {
+                        synced: true,
+                        pods: BTreeMap::new(),
+                    })
+                }
+                Ok(Event::InitApply(pod)) => {
+                    if let Some(b) = buffer.as_mut() {
+                        b.apply(&pod);
+                    }
+                }
+                Ok(Event::InitDone) => {
+                    if let Some(b) = buffer.take() {
+                        tracing::debug!(pods = b.pods.len(), "pod watch synced");
+                        tx.send_if_modified(|s| replace_if_changed(s, b));
+                    }
+                }
+                Ok(Event::Apply(pod)) => {
+                    tx.send_if_modified(|s| {
+                        let mut next = s.clone();
+                        next.apply(&pod);
+                        replace_if_changed(s, next)
+                    });
+                }
+                Ok(Event::Delete(pod)) => {
+                    if let Some(name) = pod.metadata.name {
+                        tx.send_if_modified(|s| s.pods.remove(&name).is_some());
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "pod watch failed; keeping the last known pods")
+                }
+            }
+        }
+    });
+    (rx, task)
+}
+
+fn replace_if_changed(current: &mut PodSet, next: PodSet) -> bool {
+    if *current == next {
+        false
+    } else {
+        *current = next;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_round_trips_a_record() {
+        let mut table = MemberTable::default();
+        table.join("a", "i1", "10.0.0.1");
+        let record = LeaseRecord {
+            holder: Some("a_i1".into()),
+            renew_ms: 1_700_000_000_123,
+            lease_duration_s: 3,
+            table,
+        };
+        // Build the Lease the way the store does, without a client.
+        let mut lease: Lease = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": "x-members", "resourceVersion": "42" }
+        }))
+        .unwrap_or_default();
+        lease
+            .metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(MEMBER_TABLE_ANNOTATION.to_owned(), record.table.to_json());
+        lease.spec = Some(LeaseSpec {
+            holder_identity: record.holder.clone(),
+            renew_time: Timestamp::from_millisecond(record.renew_ms)
+                .ok()
+                .map(MicroTime),
+            lease_duration_seconds: Some(3),
+            ..LeaseSpec::default()
+        });
+        let stored = record_of(&lease).ok();
+        assert_eq!(
+            stored,
+            Some(Stored {
+                resource_version: "42".into(),
+                record
+            })
+        );
+    }
+
+    #[test]
+    fn a_malformed_annotation_is_an_error_not_an_empty_table() {
+        let lease: Lease = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "x-members",
+                "resourceVersion": "1",
+                "annotations": { MEMBER_TABLE_ANNOTATION: "{oops" }
+            }
+        }))
+        .unwrap_or_default();
+        assert!(matches!(record_of(&lease), Err(StoreError::Malformed(_))));
+    }
+}

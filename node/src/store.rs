@@ -1,0 +1,96 @@
+//! Where the member table lives: the [`MemberStore`] trait and the record it stores.
+//!
+//! A store holds one [`LeaseRecord`] per cluster — the coordinator's lease (holder and
+//! renew time) and the [`MemberTable`] — and changes it only by **compare-and-swap** on an
+//! opaque resource version: [`MemberStore::replace`] succeeds only if nobody wrote since
+//! the version that was read, and fails with [`StoreError::Conflict`] otherwise. That one
+//! rule makes the store the single arbiter of membership: one record, one table, one
+//! cluster.
+//!
+//! Two implementations exist: [`crate::k8s::LeaseStore`] (the Lease `<cluster>-members`
+//! in Kubernetes, the production store) and [`crate::memory::MemoryStore`] (a test double
+//! with the same CAS semantics, for the multi-node tests on loopback). This module owns the
+//! contract only, no I/O.
+
+use std::future::Future;
+
+use futures::stream::BoxStream;
+use troupe_contract::MemberTable;
+
+/// What the store keeps for one cluster.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LeaseRecord {
+    /// Identity of the coordinator (`<pod>_<incarnation>`), if any.
+    pub holder: Option<String>,
+    /// When the holder last renewed, in milliseconds since the Unix epoch as the holder's
+    /// clock saw it. Followers never compare it with their own clock: they only notice
+    /// whether it changed (see [`crate::election`]).
+    pub renew_ms: i64,
+    /// How long the lease lasts without renewal, in seconds.
+    pub lease_duration_s: i32,
+    /// The member table.
+    pub table: MemberTable,
+}
+
+/// A record as read from (or written to) the store, with the version a CAS must name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stored {
+    /// Opaque version of the record; the next [`MemberStore::replace`] must name it.
+    pub resource_version: String,
+    /// The record.
+    pub record: LeaseRecord,
+}
+
+/// Why a store operation failed. Every failure means "no change": the caller keeps what
+/// it knew and tries again later.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Someone else wrote first (HTTP 409): re-read and retry.
+    #[error("the member record changed since it was read; re-read and retry")]
+    Conflict,
+    /// The store cannot be reached or refused the request.
+    #[error("member store unavailable: {0}")]
+    Unavailable(String),
+    /// The stored record cannot be understood (e.g. a hand-edited annotation).
+    #[error("member record is malformed: {0}; fix or delete the Lease annotation")]
+    Malformed(String),
+}
+
+impl StoreError {
+    /// A short label for the `troupe_store_errors_total` metric.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Conflict => "conflict",
+            Self::Unavailable(_) => "unavailable",
+            Self::Malformed(_) => "malformed",
+        }
+    }
+}
+
+/// A stream of store changes: `Ok(Some)` is a new record, `Ok(None)` means the record does
+/// not exist (deleted), `Err` means the watch broke (the caller re-reads).
+pub type ChangeStream = BoxStream<'static, Result<Option<Stored>, StoreError>>;
+
+/// Compare-and-swap storage for one cluster's [`LeaseRecord`].
+pub trait MemberStore: Clone + Send + Sync + 'static {
+    /// Reads the record; `Ok(None)` when it does not exist yet.
+    fn read(&self) -> impl Future<Output = Result<Option<Stored>, StoreError>> + Send;
+
+    /// Creates the record; [`StoreError::Conflict`] when it already exists.
+    fn create(
+        &self,
+        record: &LeaseRecord,
+    ) -> impl Future<Output = Result<Stored, StoreError>> + Send;
+
+    /// Replaces the record if its version still is `resource_version`;
+    /// [`StoreError::Conflict`] otherwise.
+    fn replace(
+        &self,
+        resource_version: &str,
+        record: &LeaseRecord,
+    ) -> impl Future<Output = Result<Stored, StoreError>> + Send;
+
+    /// Follows the record. The stream may end or fail; the caller then re-reads and
+    /// subscribes again.
+    fn changes(&self) -> ChangeStream;
+}

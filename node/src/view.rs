@@ -1,0 +1,182 @@
+//! What a node publishes about its membership: [`MembershipView`], and the rule that
+//! decides whether the node may serve ([`serving`]).
+//!
+//! A node **serves** (is Ready, owns actors) only while
+//! 1. it is Up in the latest member table it has seen, and
+//! 2. its knowledge is fresh: it heard from the store within `isolation_timeout` (directly,
+//!    or through a peer that did), **or** it reaches a majority of the Up members.
+//!
+//! (2) keeps the cluster serving while the API server is down for everybody (peers still
+//! answer), and makes a node cut off from both the store and its peers stop serving before
+//! the coordinator may down it (see [`crate::timing`]).
+
+use std::time::{Duration, Instant};
+
+use troupe_contract::{MemberStatus, MemberTable};
+
+use crate::failure_detector::{FailureDetector, MemberKey, quorum};
+
+/// Where a node is in its life as a member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BootstrapState {
+    /// Has not yet read the member store.
+    Starting,
+    /// In the table as Joining, or trying to get in.
+    Joining,
+    /// Up and serving.
+    Up,
+    /// Up in its last table, but cut off from the store and a majority: not serving.
+    Isolated,
+    /// Leaving gracefully.
+    Leaving,
+    /// Out of the table after a graceful leave.
+    Left,
+}
+
+impl BootstrapState {
+    /// Every state, for the metric.
+    pub const ALL: [Self; 6] = [
+        Self::Starting,
+        Self::Joining,
+        Self::Up,
+        Self::Isolated,
+        Self::Leaving,
+        Self::Left,
+    ];
+
+    /// Metric label and JSON name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Starting => "Starting",
+            Self::Joining => "Joining",
+            Self::Up => "Up",
+            Self::Isolated => "Isolated",
+            Self::Leaving => "Leaving",
+            Self::Left => "Left",
+        }
+    }
+}
+
+/// A node's view of its membership, published on a `tokio::sync::watch` channel.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MembershipView {
+    /// This node's current incarnation.
+    pub me: MemberKey,
+    /// The latest member table this node has seen.
+    pub table: MemberTable,
+    /// This node's status in that table, if it is in it.
+    pub status: Option<MemberStatus>,
+    /// Whether the node may serve: Up and fresh (see [`serving`]). Draining is separate
+    /// ([`crate::health::Health`]).
+    pub serving: bool,
+    /// Whether this node holds the coordinator lease.
+    pub coordinator: bool,
+    /// The bootstrap state.
+    pub state: BootstrapState,
+    /// When this node last heard from the store, directly or through a peer.
+    pub store_contact: Option<Instant>,
+}
+
+impl MembershipView {
+    /// The view of a node that has not read anything yet.
+    pub fn starting(me: MemberKey) -> Self {
+        Self {
+            me,
+            table: MemberTable::default(),
+            status: None,
+            serving: false,
+            coordinator: false,
+            state: BootstrapState::Starting,
+            store_contact: None,
+        }
+    }
+
+    /// Milliseconds since the last store contact at `now`, if any.
+    pub fn store_age_ms(&self, now: Instant) -> Option<u64> {
+        self.store_contact.map(|t| {
+            u64::try_from(now.saturating_duration_since(t).as_millis()).unwrap_or(u64::MAX)
+        })
+    }
+}
+
+/// Whether `me` may serve: Up in `table`, and either store contact within `within` or a
+/// majority of the Up members reached within `within`.
+pub fn serving(
+    table: &MemberTable,
+    me: &MemberKey,
+    store_contact: Option<Instant>,
+    fd: &FailureDetector,
+    now: Instant,
+    within: Duration,
+) -> bool {
+    let up = table
+        .members
+        .iter()
+        .any(|m| me.is(m) && m.status == MemberStatus::Up);
+    let store_fresh = store_contact.is_some_and(|t| now.saturating_duration_since(t) <= within);
+    up && (store_fresh || quorum(table, me, fd, now, within))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn three_up() -> MemberTable {
+        let mut t = MemberTable::default();
+        for p in ["a", "b", "c"] {
+            t.join(p, "i", "10.0.0.1");
+            t.transition(p, "i", MemberStatus::Up).ok();
+        }
+        t
+    }
+
+    #[test]
+    fn serving_needs_up_and_fresh_knowledge() {
+        let t0 = Instant::now();
+        let w = Duration::from_secs(2);
+        let t = three_up();
+        let me = MemberKey::new("a", "i");
+        let mut fd = FailureDetector::default();
+        fd.track(&t, t0);
+        // Fresh store contact.
+        assert!(serving(&t, &me, Some(t0), &fd, t0, w));
+        // No store, no peers: isolated.
+        assert!(!serving(
+            &t,
+            &me,
+            Some(t0),
+            &fd,
+            t0 + Duration::from_secs(3),
+            w
+        ));
+        // No store, but a majority answers: the API server is down, keep serving.
+        fd.record(&MemberKey::new("b", "i"), true, t0 + Duration::from_secs(3));
+        assert!(serving(
+            &t,
+            &me,
+            Some(t0),
+            &fd,
+            t0 + Duration::from_secs(3),
+            w
+        ));
+        // Not in the table, or not Up: never.
+        let other = MemberKey::new("a", "other");
+        assert!(!serving(&t, &other, Some(t0), &fd, t0, w));
+    }
+
+    #[test]
+    fn joining_never_serves() {
+        let t0 = Instant::now();
+        let mut t = MemberTable::default();
+        t.join("a", "i", "10.0.0.1");
+        let fd = FailureDetector::default();
+        assert!(!serving(
+            &t,
+            &MemberKey::new("a", "i"),
+            Some(t0),
+            &fd,
+            t0,
+            Duration::from_secs(2)
+        ));
+    }
+}
