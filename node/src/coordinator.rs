@@ -17,11 +17,13 @@
 //!   `isolation_timeout` (see [`crate::timing`]), before this can happen.
 //! * **Remove** a Down member after `down_linger`, so every follower saw it Down.
 //!
-//! The coordinator promotes itself when Joining (with a majority); it never downs itself.
+//! Members whose pod is gone count neither for nor against the majority, so that a
+//! cluster whose pods were all force-deleted recovers. The coordinator promotes itself
+//! when Joining (with a majority); it never downs itself.
 
 use std::time::Instant;
 
-use troupe_contract::{MemberStatus, MemberTable};
+use troupe_contract::{Member, MemberStatus, MemberTable};
 
 use crate::discovery::PodSet;
 use crate::failure_detector::{FailureDetector, MemberKey, quorum};
@@ -74,10 +76,43 @@ pub struct Inputs<'a> {
     pub timing: &'a Timing,
 }
 
+/// Whether the pod of `m` is gone by the pod watch, for a member this node has tracked
+/// long enough that the watch cannot merely be lagging behind its join.
+pub fn pod_gone(
+    m: &Member,
+    pods: &PodSet,
+    fd: &FailureDetector,
+    now: Instant,
+    timing: &Timing,
+) -> bool {
+    pods.is_gone(&m.pod) && fd.tracked_for(&MemberKey::of(m), now) >= timing.discovery_grace
+}
+
+/// `table` without the members whose pod is gone: the API server says they are dead, so
+/// they count neither for nor against a majority.
+pub fn live_members(
+    table: &MemberTable,
+    pods: &PodSet,
+    fd: &FailureDetector,
+    now: Instant,
+    timing: &Timing,
+) -> MemberTable {
+    MemberTable {
+        version: table.version,
+        members: table
+            .members
+            .iter()
+            .filter(|m| !pod_gone(m, pods, fd, now, timing))
+            .cloned()
+            .collect(),
+    }
+}
+
 /// The changes the coordinator should make now, in table order.
 pub fn plan(i: Inputs<'_>) -> Vec<Change> {
     let t = i.timing;
-    let majority = quorum(i.table, i.me, i.fd, i.now, t.isolation_timeout);
+    let live = live_members(i.table, i.pods, i.fd, i.now, t);
+    let majority = quorum(&live, i.me, i.fd, i.now, t.isolation_timeout);
     let mut changes = Vec::new();
     for m in &i.table.members {
         let key = MemberKey::of(m);
@@ -95,7 +130,7 @@ pub fn plan(i: Inputs<'_>) -> Vec<Change> {
         }
         let answering =
             i.fd.failures_in_a_row(&key) == 0 && i.fd.reachable(&key, i.now, t.probe_interval * 2);
-        let gone = i.pods.is_gone(&m.pod) && i.fd.tracked_for(&key, i.now) >= t.discovery_grace;
+        let gone = pod_gone(m, i.pods, i.fd, i.now, t);
         if gone && !answering {
             changes.push(Change::Down(key, DownReason::PodGone));
         } else if majority
@@ -265,6 +300,26 @@ mod tests {
         assert_eq!(
             w.plan(5.5),
             vec![
+                Change::Down(key("b"), DownReason::PodGone),
+                Change::Down(key("c"), DownReason::PodGone)
+            ]
+        );
+    }
+
+    #[test]
+    fn members_whose_pods_are_gone_do_not_count_for_the_majority() {
+        let mut w = World::new(&[
+            ("a", MemberStatus::Joining),
+            ("b", MemberStatus::Up),
+            ("c", MemberStatus::Up),
+        ]);
+        w.pods = PodSet::from_list([("a", "10.0.0.1")]);
+        w.answer("b", false, 5.0);
+        w.answer("c", false, 5.0);
+        assert_eq!(
+            w.plan(5.0),
+            vec![
+                Change::Promote(key("a")),
                 Change::Down(key("b"), DownReason::PodGone),
                 Change::Down(key("c"), DownReason::PodGone)
             ]

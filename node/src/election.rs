@@ -79,7 +79,7 @@ pub enum Role {
 pub struct Eligibility {
     /// This node is Up and reaches a majority of the Up members.
     pub up_with_quorum: bool,
-    /// The table has no Up member at all (a new or wholly dead cluster).
+    /// The table has no Up member whose pod still exists (a new or wholly dead cluster).
     pub table_has_no_up: bool,
 }
 

@@ -503,7 +503,13 @@ impl<S: MemberStore> Driver<S> {
                     now,
                     self.timing.isolation_timeout,
                 ),
-            table_has_no_up: record.table.up_members().next().is_none(),
+            table_has_no_up: {
+                let pods = self.pods.borrow();
+                record
+                    .table
+                    .up_members()
+                    .all(|m| coordinator::pod_gone(m, &pods, &self.fd, now, &self.timing))
+            },
         };
         let my_id = self.my_id();
         let role = election::decide(

@@ -50,7 +50,7 @@ impl Default for Timing {
             min_failures: 3,
             isolation_timeout: Duration::from_secs(2),
             down_linger: Duration::from_secs(1),
-            discovery_grace: Duration::from_secs(5),
+            discovery_grace: Duration::from_secs(3),
             store_refresh: Duration::from_millis(1000),
         }
     }

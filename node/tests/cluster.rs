@@ -652,3 +652,38 @@ async fn every_node_deleted_at_once_and_restarted_forms_one_cluster_again() -> a
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_pod_force_deleted_and_replaced_by_new_pods_forms_one_cluster() -> anyhow::Result<()>
+{
+    // Deployment semantics: the replacements have new names, the dead members stay in the
+    // table until the pod watch (and the lease expiry) let a new coordinator down them.
+    let mut c = formed(&FIVE).await?;
+    let mut names: Vec<String> = FIVE.iter().map(|p| p.to_string()).collect();
+    for round in 0..3 {
+        for p in &names {
+            c.kill(p, true);
+        }
+        c.nodes.clear();
+        names = (0..5).map(|i| format!("r{round}-pod-{i}")).collect();
+        let start = Instant::now();
+        for p in &names {
+            c.start(p).await?;
+        }
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        until(
+            "5 new pods Up, the dead ones out",
+            Duration::from_secs(20),
+            &c,
+            |c| c.all_up(&refs),
+        )
+        .await?;
+        println!(
+            "[membership] 5 pods force-deleted, round {round}: replacements formed one cluster of 5 in {:?} (lease {:?}, discovery grace {:?})",
+            start.elapsed(),
+            c.timing.lease_duration,
+            c.timing.discovery_grace
+        );
+    }
+    Ok(())
+}
