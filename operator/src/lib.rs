@@ -1,1 +1,28 @@
-//! `troupe-operator`: reconciles `ActorCluster` resources (work in progress).
+//! `troupe-operator`: reconciles `ActorCluster` resources into actor-node Deployments and
+//! their companions.
+//!
+//! ```text
+//!   watch (ActorCluster, children, member Leases)
+//!        │
+//!        ▼
+//!   controller::reconcile ──► validate (pure) ──► build desired children (pure)
+//!        │                                              │
+//!        │                      drift: desired ⊆ observed? (pure) ── yes ─► no write
+//!        │                                              │ no
+//!        │                                              ▼
+//!        │                               server-side apply (field manager troupe-operator)
+//!        ▼
+//!   status::compute (pure) ── changed? ──► patch /status, Event
+//! ```
+//!
+//! Pure modules: [`crd`], [`validate`], [`build`], [`drift`], [`status`].
+//! Edges: [`controller`] (kube client), [`server`] (HTTP), [`leader`] (Lease election).
+pub mod build;
+pub mod controller;
+pub mod crd;
+pub mod drift;
+pub mod leader;
+pub mod metrics;
+pub mod server;
+pub mod status;
+pub mod validate;

@@ -1,0 +1,486 @@
+//! The node Deployment: the pod template of an actor node (ports, probes, downward-API
+//! environment, a locked-down security context) and a rolling update that never takes a
+//! member away before its replacement is Ready.
+//!
+//! `spec.replicas` of the Deployment is always `ActorCluster.spec.replicas`: the operator is
+//! its only writer; the HPA scales the ActorCluster, never the Deployment.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use troupe_contract::{env, labels, ports};
+
+use super::Owner;
+use crate::crd::AppSpec;
+use crate::validate::ValidSpec;
+
+/// The uid and gid the containers run as (distroless `nonroot`).
+pub const RUN_AS_USER: i64 = 65532;
+/// Seconds a node gets to leave gracefully (hand actors over, finish accepted work).
+pub const TERMINATION_GRACE_SECONDS: i64 = 30;
+/// Name of the node container.
+pub const NODE_CONTAINER: &str = "node";
+/// Name of the sidecar-mode application container.
+pub const APP_CONTAINER: &str = "app";
+
+/// The Deployment `<name>`.
+pub fn desired_deployment(owner: &Owner, spec: &ValidSpec<'_>) -> Deployment {
+    let overrides = spec.spec.pod_template.clone().unwrap_or_default();
+
+    // User labels first; the selector and component labels always win.
+    let mut pod_labels: BTreeMap<String, String> = overrides.labels.unwrap_or_default();
+    pod_labels.extend(owner.labels());
+    pod_labels.insert(
+        labels::COMPONENT.to_owned(),
+        labels::COMPONENT_NODE.to_owned(),
+    );
+
+    let mut containers = vec![node_container(owner, spec)];
+    if let Some(app) = &spec.spec.app {
+        containers.push(app_container(app));
+    }
+
+    Deployment {
+        metadata: owner.meta(owner.name.clone()),
+        spec: Some(DeploymentSpec {
+            replicas: Some(spec.spec.replicas),
+            selector: LabelSelector {
+                match_labels: Some(owner.selector()),
+                ..LabelSelector::default()
+            },
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".to_owned()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::Int(1)),
+                    max_unavailable: Some(IntOrString::Int(0)),
+                }),
+            }),
+            revision_history_limit: Some(3),
+            progress_deadline_seconds: Some(180),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: overrides.annotations.filter(|a| !a.is_empty()),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    service_account_name: Some(owner.node_account_name()),
+                    automount_service_account_token: Some(true),
+                    termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(RUN_AS_USER),
+                        run_as_group: Some(RUN_AS_USER),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".to_owned(),
+                            ..SeccompProfile::default()
+                        }),
+                        ..PodSecurityContext::default()
+                    }),
+                    containers,
+                    volumes: Some(vec![Volume {
+                        name: "tmp".to_owned(),
+                        empty_dir: Some(EmptyDirVolumeSource {
+                            size_limit: Some(Quantity("16Mi".to_owned())),
+                            ..EmptyDirVolumeSource::default()
+                        }),
+                        ..Volume::default()
+                    }]),
+                    node_selector: overrides.node_selector.filter(|m| !m.is_empty()),
+                    tolerations: overrides.tolerations.filter(|t| !t.is_empty()),
+                    affinity: overrides.affinity,
+                    priority_class_name: overrides.priority_class_name,
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        status: None,
+    }
+}
+
+fn container_security() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_owned()]),
+            ..Capabilities::default()
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+fn field_env(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                api_version: Some("v1".to_owned()),
+                field_path: path.to_owned(),
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+fn value_env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    }
+}
+
+fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::String(ports::MANAGEMENT_NAME.to_owned()),
+            scheme: Some("HTTP".to_owned()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        timeout_seconds: Some(1),
+        success_threshold: Some(1),
+        failure_threshold: Some(failures),
+        ..Probe::default()
+    }
+}
+
+fn container_port(name: &str, number: u16) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.to_owned()),
+        container_port: i32::from(number),
+        protocol: Some("TCP".to_owned()),
+        ..ContainerPort::default()
+    }
+}
+
+fn node_container(owner: &Owner, spec: &ValidSpec<'_>) -> Container {
+    let mut env_vars = vec![
+        field_env(env::POD_NAME, "metadata.name"),
+        field_env(env::POD_NAMESPACE, "metadata.namespace"),
+        field_env(env::POD_IP, "status.podIP"),
+        field_env(env::POD_UID, "metadata.uid"),
+        value_env(env::CLUSTER_NAME, owner.name.clone()),
+        value_env(
+            env::MAILBOX_CAPACITY,
+            spec.spec.mailbox.capacity.to_string(),
+        ),
+        value_env(env::MAILBOX_OVERFLOW, spec.spec.mailbox.overflow.as_str()),
+    ];
+    if let Some(app) = &spec.spec.app {
+        env_vars.push(value_env(
+            env::APP_URL,
+            format!("http://127.0.0.1:{}", app.port),
+        ));
+    }
+    Container {
+        name: NODE_CONTAINER.to_owned(),
+        image: Some(spec.image.clone()),
+        image_pull_policy: Some("IfNotPresent".to_owned()),
+        ports: Some(vec![
+            container_port(ports::MANAGEMENT_NAME, ports::MANAGEMENT),
+            container_port(ports::CLIENT_NAME, ports::CLIENT),
+            container_port(ports::TRANSPORT_NAME, ports::TRANSPORT),
+        ]),
+        env: Some(env_vars),
+        // `/alive` never depends on membership, so a slow bootstrap never kills a pod.
+        liveness_probe: Some(http_probe("/alive", 10, 3)),
+        // `/ready` only while an Up member: probed every second so joins show quickly.
+        readiness_probe: Some(http_probe("/ready", 1, 2)),
+        // Up to 60 s to start before liveness takes over.
+        startup_probe: Some(http_probe("/alive", 1, 60)),
+        resources: Some(
+            spec.spec
+                .resources
+                .clone()
+                .unwrap_or_else(default_resources),
+        ),
+        security_context: Some(container_security()),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "tmp".to_owned(),
+            mount_path: "/tmp".to_owned(),
+            ..VolumeMount::default()
+        }]),
+        termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
+        ..Container::default()
+    }
+}
+
+/// Requests of a node when `spec.resources` is not given: enough to schedule sensibly,
+/// no limits (the node bounds its own memory through mailbox capacities).
+fn default_resources() -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_owned(), Quantity("10m".to_owned())),
+            ("memory".to_owned(), Quantity("32Mi".to_owned())),
+        ])),
+        ..ResourceRequirements::default()
+    }
+}
+
+fn app_container(app: &AppSpec) -> Container {
+    Container {
+        name: APP_CONTAINER.to_owned(),
+        image: Some(app.image.clone()),
+        image_pull_policy: Some("IfNotPresent".to_owned()),
+        command: app.command.clone(),
+        args: app.args.clone(),
+        env: app.env.clone().filter(|e| !e.is_empty()),
+        ports: Some(vec![ContainerPort {
+            name: Some(APP_CONTAINER.to_owned()),
+            container_port: app.port,
+            protocol: Some("TCP".to_owned()),
+            ..ContainerPort::default()
+        }]),
+        resources: app.resources.clone(),
+        security_context: Some(container_security()),
+        termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
+        ..Container::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::fixtures::owner;
+    use crate::crd::{ActorClusterSpec, OverflowPolicy, PodTemplateOverrides};
+    use crate::validate::validate;
+
+    fn build(spec: &ActorClusterSpec) -> Deployment {
+        let valid = validate(spec, "troupe-node:0.1.0").expect("valid");
+        desired_deployment(&owner(), &valid)
+    }
+
+    fn pod(d: &Deployment) -> PodSpec {
+        d.spec
+            .as_ref()
+            .and_then(|s| s.template.spec.clone())
+            .expect("pod spec")
+    }
+
+    fn env_of(c: &Container, name: &str) -> Option<EnvVar> {
+        c.env.iter().flatten().find(|e| e.name == name).cloned()
+    }
+
+    #[test]
+    fn replicas_and_rolling_update_follow_the_design() {
+        let d = build(&ActorClusterSpec {
+            replicas: 3,
+            ..Default::default()
+        });
+        let spec = d.spec.as_ref().expect("spec");
+        assert_eq!(spec.replicas, Some(3));
+        let ru = spec
+            .strategy
+            .as_ref()
+            .and_then(|s| s.rolling_update.clone())
+            .expect("rolling update");
+        assert_eq!(ru.max_surge, Some(IntOrString::Int(1)));
+        assert_eq!(ru.max_unavailable, Some(IntOrString::Int(0)));
+        assert_eq!(spec.selector.match_labels, Some(owner().selector()));
+    }
+
+    #[test]
+    fn zero_replicas_stay_zero() {
+        let d = build(&ActorClusterSpec {
+            replicas: 0,
+            ..Default::default()
+        });
+        assert_eq!(d.spec.and_then(|s| s.replicas), Some(0));
+    }
+
+    #[test]
+    fn node_container_has_image_ports_probes_and_env() {
+        let d = build(&ActorClusterSpec::default());
+        let p = pod(&d);
+        assert_eq!(p.service_account_name.as_deref(), Some("orders-node"));
+        assert_eq!(p.termination_grace_period_seconds, Some(30));
+        let c = &p.containers[0];
+        assert_eq!(c.image.as_deref(), Some("troupe-node:0.1.0"));
+        assert_eq!(c.image_pull_policy.as_deref(), Some("IfNotPresent"));
+        let ports: Vec<i32> = c.ports.iter().flatten().map(|p| p.container_port).collect();
+        assert_eq!(ports, [8558, 8080, 25520]);
+        let path = |p: &Option<Probe>| {
+            p.as_ref()
+                .and_then(|p| p.http_get.as_ref())
+                .and_then(|h| h.path.clone())
+        };
+        assert_eq!(path(&c.liveness_probe).as_deref(), Some("/alive"));
+        assert_eq!(path(&c.readiness_probe).as_deref(), Some("/ready"));
+        assert_eq!(path(&c.startup_probe).as_deref(), Some("/alive"));
+        for (name, field) in [
+            ("POD_NAME", "metadata.name"),
+            ("POD_NAMESPACE", "metadata.namespace"),
+            ("POD_IP", "status.podIP"),
+        ] {
+            let e = env_of(c, name).expect(name);
+            assert_eq!(
+                e.value_from.and_then(|v| v.field_ref).map(|f| f.field_path),
+                Some(field.to_owned())
+            );
+        }
+        assert_eq!(
+            env_of(c, "TROUPE_CLUSTER").and_then(|e| e.value),
+            Some("orders".into())
+        );
+        assert_eq!(
+            env_of(c, "TROUPE_MAILBOX_CAPACITY").and_then(|e| e.value),
+            Some("1000".into())
+        );
+        assert!(env_of(c, "TROUPE_APP_URL").is_none());
+    }
+
+    #[test]
+    fn pods_are_locked_down() {
+        let p = pod(&build(&ActorClusterSpec::default()));
+        let psc = p.security_context.expect("pod security");
+        assert_eq!(psc.run_as_non_root, Some(true));
+        assert_eq!(psc.run_as_user, Some(65532));
+        assert_eq!(
+            psc.seccomp_profile.map(|s| s.type_),
+            Some("RuntimeDefault".into())
+        );
+        let sc = p.containers[0].security_context.clone().expect("security");
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(
+            sc.capabilities.and_then(|c| c.drop),
+            Some(vec!["ALL".to_owned()])
+        );
+    }
+
+    #[test]
+    fn mailbox_settings_reach_the_environment() {
+        let mut spec = ActorClusterSpec::default();
+        spec.mailbox.capacity = 7;
+        spec.mailbox.overflow = OverflowPolicy::DropOldest;
+        let p = pod(&build(&spec));
+        let c = &p.containers[0];
+        assert_eq!(
+            env_of(c, "TROUPE_MAILBOX_CAPACITY").and_then(|e| e.value),
+            Some("7".into())
+        );
+        assert_eq!(
+            env_of(c, "TROUPE_MAILBOX_OVERFLOW").and_then(|e| e.value),
+            Some("DropOldest".into())
+        );
+    }
+
+    #[test]
+    fn app_sidecar_gets_a_container_and_the_node_its_url() {
+        let spec = ActorClusterSpec {
+            app: Some(AppSpec {
+                image: "shop/app:1".into(),
+                port: 3000,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let p = pod(&build(&spec));
+        assert_eq!(p.containers.len(), 2);
+        assert_eq!(p.containers[1].name, "app");
+        assert_eq!(p.containers[1].image.as_deref(), Some("shop/app:1"));
+        assert_eq!(
+            p.containers[1]
+                .security_context
+                .as_ref()
+                .and_then(|s| s.read_only_root_filesystem),
+            Some(true)
+        );
+        assert_eq!(
+            env_of(&p.containers[0], "TROUPE_APP_URL").and_then(|e| e.value),
+            Some("http://127.0.0.1:3000".into())
+        );
+    }
+
+    #[test]
+    fn template_overrides_apply_but_selector_labels_win() {
+        let spec = ActorClusterSpec {
+            pod_template: Some(PodTemplateOverrides {
+                labels: Some(BTreeMap::from([
+                    ("team".to_owned(), "shop".to_owned()),
+                    (labels::INSTANCE.to_owned(), "hijack".to_owned()),
+                ])),
+                annotations: Some(BTreeMap::from([("a".to_owned(), "b".to_owned())])),
+                node_selector: Some(BTreeMap::from([("disk".to_owned(), "ssd".to_owned())])),
+                priority_class_name: Some("high".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let d = build(&spec);
+        let meta = d
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.metadata.clone())
+            .expect("meta");
+        let l = meta.labels.expect("labels");
+        assert_eq!(l.get("team").map(String::as_str), Some("shop"));
+        assert_eq!(l.get(labels::INSTANCE).map(String::as_str), Some("orders"));
+        assert_eq!(
+            l.get(labels::COMPONENT).map(String::as_str),
+            Some("actor-node")
+        );
+        assert_eq!(
+            meta.annotations.and_then(|a| a.get("a").cloned()),
+            Some("b".into())
+        );
+        let p = pod(&d);
+        assert_eq!(p.priority_class_name.as_deref(), Some("high"));
+        assert!(p.node_selector.is_some());
+    }
+
+    #[test]
+    fn empty_overrides_leave_no_empty_collections() {
+        let spec = ActorClusterSpec {
+            pod_template: Some(PodTemplateOverrides {
+                annotations: Some(BTreeMap::new()),
+                tolerations: Some(vec![]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let d = build(&spec);
+        let p = pod(&d);
+        assert!(p.tolerations.is_none());
+        assert!(
+            d.spec
+                .and_then(|s| s.template.metadata)
+                .and_then(|m| m.annotations)
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn own_resources_replace_the_defaults() {
+        let spec = ActorClusterSpec {
+            resources: Some(ResourceRequirements {
+                limits: Some(BTreeMap::from([(
+                    "memory".to_owned(),
+                    Quantity("64Mi".to_owned()),
+                )])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let c = &pod(&build(&spec)).containers[0];
+        let r = c.resources.clone().expect("resources");
+        assert!(r.requests.is_none());
+        assert!(r.limits.is_some());
+    }
+}

@@ -1,0 +1,94 @@
+//! The node's identity: a ServiceAccount and a Role that covers exactly what a node does in
+//! its own namespace (watch its peers' pods, keep the member-table Lease), bound together.
+
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+
+use super::Owner;
+
+/// The node ServiceAccount `<name>-node`.
+pub fn desired_service_account(owner: &Owner) -> ServiceAccount {
+    ServiceAccount {
+        metadata: owner.meta(owner.node_account_name()),
+        ..ServiceAccount::default()
+    }
+}
+
+/// The node Role `<name>-node`: pods get/list/watch; leases get/list/watch/create/update/patch.
+pub fn desired_role(owner: &Owner) -> Role {
+    let rule = |group: &str, resource: &str, verbs: &[&str]| PolicyRule {
+        api_groups: Some(vec![group.to_owned()]),
+        resources: Some(vec![resource.to_owned()]),
+        verbs: verbs.iter().map(|v| (*v).to_owned()).collect(),
+        ..PolicyRule::default()
+    };
+    Role {
+        metadata: owner.meta(owner.node_account_name()),
+        rules: Some(vec![
+            rule("", "pods", &["get", "list", "watch"]),
+            rule(
+                "coordination.k8s.io",
+                "leases",
+                &["get", "list", "watch", "create", "update", "patch"],
+            ),
+        ]),
+    }
+}
+
+/// Binds the node Role to the node ServiceAccount.
+pub fn desired_role_binding(owner: &Owner) -> RoleBinding {
+    RoleBinding {
+        metadata: owner.meta(owner.node_account_name()),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".to_owned(),
+            kind: "Role".to_owned(),
+            name: owner.node_account_name(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".to_owned(),
+            name: owner.node_account_name(),
+            namespace: Some(owner.namespace.clone()),
+            ..Subject::default()
+        }]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::fixtures::owner;
+
+    #[test]
+    fn role_grants_pods_read_and_leases_write_nothing_else() {
+        let role = desired_role(&owner());
+        let rules = role.rules.expect("rules");
+        assert_eq!(rules.len(), 2);
+        assert_eq!(rules[0].resources, Some(vec!["pods".to_owned()]));
+        assert_eq!(rules[0].verbs, ["get", "list", "watch"]);
+        assert_eq!(
+            rules[1].api_groups,
+            Some(vec!["coordination.k8s.io".to_owned()])
+        );
+        assert_eq!(rules[1].resources, Some(vec!["leases".to_owned()]));
+        assert!(!rules[1].verbs.iter().any(|v| v == "delete" || v == "*"));
+        for r in &rules {
+            assert!(r.resource_names.is_none());
+            assert!(!r.verbs.iter().any(|v| v == "*"));
+        }
+    }
+
+    #[test]
+    fn binding_ties_the_node_role_to_the_node_account() {
+        let o = owner();
+        let rb = desired_role_binding(&o);
+        assert_eq!(rb.role_ref.kind, "Role");
+        assert_eq!(rb.role_ref.name, "orders-node");
+        let s = &rb.subjects.expect("subjects")[0];
+        assert_eq!(s.name, "orders-node");
+        assert_eq!(s.namespace.as_deref(), Some("shop"));
+        assert_eq!(
+            desired_service_account(&o).metadata.name.as_deref(),
+            Some("orders-node")
+        );
+    }
+}

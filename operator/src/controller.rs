@@ -1,0 +1,647 @@
+//! The reconciler: the only module that reads from and writes to the API server on behalf
+//! of an ActorCluster.
+//!
+//! ```text
+//!  watches ──► reflector stores (children by label, member Leases; managedFields dropped)
+//!     │                     │
+//!     ▼                     ▼ (reads only)
+//!  reconcile ─ validate ─ build ─ for each child: converged? ── yes ──► skip (no write)
+//!                                     │ no
+//!                                     ▼
+//!                          server-side apply (field manager `troupe-operator`, force)
+//!            └─ status::compute ── differs from stored? ──► apply /status ─► Events
+//! ```
+//!
+//! **Zero writes on a converged resync.** A child is written only when
+//! [`drift::converged`] says the stored object lacks a field we set, or differs in one.
+//! When the API server normalises a value in a way [`drift`] does not know, the apply memo
+//! (desired hash + the `resourceVersion` the apply returned) recognises the object as the
+//! one we wrote. The status is written only when the computed status differs from the
+//! stored one. Every write call increments `troupe_operator_api_writes_total{kind,verb}`,
+//! which is how writes are counted.
+//!
+//! Errors requeue the object with its own exponential backoff (2 s doubling to 5 min),
+//! reset by its next success.
+
+use std::collections::HashMap;
+use std::collections::hash_map::DefaultHasher;
+use std::fmt::Debug;
+use std::future::Future;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use troupe_contract::{coordination, labels};
+
+use crate::build::{BuildError, Children, Owner, desired_children};
+use crate::crd::{ActorCluster, ActorClusterStatus};
+use crate::drift;
+use crate::metrics::Metrics;
+use crate::status::{self, Observed, Problem};
+use crate::validate::validate;
+
+/// The one field manager of every write the operator makes.
+pub const FIELD_MANAGER: &str = "troupe-operator";
+
+/// Why a reconcile failed. Every variant says what to look at.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The ActorCluster cannot own children (it lacks stored metadata).
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// A server-side apply of a child was refused.
+    #[error(
+        "applying {kind} {name} failed (check the operator's ClusterRole and quotas): {source}"
+    )]
+    Apply {
+        /// Kind of the child.
+        kind: String,
+        /// Name of the child.
+        name: String,
+        /// What the API server said.
+        #[source]
+        source: kube::Error,
+    },
+    /// Deleting a child that is no longer wanted failed.
+    #[error("deleting {kind} {name} failed: {source}")]
+    Delete {
+        /// Kind of the child.
+        kind: String,
+        /// Name of the child.
+        name: String,
+        /// What the API server said.
+        #[source]
+        source: kube::Error,
+    },
+    /// Writing the status failed.
+    #[error("writing the status of ActorCluster {name} failed: {source}")]
+    Status {
+        /// Name of the ActorCluster.
+        name: String,
+        /// What the API server said.
+        #[source]
+        source: kube::Error,
+    },
+    /// The watch caches were dropped: the controller is shutting down.
+    #[error("the watch caches are gone; the operator is shutting down")]
+    CachesGone,
+}
+
+impl Error {
+    /// The `kind` label of `troupe_operator_reconcile_errors_total`.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Build(_) => "build",
+            Self::Apply { .. } => "apply",
+            Self::Delete { .. } => "delete",
+            Self::Status { .. } => "status",
+            Self::CachesGone => "caches",
+        }
+    }
+}
+
+/// Settings of the reconciler.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The node image when `spec.image` is absent.
+    pub default_image: String,
+    /// How often every ActorCluster is reconciled even without a change.
+    pub resync: Duration,
+    /// How many ActorClusters are reconciled at once.
+    pub concurrency: u16,
+    /// Name of this replica, for Events.
+    pub instance: Option<String>,
+}
+
+/// The watch caches the reconciler reads instead of the API server.
+#[derive(Debug, Clone)]
+pub struct Stores {
+    deployments: Store<Deployment>,
+    services: Store<Service>,
+    service_accounts: Store<ServiceAccount>,
+    roles: Store<Role>,
+    role_bindings: Store<RoleBinding>,
+    pdbs: Store<PodDisruptionBudget>,
+    hpas: Store<HorizontalPodAutoscaler>,
+    leases: Store<Lease>,
+}
+
+impl Stores {
+    async fn ready(&self) -> Result<(), Error> {
+        let results = futures::join!(
+            self.deployments.wait_until_ready(),
+            self.services.wait_until_ready(),
+            self.service_accounts.wait_until_ready(),
+            self.roles.wait_until_ready(),
+            self.role_bindings.wait_until_ready(),
+            self.pdbs.wait_until_ready(),
+            self.hpas.wait_until_ready(),
+            self.leases.wait_until_ready(),
+        );
+        let (a, b, c, d, e, f, g, h) = results;
+        a.and(b)
+            .and(c)
+            .and(d)
+            .and(e)
+            .and(f)
+            .and(g)
+            .and(h)
+            .map_err(|_| Error::CachesGone)
+    }
+}
+
+type MemoKey = (String, String, String);
+
+/// What every reconcile shares.
+pub struct Context {
+    client: Client,
+    config: Config,
+    stores: Stores,
+    metrics: Metrics,
+    recorder: Recorder,
+    /// (kind, namespace, name) → (hash of the applied object, resourceVersion after apply).
+    memo: Mutex<HashMap<MemoKey, (u64, String)>>,
+    /// Consecutive failures per ActorCluster, for the backoff.
+    failures: Mutex<HashMap<ObjectRef<ActorCluster>, u32>>,
+}
+
+impl Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The delay before retrying after the `failures`-th consecutive error.
+pub fn backoff(failures: u32) -> Duration {
+    let secs = 2u64.saturating_pow(failures.clamp(1, 16)).min(300);
+    Duration::from_secs(secs)
+}
+
+fn strip<K: Resource>(obj: &mut K) {
+    obj.meta_mut().managed_fields = None;
+}
+
+/// Runs the controller until `shutdown` resolves; then finishes the reconciles in flight.
+pub async fn run(
+    client: Client,
+    config: Config,
+    metrics: Metrics,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let owned = watcher::Config::default()
+        .labels(&format!(
+            "{}={}",
+            labels::MANAGED_BY,
+            labels::MANAGED_BY_VALUE
+        ))
+        .any_semantic();
+
+    macro_rules! cache {
+        ($kind:ty, $cfg:expr) => {{
+            let (store, writer) = reflector::store::<$kind>();
+            let stream = watcher(Api::<$kind>::all(client.clone()), $cfg)
+                .default_backoff()
+                .modify(strip::<$kind>)
+                .reflect(writer)
+                .touched_objects();
+            (store, stream)
+        }};
+    }
+    let (deployments, deployment_stream) = cache!(Deployment, owned.clone());
+    let (services, service_stream) = cache!(Service, owned.clone());
+    let (service_accounts, sa_stream) = cache!(ServiceAccount, owned.clone());
+    let (roles, role_stream) = cache!(Role, owned.clone());
+    let (role_bindings, rb_stream) = cache!(RoleBinding, owned.clone());
+    let (pdbs, pdb_stream) = cache!(PodDisruptionBudget, owned.clone());
+    let (hpas, hpa_stream) = cache!(HorizontalPodAutoscaler, owned.clone());
+    let (leases, lease_stream) = cache!(Lease, watcher::Config::default().any_semantic());
+
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: FIELD_MANAGER.to_owned(),
+            instance: config.instance.clone(),
+        },
+    );
+    let resync = config.resync;
+    let concurrency = config.concurrency;
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        config,
+        stores: Stores {
+            deployments,
+            services,
+            service_accounts,
+            roles,
+            role_bindings,
+            pdbs,
+            hpas,
+            leases,
+        },
+        metrics,
+        recorder,
+        memo: Mutex::new(HashMap::new()),
+        failures: Mutex::new(HashMap::new()),
+    });
+
+    let resync_ticks = futures::stream::unfold(tokio::time::interval(resync), |mut i| async {
+        i.tick().await;
+        Some(((), i))
+    })
+    .skip(1);
+
+    Controller::new(
+        Api::<ActorCluster>::all(client),
+        watcher::Config::default().any_semantic(),
+    )
+    .with_config(controller::Config::default().concurrency(concurrency))
+    .owns_stream(deployment_stream)
+    .owns_stream(service_stream)
+    .owns_stream(sa_stream)
+    .owns_stream(role_stream)
+    .owns_stream(rb_stream)
+    .owns_stream(pdb_stream)
+    .owns_stream(hpa_stream)
+    .watches_stream(lease_stream, |lease: Lease| {
+        let namespace = lease.namespace();
+        let name = lease.name_any();
+        status::cluster_of_lease(&name)
+            .zip(namespace)
+            .map(|(cluster, ns)| ObjectRef::new(cluster).within(&ns))
+    })
+    .reconcile_all_on(resync_ticks)
+    .graceful_shutdown_on(shutdown)
+    .run(reconcile, error_policy, ctx)
+    .for_each(|result| async move {
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "controller event");
+        }
+    })
+    .await;
+}
+
+/// Retries a failed ActorCluster after its own exponential backoff.
+fn error_policy(ac: Arc<ActorCluster>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .errors
+        .with_label_values(&[error.metric_label()])
+        .inc();
+    let key = ObjectRef::from_obj(ac.as_ref());
+    let failures = match ctx.failures.lock() {
+        Ok(mut map) => {
+            let n = map.entry(key).or_insert(0);
+            *n = n.saturating_add(1);
+            *n
+        }
+        Err(_) => 1,
+    };
+    let delay = backoff(failures);
+    tracing::warn!(
+        actorcluster = %ac.name_any(),
+        namespace = ac.namespace().unwrap_or_default(),
+        error = %error,
+        failures,
+        retry_in_s = delay.as_secs(),
+        "reconcile failed"
+    );
+    Action::requeue(delay)
+}
+
+/// Reconciles one ActorCluster.
+pub async fn reconcile(ac: Arc<ActorCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let timer = ctx.metrics.reconcile_duration.start_timer();
+    let result = reconcile_inner(&ac, &ctx).await;
+    timer.observe_duration();
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    ctx.metrics.reconciles.with_label_values(&[outcome]).inc();
+    if result.is_ok()
+        && let Ok(mut map) = ctx.failures.lock()
+    {
+        map.remove(&ObjectRef::from_obj(ac.as_ref()));
+    }
+    result
+}
+
+#[tracing::instrument(skip_all, fields(actorcluster = %ac.name_any(), namespace = ac.namespace().unwrap_or_default()))]
+async fn reconcile_inner(ac: &ActorCluster, ctx: &Context) -> Result<Action, Error> {
+    ctx.stores.ready().await?;
+    let owner = Owner::of(ac)?;
+
+    let mut problem = None;
+    let mut failure = None;
+    let mut applied = Vec::new();
+    match validate(&ac.spec, &ctx.config.default_image) {
+        Err(invalid) => problem = Some(Problem::InvalidSpec(invalid.0)),
+        Ok(valid) => {
+            let children = desired_children(&owner, &valid);
+            if let Err(e) = apply_children(ctx, &owner, &children, &mut applied).await {
+                problem = Some(Problem::ApplyFailed(e.to_string()));
+                failure = Some(e);
+            }
+        }
+    }
+    if !applied.is_empty() {
+        tracing::info!(applied = ?applied, "children applied");
+        publish(
+            ctx,
+            ac,
+            EventType::Normal,
+            "Applied",
+            "Apply",
+            format!("applied {}", applied.join(", ")),
+        )
+        .await;
+    }
+
+    let deployment = ctx
+        .stores
+        .deployments
+        .get(&ObjectRef::new(&owner.name).within(&owner.namespace));
+    let lease = ctx
+        .stores
+        .leases
+        .get(&ObjectRef::new(&coordination::lease_name(&owner.name)).within(&owner.namespace));
+    let members = status::members_from_lease(lease.as_deref()).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "member table unreadable; reporting no members");
+        Default::default()
+    });
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let new_status = status::compute(
+        &Observed {
+            name: &owner.name,
+            generation: ac.metadata.generation,
+            spec: &ac.spec,
+            deployment: deployment.as_deref(),
+            members: &members,
+            problem: problem.as_ref(),
+        },
+        ac.status.as_ref(),
+        &now,
+    );
+    if ac.status.as_ref() != Some(&new_status) {
+        write_status(ctx, &owner, &new_status).await?;
+        announce_transitions(ctx, ac, ac.status.as_ref(), &new_status).await;
+    }
+
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    Ok(match problem {
+        // Nothing to retry until the spec changes.
+        Some(Problem::InvalidSpec(_)) => Action::await_change(),
+        _ => Action::requeue(ctx.config.resync),
+    })
+}
+
+async fn apply_children(
+    ctx: &Context,
+    owner: &Owner,
+    c: &Children,
+    applied: &mut Vec<String>,
+) -> Result<(), Error> {
+    let s = &ctx.stores;
+    ensure(ctx, &s.service_accounts, &c.service_account, applied).await?;
+    ensure(ctx, &s.roles, &c.role, applied).await?;
+    ensure(ctx, &s.role_bindings, &c.role_binding, applied).await?;
+    ensure(ctx, &s.services, &c.peer_service, applied).await?;
+    ensure(ctx, &s.services, &c.client_service, applied).await?;
+    ensure(ctx, &s.deployments, &c.deployment, applied).await?;
+    ensure(ctx, &s.pdbs, &c.pdb, applied).await?;
+    match &c.hpa {
+        Some(hpa) => ensure(ctx, &s.hpas, hpa, applied).await?,
+        None => remove_owned(ctx, &s.hpas, owner, &owner.name, applied).await?,
+    }
+    Ok(())
+}
+
+fn hash_of(json: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    json.hash(&mut h);
+    h.finish()
+}
+
+/// Applies `desired` unless the cached object already converged. Returns whether it wrote.
+async fn ensure<K>(
+    ctx: &Context,
+    store: &Store<K>,
+    desired: &K,
+    applied: &mut Vec<String>,
+) -> Result<(), Error>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned,
+{
+    let kind = K::kind(&()).to_string();
+    let name = desired.name_any();
+    let namespace = desired.namespace().unwrap_or_default();
+    let observed = store.get(&ObjectRef::new(&name).within(&namespace));
+    let hash = serde_json::to_string(desired)
+        .map(|j| hash_of(&j))
+        .unwrap_or_default();
+    let key = (kind.clone(), namespace.clone(), name.clone());
+    if let Some(o) = &observed {
+        if drift::converged(desired, o.as_ref()) {
+            ctx.metrics.skipped_applies.inc();
+            return Ok(());
+        }
+        let remembered = ctx.memo.lock().ok().and_then(|m| m.get(&key).cloned());
+        if let (Some((h, rv)), Some(orv)) = (remembered, o.resource_version())
+            && h == hash
+            && rv == orv
+        {
+            ctx.metrics.skipped_applies.inc();
+            return Ok(());
+        }
+        tracing::debug!(%kind, %name, "drift detected");
+    }
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    ctx.metrics.write(&kind, "apply");
+    let result = api
+        .patch(&name, &params, &Patch::Apply(desired))
+        .await
+        .map_err(|source| Error::Apply {
+            kind: kind.clone(),
+            name: name.clone(),
+            source,
+        })?;
+    if let (Ok(mut memo), Some(rv)) = (ctx.memo.lock(), result.resource_version()) {
+        memo.insert(key, (hash, rv));
+    }
+    applied.push(format!("{kind} {name}"));
+    Ok(())
+}
+
+/// Deletes the child `name` of kind `K` if it exists and `owner` controls it.
+async fn remove_owned<K>(
+    ctx: &Context,
+    store: &Store<K>,
+    owner: &Owner,
+    name: &str,
+    applied: &mut Vec<String>,
+) -> Result<(), Error>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned,
+{
+    let Some(existing) = store.get(&ObjectRef::new(name).within(&owner.namespace)) else {
+        return Ok(());
+    };
+    let ours = existing
+        .owner_references()
+        .iter()
+        .any(|r| r.uid == owner.reference.uid);
+    if !ours {
+        return Ok(());
+    }
+    let kind = K::kind(&()).to_string();
+    ctx.metrics.write(&kind, "delete");
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &owner.namespace);
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(source) => {
+            return Err(Error::Delete {
+                kind,
+                name: name.to_owned(),
+                source,
+            });
+        }
+    }
+    applied.push(format!("deleted {kind} {name}"));
+    Ok(())
+}
+
+async fn write_status(
+    ctx: &Context,
+    owner: &Owner,
+    status: &ActorClusterStatus,
+) -> Result<(), Error> {
+    let api: Api<ActorCluster> = Api::namespaced(ctx.client.clone(), &owner.namespace);
+    let body = serde_json::json!({
+        "apiVersion": ActorCluster::api_version(&()),
+        "kind": ActorCluster::kind(&()),
+        "status": status,
+    });
+    ctx.metrics.write("ActorCluster", "status");
+    api.patch_status(
+        &owner.name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map_err(|source| Error::Status {
+        name: owner.name.clone(),
+        source,
+    })?;
+    Ok(())
+}
+
+/// Events for conditions that changed: Ready flipping, Degraded with a new reason.
+async fn announce_transitions(
+    ctx: &Context,
+    ac: &ActorCluster,
+    old: Option<&ActorClusterStatus>,
+    new: &ActorClusterStatus,
+) {
+    let before = |t: &str| old.and_then(|o| status::condition(o, t)).cloned();
+    if let Some(ready) = status::condition(new, "Ready") {
+        let was = before("Ready");
+        if was.as_ref().map(|c| &c.status) != Some(&ready.status) {
+            let (kind, reason) = if ready.status == "True" {
+                (EventType::Normal, "Ready")
+            } else {
+                (EventType::Normal, "NotReady")
+            };
+            publish(ctx, ac, kind, reason, "Reconcile", ready.message.clone()).await;
+        }
+    }
+    if let Some(degraded) = status::condition(new, "Degraded") {
+        let was = before("Degraded");
+        let changed = was
+            .as_ref()
+            .map(|c| (&c.status, &c.reason) != (&degraded.status, &degraded.reason))
+            .unwrap_or(true);
+        if degraded.status == "True" && changed {
+            publish(
+                ctx,
+                ac,
+                EventType::Warning,
+                &degraded.reason,
+                "Reconcile",
+                degraded.message.clone(),
+            )
+            .await;
+        }
+    }
+}
+
+async fn publish(
+    ctx: &Context,
+    ac: &ActorCluster,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let mut note = note;
+    note.truncate(1000);
+    ctx.metrics.write("Event", "create");
+    let event = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: action.to_owned(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &ac.object_ref(&())).await {
+        tracing::warn!(error = %e, reason, "cannot publish event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_two_seconds_up_to_five_minutes() {
+        assert_eq!(backoff(0), Duration::from_secs(2));
+        assert_eq!(backoff(1), Duration::from_secs(2));
+        assert_eq!(backoff(2), Duration::from_secs(4));
+        assert_eq!(backoff(5), Duration::from_secs(32));
+        assert_eq!(backoff(9), Duration::from_secs(300));
+        assert_eq!(backoff(u32::MAX), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn error_kinds_have_stable_labels() {
+        let e = Error::Build(BuildError::MissingMetadata("uid"));
+        assert_eq!(e.metric_label(), "build");
+        assert_eq!(Error::CachesGone.metric_label(), "caches");
+    }
+}

@@ -1,0 +1,450 @@
+//! The `ActorCluster` API (`troupe.dev/v1alpha1`, short name `ac`).
+//!
+//! This module owns the Rust types of the custom resource and everything the API server
+//! enforces on its own: the OpenAPI schema with defaults, the CEL rules
+//! (`x-kubernetes-validations`, every message names the field it is about), the scale
+//! subresource and the printer columns. It owns no I/O; `crdgen` prints [`crd_yaml`].
+//!
+//! What only the operator can judge (an image that never starts, a quota that blocks pods)
+//! is not here: it becomes a status condition (see [`crate::status`]).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscalerBehavior;
+use k8s_openapi::api::core::v1::{Affinity, EnvVar, ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Replicas when `spec.replicas` is not given.
+pub const DEFAULT_REPLICAS: i32 = 1;
+/// Mailbox capacity per actor when `spec.mailbox.capacity` is not given.
+pub const DEFAULT_MAILBOX_CAPACITY: i32 = 1000;
+/// The largest mailbox capacity the API accepts.
+pub const MAX_MAILBOX_CAPACITY: i32 = 1_000_000;
+/// Port of the sidecar-mode application container when `spec.app.port` is not given.
+pub const DEFAULT_APP_PORT: i32 = 3000;
+
+/// The desired state of an actor cluster.
+// kube's `printcolumn(type_ = ...)` repeats keys by design.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[kube(
+    group = "troupe.dev",
+    version = "v1alpha1",
+    kind = "ActorCluster",
+    namespaced,
+    shortname = "ac",
+    category = "troupe",
+    status = "ActorClusterStatus",
+    derive = "PartialEq",
+    derive = "Default",
+    doc = "A self-forming, self-healing, mailbox-autoscaled cluster of Troupe actor nodes.",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(
+        name = "Replicas",
+        type_ = "integer",
+        json_path = ".spec.replicas",
+        description = "Desired number of actor nodes"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "integer",
+        json_path = ".status.readyReplicas",
+        description = "Ready actor-node pods"
+    ),
+    printcolumn(
+        name = "Members",
+        type_ = "integer",
+        json_path = ".status.upMembers",
+        description = "Up members in the cluster's member table"
+    ),
+    printcolumn(
+        name = "Mailbox",
+        type_ = "integer",
+        json_path = ".status.mailboxDepth",
+        description = "Average mailbox depth per pod"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(validation = Rule::new("self.replicas >= 0")
+    .message("spec.replicas must be 0 or more")
+    .field_path(".replicas"))]
+#[x_kube(validation = Rule::new(
+    "!has(self.autoscaling) || (self.replicas >= self.autoscaling.minReplicas && self.replicas <= self.autoscaling.maxReplicas)")
+    .message("spec.replicas must lie between spec.autoscaling.minReplicas and spec.autoscaling.maxReplicas")
+    .field_path(".replicas"))]
+#[serde(rename_all = "camelCase")]
+pub struct ActorClusterSpec {
+    /// Number of actor nodes. Written by the HPA (through `/scale`) when autoscaling is on.
+    #[serde(default = "default_replicas")]
+    pub replicas: i32,
+
+    /// The node image. Defaults to the operator's own node image (`TROUPE_NODE_IMAGE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    #[x_kube(validation = Rule::new("self.size() > 0 && !self.contains(' ')")
+        .message("spec.image must be a non-empty image reference without spaces"))]
+    pub image: Option<String>,
+
+    /// Mailbox size and overflow policy of every actor.
+    #[serde(default)]
+    pub mailbox: MailboxSpec,
+
+    /// Mailbox-depth autoscaling. Absent: the replica count is fixed by `spec.replicas`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingSpec>,
+
+    /// An optional sidecar-mode application container that implements actor types over
+    /// localhost HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<AppSpec>,
+
+    /// Resources of the node container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Overrides of the pod template: labels, annotations, scheduling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_template: Option<PodTemplateOverrides>,
+}
+
+fn default_replicas() -> i32 {
+    DEFAULT_REPLICAS
+}
+
+/// What happens when a message arrives at a full mailbox.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum OverflowPolicy {
+    /// The sender waits (HTTP `tell` answers 429/503 with `Retry-After`).
+    #[default]
+    Backpressure,
+    /// The new message is dropped and counted as a dead letter.
+    DropNewest,
+    /// The oldest queued message is dropped to make room.
+    DropOldest,
+    /// The message is refused with an error.
+    Reject,
+}
+
+impl OverflowPolicy {
+    /// The name as it appears in the API and in `TROUPE_MAILBOX_OVERFLOW`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Backpressure => "Backpressure",
+            Self::DropNewest => "DropNewest",
+            Self::DropOldest => "DropOldest",
+            Self::Reject => "Reject",
+        }
+    }
+}
+
+/// Mailbox settings of every actor in the cluster.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MailboxSpec {
+    /// Messages one actor's mailbox holds.
+    #[serde(default = "default_capacity")]
+    #[x_kube(validation = Rule::new("self > 0 && self <= 1000000")
+        .message("spec.mailbox.capacity must be greater than 0 and at most 1000000"))]
+    pub capacity: i32,
+    /// Overflow policy: Backpressure, DropNewest, DropOldest or Reject.
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self in ['Backpressure', 'DropNewest', 'DropOldest', 'Reject']")
+        .message("spec.mailbox.overflow must be one of Backpressure, DropNewest, DropOldest, Reject"))]
+    pub overflow: OverflowPolicy,
+}
+
+fn default_capacity() -> i32 {
+    DEFAULT_MAILBOX_CAPACITY
+}
+
+impl Default for MailboxSpec {
+    fn default() -> Self {
+        Self {
+            capacity: DEFAULT_MAILBOX_CAPACITY,
+            overflow: OverflowPolicy::default(),
+        }
+    }
+}
+
+/// Mailbox-depth autoscaling through an `autoscaling/v2` HPA on the cluster's `/scale`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas")
+    .message("spec.autoscaling.minReplicas must be less than or equal to spec.autoscaling.maxReplicas")
+    .field_path(".minReplicas"))]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalingSpec {
+    /// The fewest nodes the HPA keeps.
+    #[serde(default = "default_min_replicas")]
+    #[x_kube(validation = Rule::new("self >= 1")
+        .message("spec.autoscaling.minReplicas must be at least 1"))]
+    pub min_replicas: i32,
+    /// The most nodes the HPA creates.
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 1000")
+        .message("spec.autoscaling.maxReplicas must be between 1 and 1000"))]
+    pub max_replicas: i32,
+    /// Target average mailbox depth per pod (the HPA's `averageValue`).
+    #[x_kube(validation = Rule::new("self > 0")
+        .message("spec.autoscaling.targetMailboxDepth must be greater than 0"))]
+    pub target_mailbox_depth: i64,
+    /// Passed to the HPA's `spec.behavior` as is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub behavior: Option<HorizontalPodAutoscalerBehavior>,
+}
+
+fn default_min_replicas() -> i32 {
+    1
+}
+
+/// A sidecar-mode application container in every node pod.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AppSpec {
+    /// The application image.
+    #[schemars(length(max = 512))]
+    #[x_kube(validation = Rule::new("self.size() > 0 && !self.contains(' ')")
+        .message("spec.app.image must be a non-empty image reference without spaces"))]
+    pub image: String,
+    /// The port on which the application serves actor calls on localhost.
+    #[serde(default = "default_app_port")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 65535 && !(self in [8080, 8558, 25520])")
+        .message("spec.app.port must be between 1 and 65535 and not one of the node's ports 8080, 8558, 25520"))]
+    pub port: i32,
+    /// Command of the application container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// Arguments of the application container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<String>>,
+    /// Environment of the application container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<Vec<EnvVar>>,
+    /// Resources of the application container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+fn default_app_port() -> i32 {
+    DEFAULT_APP_PORT
+}
+
+/// What a user may add to the node pods. The selector labels always win.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PodTemplateOverrides {
+    /// Extra pod labels (the selector labels cannot be overridden).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+    /// Extra pod annotations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<BTreeMap<String, String>>,
+    /// Node selector of the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    /// Tolerations of the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+    /// Affinity of the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// Priority class of the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+}
+
+/// The observed state of an actor cluster, written only by the operator's leader.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ActorClusterStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Node pods that exist (the Deployment's `status.replicas`); read by `/scale`.
+    #[serde(default)]
+    pub replicas: i32,
+    /// Node pods that are Ready.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// The label selector of the node pods, for `/scale` and the HPA.
+    #[serde(default)]
+    pub selector: String,
+    /// Members of the cluster's member table, as the nodes publish it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<MemberSummary>,
+    /// Number of members that are Up.
+    #[serde(default)]
+    pub up_members: i32,
+    /// Average mailbox depth per pod, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mailbox_depth: Option<i64>,
+    /// Ready, Progressing, Degraded and ScalingLimited.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// One member as shown in the status.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberSummary {
+    /// The pod's name.
+    pub pod: String,
+    /// Joining, Up, Leaving or Down.
+    pub status: String,
+}
+
+/// The CRD as YAML, exactly what `crdgen` prints and `crds/actorcluster.yaml` holds.
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    serde_yaml::to_string(&ActorCluster::crd())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_fill_an_almost_empty_spec() {
+        let spec: ActorClusterSpec = serde_json::from_str("{}").expect("parses");
+        assert_eq!(spec.replicas, 1);
+        assert_eq!(spec.mailbox.capacity, 1000);
+        assert_eq!(spec.mailbox.overflow, OverflowPolicy::Backpressure);
+        assert!(spec.autoscaling.is_none());
+    }
+
+    #[test]
+    fn crd_has_scale_printer_columns_and_short_name() {
+        let crd = ActorCluster::crd();
+        assert_eq!(crd.spec.names.short_names, Some(vec!["ac".to_owned()]));
+        let version = &crd.spec.versions[0];
+        let scale = version
+            .subresources
+            .as_ref()
+            .and_then(|s| s.scale.as_ref())
+            .expect("scale subresource");
+        assert_eq!(scale.spec_replicas_path, ".spec.replicas");
+        assert_eq!(scale.status_replicas_path, ".status.replicas");
+        assert_eq!(
+            scale.label_selector_path.as_deref(),
+            Some(".status.selector")
+        );
+        let columns: Vec<_> = version
+            .additional_printer_columns
+            .iter()
+            .flatten()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(columns, ["Replicas", "Ready", "Members", "Mailbox", "Age"]);
+    }
+
+    #[test]
+    fn every_cel_message_names_a_spec_field() {
+        let json = serde_json::to_string(&ActorCluster::crd()).expect("serialises");
+        let value: serde_json::Value = serde_json::from_str(&json).expect("parses");
+        let mut messages = Vec::new();
+        collect_messages(&value, &mut messages);
+        assert!(messages.len() >= 9, "{messages:?}");
+        for m in messages {
+            assert!(m.starts_with("spec."), "{m}");
+        }
+    }
+
+    fn cel_errors(spec: serde_json::Value) -> Vec<String> {
+        let crd = ActorCluster::crd();
+        let schema = serde_json::to_value(
+            crd.spec.versions[0]
+                .schema
+                .as_ref()
+                .and_then(|s| s.open_api_v3_schema.as_ref())
+                .expect("schema"),
+        )
+        .expect("schema json");
+        let object = serde_json::json!({
+            "apiVersion": "troupe.dev/v1alpha1",
+            "kind": "ActorCluster",
+            "metadata": {"name": "orders", "namespace": "shop"},
+            "spec": spec,
+        });
+        match kube::core::cel::Validator::new().validate(&schema, &object, None) {
+            Ok(()) => vec![],
+            Err(errors) => errors.into_vec().into_iter().map(|e| e.message).collect(),
+        }
+    }
+
+    #[test]
+    fn cel_accepts_the_example_and_autoscaled_specs() {
+        let example = serde_json::json!({"replicas": 3, "image": "troupe-node:0.1.0",
+            "mailbox": {"capacity": 1000, "overflow": "Backpressure"}});
+        assert_eq!(cel_errors(example), Vec::<String>::new());
+        let autoscaled = serde_json::json!({"replicas": 2, "autoscaling":
+            {"minReplicas": 2, "maxReplicas": 10, "targetMailboxDepth": 100, "behavior": {}}});
+        assert_eq!(cel_errors(autoscaled), Vec::<String>::new());
+        assert_eq!(cel_errors(serde_json::json!({})), Vec::<String>::new());
+    }
+
+    #[test]
+    fn cel_refuses_invalid_specs_naming_the_field() {
+        let cases = [
+            (serde_json::json!({"replicas": -1}), "spec.replicas"),
+            (
+                serde_json::json!({"mailbox": {"capacity": 0}}),
+                "spec.mailbox.capacity",
+            ),
+            (
+                serde_json::json!({"mailbox": {"overflow": "Sometimes"}}),
+                "spec.mailbox.overflow",
+            ),
+            (
+                serde_json::json!({"replicas": 3, "autoscaling": {"minReplicas": 5, "maxReplicas": 2, "targetMailboxDepth": 1}}),
+                "spec.autoscaling.minReplicas must be less than or equal",
+            ),
+            (
+                serde_json::json!({"replicas": 3, "autoscaling": {"minReplicas": 1, "maxReplicas": 5, "targetMailboxDepth": 0}}),
+                "spec.autoscaling.targetMailboxDepth",
+            ),
+            (
+                serde_json::json!({"replicas": 9, "autoscaling": {"minReplicas": 1, "maxReplicas": 5, "targetMailboxDepth": 10}}),
+                "spec.replicas must lie between",
+            ),
+            (serde_json::json!({"image": ""}), "spec.image"),
+            (
+                serde_json::json!({"app": {"image": "app:1", "port": 8558}}),
+                "spec.app.port",
+            ),
+        ];
+        for (spec, field) in cases {
+            let errors = cel_errors(spec.clone());
+            assert!(
+                errors.iter().any(|m| m.contains(field)),
+                "{spec} should be refused naming {field}, got {errors:?}"
+            );
+        }
+    }
+
+    fn collect_messages(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(map) => {
+                if let Some(serde_json::Value::Array(rules)) = map.get("x-kubernetes-validations") {
+                    for r in rules {
+                        if let Some(m) = r.get("message").and_then(|m| m.as_str()) {
+                            out.push(m.to_owned());
+                        }
+                    }
+                }
+                for v in map.values() {
+                    collect_messages(v, out);
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| collect_messages(v, out)),
+            _ => {}
+        }
+    }
+}

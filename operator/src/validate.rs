@@ -1,0 +1,198 @@
+//! Validation of an `ActorCluster` spec before anything is built from it.
+//!
+//! The API server already refuses most invalid specs through the CRD's CEL rules
+//! ([`crate::crd`]); this module repeats those checks in Rust so that an object stored
+//! before a rule existed (or with the CRD installed without validation) becomes an
+//! `InvalidSpec` condition instead of broken children. It owns no I/O.
+
+use troupe_contract::ports;
+
+use crate::crd::{ActorClusterSpec, MAX_MAILBOX_CAPACITY};
+
+/// A spec that cannot be turned into children. The message names the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidSpec(pub String);
+
+/// A spec that passed [`validate`], with the node image resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidSpec<'a> {
+    /// The spec as written.
+    pub spec: &'a ActorClusterSpec,
+    /// The node image: `spec.image` or the operator's default.
+    pub image: String,
+}
+
+/// Checks `spec`, resolving the node image against `default_image`.
+/// Returns every problem, joined, so that one round trip shows them all.
+pub fn validate<'a>(
+    spec: &'a ActorClusterSpec,
+    default_image: &str,
+) -> Result<ValidSpec<'a>, InvalidSpec> {
+    let mut problems = Vec::new();
+    if spec.replicas < 0 {
+        problems.push("spec.replicas must be 0 or more".to_owned());
+    }
+    let image = spec
+        .image
+        .clone()
+        .unwrap_or_else(|| default_image.to_owned());
+    if image.is_empty() || image.contains(char::is_whitespace) {
+        problems.push("spec.image must be a non-empty image reference without spaces".to_owned());
+    }
+    if spec.mailbox.capacity <= 0 || spec.mailbox.capacity > MAX_MAILBOX_CAPACITY {
+        problems
+            .push("spec.mailbox.capacity must be greater than 0 and at most 1000000".to_owned());
+    }
+    if let Some(a) = &spec.autoscaling {
+        if a.min_replicas < 1 {
+            problems.push("spec.autoscaling.minReplicas must be at least 1".to_owned());
+        }
+        if a.max_replicas < 1 || a.max_replicas > 1000 {
+            problems.push("spec.autoscaling.maxReplicas must be between 1 and 1000".to_owned());
+        }
+        if a.min_replicas > a.max_replicas {
+            problems.push(
+                "spec.autoscaling.minReplicas must be less than or equal to spec.autoscaling.maxReplicas"
+                    .to_owned(),
+            );
+        }
+        if a.target_mailbox_depth <= 0 {
+            problems.push("spec.autoscaling.targetMailboxDepth must be greater than 0".to_owned());
+        }
+    }
+    if let Some(app) = &spec.app {
+        if app.image.is_empty() || app.image.contains(char::is_whitespace) {
+            problems.push(
+                "spec.app.image must be a non-empty image reference without spaces".to_owned(),
+            );
+        }
+        let reserved = [ports::CLIENT, ports::MANAGEMENT, ports::TRANSPORT];
+        if !(1..=65535).contains(&app.port) || reserved.iter().any(|p| i32::from(*p) == app.port) {
+            problems.push(
+                "spec.app.port must be between 1 and 65535 and not one of the node's ports 8080, 8558, 25520"
+                    .to_owned(),
+            );
+        }
+    }
+    if problems.is_empty() {
+        Ok(ValidSpec { spec, image })
+    } else {
+        Err(InvalidSpec(problems.join("; ")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{AppSpec, AutoscalingSpec};
+
+    fn autoscaling(min: i32, max: i32, target: i64) -> AutoscalingSpec {
+        AutoscalingSpec {
+            min_replicas: min,
+            max_replicas: max,
+            target_mailbox_depth: target,
+            behavior: None,
+        }
+    }
+
+    #[test]
+    fn default_spec_is_valid_and_takes_the_default_image() {
+        let spec = ActorClusterSpec::default();
+        let valid = validate(&spec, "troupe-node:0.1.0").expect("valid");
+        assert_eq!(valid.image, "troupe-node:0.1.0");
+    }
+
+    #[test]
+    fn own_image_wins_over_the_default() {
+        let spec = ActorClusterSpec {
+            image: Some("reg/node:2".into()),
+            ..Default::default()
+        };
+        assert_eq!(validate(&spec, "x:1").expect("valid").image, "reg/node:2");
+    }
+
+    #[test]
+    fn each_problem_names_its_field() {
+        let cases: Vec<(ActorClusterSpec, &str)> = vec![
+            (
+                ActorClusterSpec {
+                    replicas: -1,
+                    ..Default::default()
+                },
+                "spec.replicas",
+            ),
+            (
+                ActorClusterSpec {
+                    image: Some(String::new()),
+                    ..Default::default()
+                },
+                "spec.image",
+            ),
+            (
+                {
+                    let mut s = ActorClusterSpec::default();
+                    s.mailbox.capacity = 0;
+                    s
+                },
+                "spec.mailbox.capacity",
+            ),
+            (
+                ActorClusterSpec {
+                    autoscaling: Some(autoscaling(5, 2, 10)),
+                    ..Default::default()
+                },
+                "spec.autoscaling.minReplicas must be less than or equal",
+            ),
+            (
+                ActorClusterSpec {
+                    autoscaling: Some(autoscaling(1, 2, 0)),
+                    ..Default::default()
+                },
+                "spec.autoscaling.targetMailboxDepth",
+            ),
+            (
+                ActorClusterSpec {
+                    autoscaling: Some(autoscaling(0, 2, 1)),
+                    ..Default::default()
+                },
+                "spec.autoscaling.minReplicas must be at least 1",
+            ),
+            (
+                ActorClusterSpec {
+                    app: Some(AppSpec {
+                        image: "app:1".into(),
+                        port: 8558,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                "spec.app.port",
+            ),
+        ];
+        for (spec, field) in cases {
+            let err = validate(&spec, "img:1").expect_err(field);
+            assert!(err.0.contains(field), "{err} should name {field}");
+        }
+    }
+
+    #[test]
+    fn all_problems_are_reported_together() {
+        let mut spec = ActorClusterSpec {
+            replicas: -3,
+            ..Default::default()
+        };
+        spec.mailbox.capacity = -1;
+        let err = validate(&spec, "img:1").expect_err("invalid");
+        assert!(err.0.contains("spec.replicas") && err.0.contains("spec.mailbox.capacity"));
+    }
+
+    #[test]
+    fn zero_replicas_is_allowed() {
+        let spec = ActorClusterSpec {
+            replicas: 0,
+            ..Default::default()
+        };
+        assert!(validate(&spec, "img:1").is_ok());
+    }
+}
