@@ -189,6 +189,7 @@ impl TypeEntry {
         }
         let a = Arc::new(Activation::new(self.mailbox, &self.stats));
         shard.insert(id.into(), a.clone());
+        self.stats.active.inc();
         (a, true)
     }
 
@@ -342,7 +343,6 @@ pub async fn run(
     reroute: impl FnOnce(Vec<Envelope>),
     settings: RunSettings,
 ) {
-    entry.stats.active.inc();
     let claimed = claim.await;
     let state = match claimed {
         Claimed::Activate(state) if !act.aborted.load(Ordering::Acquire) => state,

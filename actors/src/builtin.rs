@@ -269,7 +269,7 @@ mod tests {
     #[test]
     fn counter_adds_and_survives_deactivation() {
         let mut c = CounterType.activate("c", None);
-        done(c.handle(&Message::new("add", "")));
+        let _ = done(c.handle(&Message::new("add", "")));
         let r = value(done(c.handle(&Message::new("add", r#"{"by":41}"#))));
         assert_eq!(r["value"], 42);
         let state = done(c.deactivate()).ok();
@@ -284,7 +284,7 @@ mod tests {
     #[test]
     fn kv_puts_gets_deletes_and_survives_deactivation() {
         let mut kv = KvType.activate("k", None);
-        done(kv.handle(&Message::new("put", r#"{"key":"a","value":[1,2]}"#)));
+        let _ = done(kv.handle(&Message::new("put", r#"{"key":"a","value":[1,2]}"#)));
         let state = done(kv.deactivate()).ok();
         let mut kv = KvType.activate("k", state);
         assert_eq!(

@@ -776,17 +776,10 @@ impl Inner {
             return Response::HandOffAck;
         };
         match entry.offer_handoff(id, generation, state) {
-            HandOffOutcome::Kept => {
-                self.metrics.handovers_in.inc();
-                let owned = self
-                    .current()
-                    .and_then(|p| p.owner(actor_type, id).map(|m| *m.pod == *self.config.pod))
-                    .unwrap_or(false);
-                if !owned {
-                    let rt = self.clone();
-                    tokio::spawn(async move { rt.push_parked().await });
-                }
-            }
+            // Kept even when this node does not own the actor under its (maybe older)
+            // table: pushing it on at once would bounce it between nodes whose tables
+            // disagree. The next table change pushes it on if needed.
+            HandOffOutcome::Kept => self.metrics.handovers_in.inc(),
             HandOffOutcome::Superseded => {}
             HandOffOutcome::Conflict => {
                 entry.stats.undeliverable.inc();

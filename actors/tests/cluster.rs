@@ -1,0 +1,221 @@
+//! Several runtimes in one process with real transports on 127.0.0.1: forwarding, and
+//! membership changes under load (join, graceful leaves) that must never run one actor on
+//! two nodes nor lose an acknowledged message.
+
+mod common;
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use troupe_actors::{ActorRuntime, DeliveryError, Message};
+use troupe_contract::MemberStatus::{self, Joining, Leaving, Up};
+
+use common::{TestNode, Tracker, int, table};
+
+fn feed(nodes: &[&TestNode], version: u64, members: &[(&TestNode, MemberStatus)]) {
+    let spec: Vec<(&str, &str, MemberStatus)> = members
+        .iter()
+        .map(|(n, s)| (n.pod.as_str(), n.addr.as_str(), *s))
+        .collect();
+    let t = table(version, &spec);
+    for n in nodes {
+        n.rt.update_members(&t);
+    }
+}
+
+/// Feeds the table to one node after the other, 30 ms apart, in a rotating order, so
+/// that nodes disagree for a while, as they do in a real cluster.
+async fn feed_staggered(nodes: &[&TestNode], version: u64, members: &[(&TestNode, MemberStatus)]) {
+    let spec: Vec<(&str, &str, MemberStatus)> = members
+        .iter()
+        .map(|(n, s)| (n.pod.as_str(), n.addr.as_str(), *s))
+        .collect();
+    let t = table(version, &spec);
+    let k = version as usize % nodes.len();
+    for i in 0..nodes.len() {
+        nodes[(i + k) % nodes.len()].rt.update_members(&t);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_are_forwarded_to_the_single_owner() {
+    let tracker = Tracker::default();
+    let a = TestNode::start("a", &tracker, |_| {}).await;
+    let b = TestNode::start("b", &tracker, |_| {}).await;
+    let c = TestNode::start("c", &tracker, |_| {}).await;
+    let all = [&a, &b, &c];
+    feed(&all, 1, &[(&a, Up), (&b, Up), (&c, Up)]);
+
+    for i in 0..30 {
+        let id = format!("f{i}");
+        for (n, node) in all.iter().enumerate() {
+            let r = node.rt.ask("tracked", &id, Message::new("add", "")).await;
+            assert_eq!(
+                r.as_ref().map(int).ok(),
+                Some(n as i64 + 1),
+                "{id} via {}: {r:?}",
+                node.pod
+            );
+        }
+        // A tell through another node is accepted and then counted.
+        assert!(
+            b.rt.tell("tracked", &id, Message::new("add", ""))
+                .await
+                .is_ok()
+        );
+    }
+    let mut per_node = Vec::new();
+    for i in 0..30 {
+        let id = format!("f{i}");
+        let holders: Vec<&str> = all
+            .iter()
+            .filter(|n| n.rt.active_ids("tracked").contains(&id))
+            .map(|n| n.pod.as_str())
+            .collect();
+        assert_eq!(holders.len(), 1, "{id} is active on {holders:?}");
+        per_node.push(holders[0].to_owned());
+        let v = c.rt.ask("tracked", &id, Message::new("get", "")).await;
+        assert_eq!(v.as_ref().map(int).ok(), Some(4));
+    }
+    for n in all {
+        assert!(per_node.contains(&n.pod), "every node owns some actors");
+    }
+    assert_eq!(tracker.violations.load(Ordering::SeqCst), 0);
+    let forwarded = prometheus::TextEncoder::new()
+        .encode_to_string(&a.registry.gather())
+        .unwrap_or_default();
+    assert!(forwarded.contains("troupe_forwarded_total"), "{forwarded}");
+}
+
+struct Books {
+    acked: HashMap<String, i64>,
+    uncertain: HashMap<String, i64>,
+    refused: u64,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_changes_under_load_keep_one_activation_and_every_acked_increment() {
+    let tracker = Tracker::default();
+    let a = TestNode::start("a", &tracker, |_| {}).await;
+    let b = TestNode::start("b", &tracker, |_| {}).await;
+    let c = TestNode::start("c", &tracker, |_| {}).await;
+    let d = TestNode::start("d", &tracker, |_| {}).await;
+    let all = [&a, &b, &c, &d];
+    feed(&all, 1, &[(&a, Up), (&b, Up), (&c, Up), (&d, Joining)]);
+
+    let entries: Arc<RwLock<Vec<ActorRuntime>>> =
+        Arc::new(RwLock::new(vec![a.rt.clone(), b.rt.clone(), c.rt.clone()]));
+    let books = Arc::new(Mutex::new(Books {
+        acked: HashMap::new(),
+        uncertain: HashMap::new(),
+        refused: 0,
+    }));
+    let stop = Arc::new(AtomicBool::new(false));
+    let ids: Vec<String> = (0..40).map(|i| format!("k{i}")).collect();
+
+    let mut clients = Vec::new();
+    for seed in 1..=4u64 {
+        let (entries, books, stop, ids) =
+            (entries.clone(), books.clone(), stop.clone(), ids.clone());
+        clients.push(tokio::spawn(async move {
+            let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            // Bounded: at most 20k requests per client, stopped by the test well before.
+            for _ in 0..20_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let id = &ids[(x % ids.len() as u64) as usize];
+                let rt = {
+                    let e = entries.read().unwrap_or_else(|p| p.into_inner());
+                    e[(x >> 32) as usize % e.len()].clone()
+                };
+                let r = rt.ask("tracked", id, Message::new("add", "")).await;
+                let mut b = books.lock().unwrap_or_else(|p| p.into_inner());
+                match r {
+                    Ok(_) => *b.acked.entry(id.clone()).or_default() += 1,
+                    Err(DeliveryError::MailboxFull { .. } | DeliveryError::UnknownType(_)) => {
+                        b.refused += 1
+                    }
+                    Err(e) => {
+                        eprintln!("uncertain: {e}");
+                        *b.uncertain.entry(id.clone()).or_default() += 1
+                    }
+                }
+            }
+        }));
+    }
+
+    let pause = || tokio::time::sleep(Duration::from_millis(400));
+    pause().await;
+    // d joins.
+    feed_staggered(&all, 2, &[(&a, Up), (&b, Up), (&c, Up), (&d, Up)]).await;
+    entries
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(d.rt.clone());
+    pause().await;
+    // c leaves gracefully: not Ready (out of the entry set), Leaving, drain, removed.
+    {
+        let mut e = entries.write().unwrap_or_else(|p| p.into_inner());
+        *e = vec![a.rt.clone(), b.rt.clone(), d.rt.clone()];
+    }
+    c.rt.set_accepting(false);
+    feed_staggered(&all, 3, &[(&a, Up), (&b, Up), (&c, Leaving), (&d, Up)]).await;
+    let report = c.rt.drain(Duration::from_secs(10)).await;
+    assert!(report.complete, "{report:?}");
+    feed_staggered(&all, 4, &[(&a, Up), (&b, Up), (&d, Up)]).await;
+    c.stop();
+    pause().await;
+    // b leaves too: 3 → 4 → 2.
+    {
+        let mut e = entries.write().unwrap_or_else(|p| p.into_inner());
+        *e = vec![a.rt.clone(), d.rt.clone()];
+    }
+    b.rt.set_accepting(false);
+    feed_staggered(&all, 5, &[(&a, Up), (&b, Leaving), (&d, Up)]).await;
+    let report = b.rt.drain(Duration::from_secs(10)).await;
+    assert!(report.complete, "{report:?}");
+    feed_staggered(&all, 6, &[(&a, Up), (&d, Up)]).await;
+    b.stop();
+    pause().await;
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        let _ = c.await;
+    }
+
+    assert_eq!(
+        tracker.violations.load(Ordering::SeqCst),
+        0,
+        "an actor ran on two nodes"
+    );
+    assert!(b.rt.active_ids("tracked").is_empty() && c.rt.active_ids("tracked").is_empty());
+    let books = books.lock().unwrap_or_else(|p| p.into_inner());
+    let total_acked: i64 = books.acked.values().sum();
+    assert!(total_acked > 500, "the load ran: {total_acked} acked");
+    for id in &ids {
+        let v = a.rt.ask("tracked", id, Message::new("get", "")).await;
+        let value = v.as_ref().map(int).unwrap_or(-1);
+        let acked = books.acked.get(id).copied().unwrap_or(0);
+        let uncertain = books.uncertain.get(id).copied().unwrap_or(0);
+        assert!(
+            value >= acked && value <= acked + uncertain,
+            "{id}: value {value}, acked {acked}, uncertain {uncertain}"
+        );
+    }
+    eprintln!(
+        "acked {total_acked}, uncertain {}, refused {}, activations {}",
+        books.uncertain.values().sum::<i64>(),
+        books.refused,
+        tracker.activations.load(Ordering::SeqCst)
+    );
+}

@@ -1,0 +1,265 @@
+//! One runtime, no network: the client API's status codes, mailbox policies end to end,
+//! supervision and passivation.
+
+mod common;
+
+use std::time::Duration;
+
+use axum::{
+    body::Body,
+    http::{Request, StatusCode},
+};
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+use troupe_actors::{
+    ActorError, DeliveryError, MailboxConfig, Message, OverflowPolicy, RuntimeConfig,
+};
+
+use common::{TrackedType, Tracker, int, single_node};
+
+fn config(tune: impl FnOnce(&mut RuntimeConfig)) -> RuntimeConfig {
+    let mut c = RuntimeConfig::new("solo", "solo-1");
+    c.actor_types.push(std::sync::Arc::new(TrackedType {
+        node: "solo".into(),
+        tracker: Tracker::default(),
+    }));
+    tune(&mut c);
+    c
+}
+
+async fn post(
+    router: &axum::Router,
+    uri: &str,
+    body: impl Into<Body>,
+) -> (StatusCode, Option<String>, String) {
+    let req = Request::post(uri).body(body.into()).expect("request");
+    let resp = router.clone().oneshot(req).await.expect("response");
+    let status = resp.status();
+    let retry = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    (status, retry, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn client_api_answers_with_the_documented_status_codes() {
+    let rt = single_node(config(|c| c.max_body_bytes = 1024));
+    let api = rt.client_router();
+
+    let (s, _, body) = post(&api, "/actors/counter/c1/ask/add", r#"{"by":5}"#).await;
+    assert_eq!((s, body.as_str()), (StatusCode::OK, r#"{"value":5}"#));
+    let (s, _, _) = post(&api, "/actors/counter/c1/tell/add", "").await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    let (s, _, body) = post(&api, "/actors/counter/c1/ask", "").await;
+    assert_eq!((s, body.as_str()), (StatusCode::OK, r#"{"value":6}"#));
+    let (s, _, body) = post(&api, "/actors/echo/e/ask/anything", "hello").await;
+    assert_eq!((s, body.as_str()), (StatusCode::OK, "hello"));
+    let (s, _, _) = post(&api, "/actors/kv/k/ask/put", r#"{"key":"a","value":1}"#).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _, body) = post(&api, "/actors/kv/k/ask/get", r#"{"key":"a"}"#).await;
+    assert_eq!((s, body.as_str()), (StatusCode::OK, r#"{"value":1}"#));
+    let (s, _, body) = post(&api, "/actors/load/l/ask", r#"{"spin_us":10}"#).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+
+    let (s, _, _) = post(&api, "/actors/nope/x/ask", "").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _, _) = post(&api, "/actors/counter/c1/ask/add", "not json").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _, _) = post(&api, "/actors/counter/c1/ask/add", vec![b' '; 2048]).await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+
+    rt.set_accepting(false);
+    let (s, retry, _) = post(&api, "/actors/counter/c1/ask", "").await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(retry.as_deref(), Some("1"));
+}
+
+#[tokio::test]
+async fn a_full_reject_mailbox_answers_429_with_retry_after() {
+    let rt = single_node(config(|c| {
+        c.mailbox_overrides.insert(
+            "tracked".into(),
+            MailboxConfig {
+                capacity: 2,
+                overflow: OverflowPolicy::Reject,
+                ..MailboxConfig::default()
+            },
+        );
+    }));
+    let api = rt.client_router();
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        let (s, retry, _) = post(&api, "/actors/tracked/t/tell/sleep", "").await;
+        if s == StatusCode::TOO_MANY_REQUESTS {
+            assert!(retry.is_some(), "429 carries Retry-After");
+        }
+        statuses.push(s);
+    }
+    assert!(statuses.contains(&StatusCode::ACCEPTED));
+    assert!(
+        statuses.contains(&StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
+}
+
+#[tokio::test]
+async fn backpressure_waits_then_refuses_with_503() {
+    let rt = single_node(config(|c| {
+        c.mailbox_overrides.insert(
+            "tracked".into(),
+            MailboxConfig {
+                capacity: 1,
+                overflow: OverflowPolicy::Backpressure,
+                backpressure_timeout: Duration::from_millis(5),
+            },
+        );
+    }));
+    let mut results = Vec::new();
+    for _ in 0..6 {
+        results.push(rt.tell("tracked", "t", Message::new("sleep", "")).await);
+    }
+    assert!(results[0].is_ok());
+    let refused = results
+        .iter()
+        .filter(
+            |r| matches!(r, Err(e @ DeliveryError::MailboxFull { .. }) if e.http_status() == 429),
+        )
+        .count();
+    assert!(refused > 0, "{results:?}");
+    // After the sleeps drain, the mailbox takes messages again.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        rt.tell("tracked", "t", Message::new("get", ""))
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn drop_oldest_and_drop_newest_answer_the_dropped_asks() {
+    for policy in [OverflowPolicy::DropOldest, OverflowPolicy::DropNewest] {
+        let rt = single_node(config(|c| {
+            c.mailbox_overrides.insert(
+                "tracked".into(),
+                MailboxConfig {
+                    capacity: 1,
+                    overflow: policy,
+                    ..MailboxConfig::default()
+                },
+            );
+        }));
+        // Occupy the actor, fill its mailbox, then overflow it.
+        let busy = tokio::spawn({
+            let rt = rt.clone();
+            async move { rt.ask("tracked", "t", Message::new("sleep", "")).await }
+        });
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let first = tokio::spawn({
+            let rt = rt.clone();
+            async move { rt.ask("tracked", "t", Message::new("get", "")).await }
+        });
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let second = rt.ask("tracked", "t", Message::new("handled", "")).await;
+        let first = first.await.expect("join");
+        assert!(busy.await.expect("join").is_ok());
+        match policy {
+            OverflowPolicy::DropOldest => {
+                assert!(matches!(first, Err(DeliveryError::Dropped(_))), "{first:?}");
+                assert!(second.is_ok(), "{second:?}");
+            }
+            _ => {
+                assert!(first.is_ok(), "{first:?}");
+                assert!(
+                    matches!(second, Err(DeliveryError::Dropped(_))),
+                    "{second:?}"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_handler_is_answered_with_an_error_and_the_actor_restarts() {
+    let rt = single_node(config(|_| {}));
+    for _ in 0..3 {
+        assert!(
+            rt.ask("tracked", "p", Message::new("add", ""))
+                .await
+                .is_ok()
+        );
+    }
+    let failed = rt.ask("tracked", "p", Message::new("panic", "")).await;
+    assert!(
+        matches!(&failed, Err(DeliveryError::Actor(ActorError::Failed(m))) if m.contains("panicked")),
+        "{failed:?}"
+    );
+    assert_eq!(failed.as_ref().err().map(|e| e.http_status()), Some(500));
+    // Restarted (fresh handled count), state kept.
+    let handled = rt.ask("tracked", "p", Message::new("handled", "")).await;
+    assert_eq!(handled.as_ref().map(int).ok(), Some(1));
+    let value = rt.ask("tracked", "p", Message::new("get", "")).await;
+    assert_eq!(value.as_ref().map(int).ok(), Some(3));
+    // A second panic in a row waits for the backoff, and still answers.
+    assert!(
+        rt.ask("tracked", "p", Message::new("panic", ""))
+            .await
+            .is_err()
+    );
+    assert!(
+        rt.ask("tracked", "p", Message::new("get", ""))
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn idle_actors_passivate_and_come_back_with_their_state() {
+    let rt = single_node(config(|c| c.passivate_after = Duration::from_millis(100)));
+    for _ in 0..3 {
+        assert!(
+            rt.ask("counter", "c", Message::new("add", ""))
+                .await
+                .is_ok()
+        );
+    }
+    assert_eq!(rt.active_ids("counter"), vec!["c".to_owned()]);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(rt.active_ids("counter").is_empty(), "passivated");
+    let v = rt.ask("counter", "c", Message::new("get", "")).await;
+    assert_eq!(v.ok().as_deref(), Some(&br#"{"value":3}"#[..]));
+}
+
+#[tokio::test]
+async fn mailbox_depth_is_exported_per_type_and_in_total() {
+    let registry = prometheus::Registry::new();
+    let mut c = config(|_| {});
+    c.pod = "m".into();
+    let rt = troupe_actors::ActorRuntime::new(c, &registry).expect("runtime");
+    rt.update_members(&common::table(
+        1,
+        &[("m", "127.0.0.1:1", troupe_contract::MemberStatus::Up)],
+    ));
+    for _ in 0..5 {
+        let _ = rt.tell("tracked", "d", Message::new("sleep", "")).await;
+    }
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&registry.gather())
+        .unwrap_or_default();
+    assert!(
+        text.contains("troupe_mailbox_depth{actor_type=\"tracked\"}"),
+        "{text}"
+    );
+    assert!(text.contains("troupe_mailbox_depth_total "), "{text}");
+    assert!(rt.mailbox_depth() >= 3, "depth {}", rt.mailbox_depth());
+    assert!(text.contains("troupe_active_actors{actor_type=\"tracked\"} 1"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(rt.mailbox_depth(), 0);
+}
