@@ -214,10 +214,13 @@ impl RuntimeMetrics {
     }
 }
 
+/// The depth counter of each actor type, by name.
+type DepthByType = Arc<RwLock<Vec<(String, Arc<AtomicI64>)>>>;
+
 /// Reads the per-type depth atomics at scrape time.
 #[derive(Clone, Debug)]
 struct DepthCollector {
-    types: Arc<RwLock<Vec<(String, Arc<AtomicI64>)>>>,
+    types: DepthByType,
     descs: Vec<Desc>,
 }
 

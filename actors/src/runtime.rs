@@ -97,6 +97,10 @@ pub struct ActorRuntime {
     pub(crate) inner: Arc<Inner>,
 }
 
+/// `(type, id)` → (table version, pod) of a claim from a node with a newer table: until
+/// this node's table catches up, messages for that actor go to that pod.
+type Tombstones = Mutex<HashMap<(Arc<str>, Box<str>), (u64, Arc<str>)>>;
+
 #[derive(Debug)]
 pub(crate) struct Inner {
     pub(crate) config: RuntimeConfig,
@@ -108,7 +112,7 @@ pub(crate) struct Inner {
     accepting: AtomicBool,
     draining: AtomicBool,
     peers: Peers,
-    tombstones: Mutex<HashMap<(Arc<str>, Box<str>), (u64, Arc<str>)>>,
+    tombstones: Tombstones,
     inflight: AtomicUsize,
     settings: RunSettings,
 }

@@ -1,0 +1,105 @@
+//! Sidecar mode end to end on loopback: the example Python application
+//! (`examples/sidecar-app/app.py`) serves actor types for two runtimes, and an actor's state
+//! follows it through `$deactivate` / `$activate` when it moves between nodes.
+
+mod common;
+
+use std::{process::Stdio, time::Duration};
+
+use troupe_actors::{ActorError, DeliveryError, Message};
+use troupe_contract::MemberStatus::{Leaving, Up};
+
+use common::{TestNode, Tracker, table};
+
+async fn start_app() -> Option<(tokio::process::Child, String)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()?
+        .port();
+    let app = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/sidecar-app/app.py");
+    let child = tokio::process::Command::new("python3")
+        .arg(app)
+        .env("PORT", port.to_string())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .ok()?;
+    let addr = format!("127.0.0.1:{port}");
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(&addr).await.is_ok() {
+            return Some((child, format!("http://{addr}")));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+fn json(b: &bytes::Bytes) -> serde_json::Value {
+    serde_json::from_slice(b).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecar_actors_answer_and_keep_their_state_across_a_move() {
+    let Some((_child, url)) = start_app().await else {
+        panic!("python3 could not start the example sidecar app");
+    };
+    let tracker = Tracker::default();
+    let a = TestNode::start("a", &tracker, |c| c.app_url = Some(url.clone())).await;
+    let b = TestNode::start("b", &tracker, |c| c.app_url = Some(url.clone())).await;
+    let t1 = table(1, &[("a", &a.addr, Up), ("b", &b.addr, Up)]);
+    a.rt.update_members(&t1);
+    b.rt.update_members(&t1);
+
+    let r =
+        a.rt.ask(
+            "greeter",
+            "alice",
+            Message::new("greet", r#"{"name":"Alice"}"#),
+        )
+        .await;
+    let r = r.expect("greet");
+    assert_eq!(json(&r)["greeting"], "hello Alice");
+    assert_eq!(json(&r)["count"], 1);
+    for i in 0..20 {
+        let r =
+            b.rt.ask(
+                "cart",
+                &format!("c{i}"),
+                Message::new("add", r#"{"item":"apple","qty":2}"#),
+            )
+            .await;
+        assert_eq!(json(&r.expect("add"))["items"]["apple"], 2);
+    }
+    // The application's 4xx is the client's fault.
+    let bad = a.rt.ask("cart", "c0", Message::new("nope", "")).await;
+    assert!(
+        matches!(bad, Err(DeliveryError::Actor(ActorError::BadRequest(_)))),
+        "{bad:?}"
+    );
+
+    // Every actor moves to a when b leaves; their state comes along.
+    let t2 = table(2, &[("a", &a.addr, Up), ("b", &b.addr, Leaving)]);
+    a.rt.update_members(&t2);
+    b.rt.update_members(&t2);
+    let report = b.rt.drain(Duration::from_secs(10)).await;
+    assert!(report.complete, "{report:?}");
+    for i in 0..20 {
+        let r =
+            a.rt.ask(
+                "cart",
+                &format!("c{i}"),
+                Message::new("add", r#"{"item":"apple"}"#),
+            )
+            .await;
+        assert_eq!(
+            json(&r.expect("add"))["items"]["apple"],
+            3,
+            "cart c{i} kept its items"
+        );
+    }
+    let r =
+        a.rt.ask("greeter", "alice", Message::new("greet", ""))
+            .await;
+    assert_eq!(json(&r.expect("greet"))["count"], 2);
+}
