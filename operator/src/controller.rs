@@ -478,7 +478,7 @@ where
     }
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    ctx.metrics.write(&kind, "apply");
+    ctx.metrics.write(&kind, "apply", &namespace);
     let result = api
         .patch(&name, &params, &Patch::Apply(desired))
         .await
@@ -520,7 +520,7 @@ where
         return Ok(());
     }
     let kind = K::kind(&()).to_string();
-    ctx.metrics.write(&kind, "delete");
+    ctx.metrics.write(&kind, "delete", &owner.namespace);
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &owner.namespace);
     match api.delete(name, &DeleteParams::background()).await {
         Ok(_) => {}
@@ -548,7 +548,8 @@ async fn write_status(
         "kind": ActorCluster::kind(&()),
         "status": status,
     });
-    ctx.metrics.write("ActorCluster", "status");
+    ctx.metrics
+        .write("ActorCluster", "status", &owner.namespace);
     api.patch_status(
         &owner.name,
         &PatchParams::apply(FIELD_MANAGER).force(),
@@ -611,7 +612,8 @@ async fn publish(
 ) {
     let mut note = note;
     note.truncate(1000);
-    ctx.metrics.write("Event", "create");
+    ctx.metrics
+        .write("Event", "create", &ac.namespace().unwrap_or_default());
     let event = Event {
         type_,
         reason: reason.to_owned(),

@@ -22,6 +22,9 @@ pub struct Metrics {
     /// Write calls to the API server, by object kind and verb (`apply`, `delete`, `status`,
     /// `event`). Reads (cache lookups) are not counted.
     pub writes: IntCounterVec,
+    /// Write calls to the API server, by namespace of the ActorCluster (lets a test or an
+    /// operator see the writes made for one namespace).
+    pub namespace_writes: IntCounterVec,
     /// Children found converged and therefore not written.
     pub skipped_applies: IntCounter,
     /// 1 while this replica holds the leader Lease.
@@ -62,6 +65,13 @@ impl Metrics {
             ),
             &["kind", "verb"],
         )?;
+        let namespace_writes = IntCounterVec::new(
+            Opts::new(
+                "troupe_operator_namespace_writes_total",
+                "Write calls to the Kubernetes API, by namespace",
+            ),
+            &["namespace"],
+        )?;
         let skipped_applies = IntCounter::new(
             "troupe_operator_skipped_applies_total",
             "Children found converged and not written",
@@ -74,6 +84,7 @@ impl Metrics {
         registry.register(Box::new(reconcile_duration.clone()))?;
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(writes.clone()))?;
+        registry.register(Box::new(namespace_writes.clone()))?;
         registry.register(Box::new(skipped_applies.clone()))?;
         registry.register(Box::new(leader.clone()))?;
         Ok(Self {
@@ -82,14 +93,16 @@ impl Metrics {
             reconcile_duration,
             errors,
             writes,
+            namespace_writes,
             skipped_applies,
             leader,
         })
     }
 
-    /// Counts one write call.
-    pub fn write(&self, kind: &str, verb: &str) {
+    /// Counts one write call for an object in `namespace`.
+    pub fn write(&self, kind: &str, verb: &str, namespace: &str) {
         self.writes.with_label_values(&[kind, verb]).inc();
+        self.namespace_writes.with_label_values(&[namespace]).inc();
     }
 
     /// The Prometheus text exposition of every metric.
@@ -109,12 +122,13 @@ mod tests {
     #[test]
     fn writes_show_up_by_kind_and_verb() {
         let m = Metrics::new().expect("metrics");
-        m.write("Deployment", "apply");
+        m.write("Deployment", "apply", "shop");
         m.reconciles.with_label_values(&["ok"]).inc();
         let text = m.encode();
         assert!(
             text.contains("troupe_operator_api_writes_total{kind=\"Deployment\",verb=\"apply\"} 1")
         );
         assert!(text.contains("troupe_operator_reconciles_total{result=\"ok\"} 1"));
+        assert!(text.contains("troupe_operator_namespace_writes_total{namespace=\"shop\"} 1"));
     }
 }
