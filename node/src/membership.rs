@@ -115,7 +115,7 @@ pub(crate) struct Driver<S> {
     need_read: bool,
     was_member: bool,
     formed: bool,
-    up_once: bool,
+    up_after: Option<Duration>,
     leaving: Option<BootstrapState>,
     health: Health,
     metrics: Metrics,
@@ -160,7 +160,7 @@ impl<S: MemberStore> Driver<S> {
             need_read: true,
             was_member: false,
             formed: false,
-            up_once: false,
+            up_after: None,
             leaving: None,
             health,
             metrics,
@@ -319,9 +319,9 @@ impl<S: MemberStore> Driver<S> {
             (None, _) if self.stored.is_none() && !self.absent => BootstrapState::Starting,
             (None, _) => BootstrapState::Joining,
         };
-        if is_serving && !self.up_once {
-            self.up_once = true;
+        if is_serving && self.up_after.is_none() {
             let took = now.saturating_duration_since(self.started);
+            self.up_after = Some(took);
             self.metrics.observe_join(self.formed, took.as_secs_f64());
             tracing::info!(
                 pod = %self.me.pod,
@@ -344,6 +344,7 @@ impl<S: MemberStore> Driver<S> {
             coordinator,
             state,
             store_contact: self.store_contact,
+            up_after: self.up_after,
         };
         self.view.send_if_modified(|v| {
             if v.serving != view.serving
@@ -353,6 +354,7 @@ impl<S: MemberStore> Driver<S> {
                 || v.coordinator != view.coordinator
                 || v.status != view.status
                 || v.store_contact != view.store_contact
+                || v.up_after != view.up_after
             {
                 *v = view;
                 true

@@ -75,6 +75,9 @@ pub struct MembershipView {
     pub state: BootstrapState,
     /// When this node last heard from the store, directly or through a peer.
     pub store_contact: Option<Instant>,
+    /// How long this node took from the start of membership (right after process start)
+    /// to its first Up.
+    pub up_after: Option<Duration>,
 }
 
 impl MembershipView {
@@ -88,6 +91,7 @@ impl MembershipView {
             coordinator: false,
             state: BootstrapState::Starting,
             store_contact: None,
+            up_after: None,
         }
     }
 
