@@ -29,6 +29,8 @@ pub struct Metrics {
     pub skipped_applies: IntCounter,
     /// 1 while this replica holds the leader Lease.
     pub leader: IntGauge,
+    /// Resident memory of this process, refreshed on every scrape (Linux only).
+    pub resident_memory: IntGauge,
 }
 
 impl Metrics {
@@ -80,6 +82,11 @@ impl Metrics {
             "troupe_operator_leader",
             "1 while this replica holds the leader Lease",
         )?;
+        let resident_memory = IntGauge::new(
+            "troupe_operator_resident_memory_bytes",
+            "Resident memory (VmRSS) of the operator process",
+        )?;
+        registry.register(Box::new(resident_memory.clone()))?;
         registry.register(Box::new(reconciles.clone()))?;
         registry.register(Box::new(reconcile_duration.clone()))?;
         registry.register(Box::new(errors.clone()))?;
@@ -96,6 +103,7 @@ impl Metrics {
             namespace_writes,
             skipped_applies,
             leader,
+            resident_memory,
         })
     }
 
@@ -107,6 +115,13 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
+        if let Some(rss) = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .as_deref()
+            .and_then(resident_bytes)
+        {
+            self.resident_memory.set(rss);
+        }
         let mut buf = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
             tracing::warn!(error = %e, "cannot encode metrics");
@@ -115,9 +130,23 @@ impl Metrics {
     }
 }
 
+/// `VmRSS` from the text of `/proc/<pid>/status`, in bytes.
+pub fn resident_bytes(proc_status: &str) -> Option<i64> {
+    let line = proc_status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: i64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rss_is_read_from_proc_status() {
+        let text = "Name:\ttroupe\nVmPeak:\t 9000 kB\nVmRSS:\t   12345 kB\nThreads: 3\n";
+        assert_eq!(resident_bytes(text), Some(12345 * 1024));
+        assert_eq!(resident_bytes("Name: x"), None);
+    }
 
     #[test]
     fn writes_show_up_by_kind_and_verb() {
