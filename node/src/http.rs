@@ -88,6 +88,7 @@ async fn self_view(State(s): State<Management>) -> Json<serde_json::Value> {
         "serving": v.serving,
         "coordinator": v.coordinator,
         "tableVersion": v.table.version,
+        "startedAtMs": v.started_at_ms,
         "upAfterMs": v.up_after.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
     }))
 }

@@ -345,6 +345,7 @@ impl<S: MemberStore> Driver<S> {
             state,
             store_contact: self.store_contact,
             up_after: self.up_after,
+            started_at_ms: self.view.borrow().started_at_ms,
         };
         self.view.send_if_modified(|v| {
             if v.serving != view.serving

@@ -75,6 +75,9 @@ pub struct MembershipView {
     pub state: BootstrapState,
     /// When this node last heard from the store, directly or through a peer.
     pub store_contact: Option<Instant>,
+    /// Wall-clock start of membership, in milliseconds since the Unix epoch (for
+    /// end-to-end measurements against Kubernetes timestamps on the same host).
+    pub started_at_ms: i64,
     /// How long this node took from the start of membership (right after process start)
     /// to its first Up.
     pub up_after: Option<Duration>,
@@ -92,6 +95,10 @@ impl MembershipView {
             state: BootstrapState::Starting,
             store_contact: None,
             up_after: None,
+            started_at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                .unwrap_or_default(),
         }
     }
 
