@@ -26,3 +26,9 @@ CONTAINERD_SOCK="/run/troupe-containerd/containerd.sock"
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
+
+CONTAINERD_STATE="/run/troupe-containerd"
+NODE_IF="troupe0"
+BRIDGE_IF="troupebr0"
+KUBECONFIG_PATH="$CLUSTER_DIR/admin.kubeconfig"
+PAUSE_IMAGE="troupe-pause:0.1.0"

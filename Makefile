@@ -1,0 +1,54 @@
+# Troupe: the two commands a newcomer needs are `make demo` and `make test` (README.md).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# Build outputs and caches live under ~/.cache, so a fresh clone reuses them.
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/troupe/target
+CARGO ?= cargo
+
+.PHONY: help
+help: ## List the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+.PHONY: test
+test: ## Lint, unit tests, then the end-to-end suite on a local cluster brought up and torn down
+	hack/test.sh
+
+.PHONY: demo
+demo: ## Bring up the local cluster, install the operator, apply the example, show it working
+	hack/demo.sh
+
+.PHONY: lint
+lint: ## cargo fmt --check, clippy -D warnings, generated CRDs up to date
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	hack/check-crds.sh
+
+.PHONY: unit
+unit: ## Unit and loopback multi-node tests (no cluster needed)
+	$(CARGO) test --locked
+
+.PHONY: e2e
+e2e: ## End-to-end tests against the running local cluster (make cluster-up first)
+	hack/e2e.sh
+
+.PHONY: images
+images: ## Build the node, operator and pause images and import them into the local cluster
+	hack/images.sh all
+
+.PHONY: cluster-up
+cluster-up: ## Bring up the local Kubernetes cluster (root; changes the host, see README)
+	hack/cluster-up.sh
+	hack/images.sh all
+
+.PHONY: cluster-down
+cluster-down: ## Tear the local cluster down and clean the host
+	hack/cluster-down.sh
+
+.PHONY: cluster-env
+cluster-env: ## Print export lines for eval: KUBECONFIG and the project's kubectl/helm on PATH
+	@hack/cluster-env.sh
+
+.PHONY: crds
+crds: ## Regenerate crds/ from the Rust types
+	$(CARGO) run --quiet --locked -p troupe-operator --bin crdgen > crds/actorcluster.yaml

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Fails when crds/ differs from what `crdgen` generates from the Rust types, or when the
+# chart's copy of the CRD differs from crds/.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+tmp="$(mktemp)"
+trap 'rm -f "$tmp"' EXIT
+cargo run --quiet --locked -p troupe-operator --bin crdgen >"$tmp"
+if ! diff -u crds/actorcluster.yaml "$tmp"; then
+  echo "crds/actorcluster.yaml is out of date: run 'make crds' and commit the result" >&2
+  exit 1
+fi
+if [ -f charts/troupe/crds/actorcluster.yaml ] && ! diff -q crds/actorcluster.yaml charts/troupe/crds/actorcluster.yaml >/dev/null; then
+  echo "charts/troupe/crds/actorcluster.yaml differs from crds/actorcluster.yaml: copy it over ('make crds')" >&2
+  exit 1
+fi
+echo "CRDs are up to date"

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Builds the project's container images from static binaries, without Docker, and imports
+# them into the local cluster's containerd:
+#   troupe-pause:0.1.0     the pod sandbox (hack/images/pause.c, musl-gcc -static)
+#   troupe-node:0.1.0      target/x86_64-unknown-linux-musl/release/troupe-node
+#   troupe-operator:0.1.0  target/x86_64-unknown-linux-musl/release/troupe-operator
+# usage: images.sh [pause|node|operator|all]   (default all)
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/.." && pwd)"
+# shellcheck source=lib.sh
+. "$here/lib.sh"
+
+what="${1:-all}"
+out="$TROUPE_CACHE/images"
+mkdir -p "$out"
+exec 9>"$out/.lock"
+flock 9
+
+import() { # tarball
+  if [ -S "$CONTAINERD_SOCK" ]; then
+    ctr --address "$CONTAINERD_SOCK" -n k8s.io images import "$1" >/dev/null
+    log "imported $(basename "$1") into the local cluster's containerd"
+  else
+    log "built $1 (the local cluster is not running, nothing imported)"
+  fi
+}
+
+if [ "$what" = pause ] || [ "$what" = all ]; then
+  musl-gcc -static -Os -o "$out/pause" "$here/images/pause.c"
+  strip "$out/pause"
+  python3 "$here/images/mkimage.py" --name "$PAUSE_IMAGE" --out "$out/pause.tar" \
+    --entrypoint /pause --user 65535:65535 --file "$out/pause:/pause"
+  import "$out/pause.tar"
+fi
+
+rust_image() { # binary image
+  local bin="$1" image="$2"
+  local target_dir="${CARGO_TARGET_DIR:-$root/target}"
+  (cd "$root" && cargo build --release --target x86_64-unknown-linux-musl -p "$bin" --bin "$bin")
+  local path="$target_dir/x86_64-unknown-linux-musl/release/$bin"
+  python3 "$here/images/mkimage.py" --name "$image" --out "$out/$bin.tar" \
+    --entrypoint "/$bin" --user 65532:65532 --file "$path:/$bin"
+  log "$image: binary $(du -h "$path" | cut -f1), image tarball $(du -h "$out/$bin.tar" | cut -f1)"
+  import "$out/$bin.tar"
+}
+
+if [ "$what" = node ] || [ "$what" = all ]; then rust_image troupe-node "troupe-node:0.1.0"; fi
+if [ "$what" = operator ] || [ "$what" = all ]; then rust_image troupe-operator "troupe-operator:0.1.0"; fi
