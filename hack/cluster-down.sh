@@ -23,9 +23,11 @@ stop_pid() { # name
   rm -f "$f"
 }
 
+log "stopping the node agents"
 # 1. The node agents first, so that nothing restarts the containers we are about to kill.
 for c in kubelet kube-proxy kube-scheduler kube-controller-manager; do stop_pid "$c"; done
 
+log "killing containers and containerd"
 # 2. Every container and pod sandbox of our containerd, then its shims, then containerd.
 runc_root="$CONTAINERD_STATE/runc/k8s.io"
 if [ -d "$runc_root" ]; then
@@ -46,6 +48,7 @@ for b in kubelet kube-proxy kube-scheduler kube-controller-manager kube-apiserve
 done
 pkill -9 -f "^containerd --config $CLUSTER_DIR/" 2>/dev/null || true
 
+log "unmounting and removing network namespaces"
 # 3. Mounts below our directories (deepest first), and the pods' network namespaces.
 for _ in 1 2 3; do
   mapfile -t mounts < <(awk '{print $2}' /proc/mounts |
@@ -63,6 +66,7 @@ done
 ip link delete "$BRIDGE_IF" 2>/dev/null || true
 ip addr del "$NODE_IP/32" dev lo 2>/dev/null || true
 
+log "removing iptables chains"
 # 5. iptables: every chain kube-proxy or the CNI plugins made (KUBE-*, CNI-*), and every
 # rule that jumps to one, in every table, for IPv4 and IPv6.
 for tool in iptables ip6tables; do

@@ -144,7 +144,8 @@ async fn probes_drive_readiness_and_readiness_gates_service_traffic() -> anyhow:
         let victim = &pods[0];
         let victim_ip = pod_ip(victim)?;
         let victim_name = victim.metadata.name.clone().unwrap_or_default();
-        let resp = http::request("POST", &format!("{victim_ip}:8558"), "/admin/drain", None).await?;
+        let resp =
+            http::request("POST", &format!("{victim_ip}:8558"), "/admin/drain", None).await?;
         ensure!(resp.status == 200, "drain answered {}", resp.status);
         wait::until(
             "the drained pod to lose its Ready condition",
@@ -169,7 +170,11 @@ async fn probes_drive_readiness_and_readiness_gates_service_traffic() -> anyhow:
         // The drained pod answers /ready with 503; every request through the ClusterIP must
         // therefore land on another pod and answer 200.
         let direct = http::get(&format!("{victim_ip}:8558"), "/ready").await?;
-        ensure!(direct.status == 503, "drained pod answered /ready with {}", direct.status);
+        ensure!(
+            direct.status == 503,
+            "drained pod answered /ready with {}",
+            direct.status
+        );
         let vip = format!("{}:80", cluster_ip(&ctx).await?);
         for i in 0..60 {
             let r = http::get(&vip, "/ready").await?;
@@ -200,22 +205,31 @@ async fn a_deleted_pod_is_replaced_by_its_replicaset() -> anyhow::Result<()> {
     with_namespace("replace", |ctx| async move {
         let pods = setup(&ctx).await?;
         let victim = pods[0].metadata.name.clone().unwrap_or_default();
-        ctx.api::<Pod>().delete(&victim, &DeleteParams::default()).await?;
+        ctx.api::<Pod>()
+            .delete(&victim, &DeleteParams::default())
+            .await?;
         let after = wait::until(
             "a replacement pod",
             Duration::from_secs(120),
             Duration::from_millis(500),
             || async {
                 let pods = live_pods(&ctx).await?;
-                let names: BTreeSet<String> =
-                    pods.iter().filter_map(|p| p.metadata.name.clone()).collect();
+                let names: BTreeSet<String> = pods
+                    .iter()
+                    .filter_map(|p| p.metadata.name.clone())
+                    .collect();
                 let ready = pods.iter().filter(|p| is_ready(p)).count();
-                Ok((names.len() == REPLICAS && ready == REPLICAS && !names.contains(&victim))
-                    .then_some(names))
+                Ok(
+                    (names.len() == REPLICAS && ready == REPLICAS && !names.contains(&victim))
+                        .then_some(names),
+                )
             },
         )
         .await?;
-        ensure!(!after.contains(&victim), "the deleted pod came back by name");
+        ensure!(
+            !after.contains(&victim),
+            "the deleted pod came back by name"
+        );
         Ok(())
     })
     .await
@@ -224,8 +238,11 @@ async fn a_deleted_pod_is_replaced_by_its_replicaset() -> anyhow::Result<()> {
 #[tokio::test]
 async fn rbac_refuses_a_service_account_without_rights() -> anyhow::Result<()> {
     with_namespace("rbac", |ctx| async move {
-        let sa: ServiceAccount = serde_json::from_value(json!({ "metadata": { "name": "nobody" } }))?;
-        ctx.api::<ServiceAccount>().create(&PostParams::default(), &sa).await?;
+        let sa: ServiceAccount =
+            serde_json::from_value(json!({ "metadata": { "name": "nobody" } }))?;
+        ctx.api::<ServiceAccount>()
+            .create(&PostParams::default(), &sa)
+            .await?;
         let req: TokenRequest = serde_json::from_value(json!({
             "spec": { "audiences": [], "expirationSeconds": 600 }
         }))?;
