@@ -97,6 +97,11 @@ impl FailureDetector {
         self.entries.get(key).is_some_and(|e| e.last_ok.is_some())
     }
 
+    /// When `key` last answered, if ever.
+    pub fn last_ok(&self, key: &MemberKey) -> Option<Instant> {
+        self.entries.get(key).and_then(|e| e.last_ok)
+    }
+
     /// Whether `key` answered within `within` before `now`.
     pub fn reachable(&self, key: &MemberKey, now: Instant, within: Duration) -> bool {
         self.entries

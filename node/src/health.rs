@@ -6,8 +6,9 @@
 //! * `POST /admin/drain` and `POST /admin/undrain` take the node out of (and back into)
 //!   traffic by hand, without stopping it: what an operator does before maintenance.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use axum::Router;
 use axum::extract::State;
@@ -23,12 +24,24 @@ pub struct Health {
 #[derive(Debug, Default)]
 struct HealthInner {
     member_up: AtomicBool,
+    /// When set, `member_up` holds only until then (see [`Health::set_member_up_until`]).
+    up_until: Mutex<Option<Instant>>,
     draining: AtomicBool,
 }
 
 impl Health {
-    /// Records whether the node is an Up member of its cluster.
+    /// Records whether the node is an Up member of its cluster, with no deadline.
     pub fn set_member_up(&self, up: bool) {
+        self.set_member_up_until(up, None);
+    }
+
+    /// Records whether the node is an Up member, valid until `until` (if given): past the
+    /// deadline the node is not Ready until membership says so again. Membership uses it
+    /// so that readiness lapses on time even if its own loop is stuck.
+    pub fn set_member_up_until(&self, up: bool, until: Option<Instant>) {
+        if let Ok(mut g) = self.inner.up_until.lock() {
+            *g = until;
+        }
         self.inner.member_up.store(up, Ordering::SeqCst);
     }
 
@@ -42,9 +55,15 @@ impl Health {
         self.inner.draining.load(Ordering::SeqCst)
     }
 
-    /// Ready means: an Up member and not draining.
+    /// Ready means: an Up member (within its deadline) and not draining.
     pub fn is_ready(&self) -> bool {
-        self.inner.member_up.load(Ordering::SeqCst) && !self.is_draining()
+        let in_time = self
+            .inner
+            .up_until
+            .lock()
+            .map(|g| g.is_none_or(|u| Instant::now() <= u))
+            .unwrap_or(false);
+        self.inner.member_up.load(Ordering::SeqCst) && in_time && !self.is_draining()
     }
 }
 
@@ -121,5 +140,13 @@ mod tests {
         assert_eq!(status(&app, "GET", "/alive").await, StatusCode::OK);
         assert_eq!(status(&app, "POST", "/admin/undrain").await, StatusCode::OK);
         assert_eq!(status(&app, "GET", "/ready").await, StatusCode::OK);
+        h.set_member_up_until(
+            true,
+            Instant::now().checked_sub(std::time::Duration::from_millis(1)),
+        );
+        assert_eq!(
+            status(&app, "GET", "/ready").await,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
     }
 }

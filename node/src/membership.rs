@@ -31,7 +31,7 @@ use crate::metrics::Metrics;
 use crate::probe::{PingReply, Prober};
 use crate::store::{ChangeStream, LeaseRecord, MemberStore, StoreError, Stored};
 use crate::timing::Timing;
-use crate::view::{BootstrapState, MembershipView, serving};
+use crate::view::{BootstrapState, MembershipView, serving_until};
 
 /// Who this node is.
 #[derive(Clone, Debug)]
@@ -299,15 +299,18 @@ impl<S: MemberStore> Driver<S> {
             .iter()
             .find(|m| self.me.is(m))
             .map(|m| m.status);
-        let is_serving = self.leaving.is_none()
-            && serving(
+        let serving_until = if self.leaving.is_none() {
+            serving_until(
                 &self.table,
                 &self.me,
                 self.store_contact,
                 &self.fd,
-                now,
                 self.timing.isolation_timeout,
-            );
+            )
+        } else {
+            None
+        };
+        let is_serving = serving_until.is_some_and(|u| now <= u);
         let coordinator = self
             .stored
             .as_ref()
@@ -332,7 +335,7 @@ impl<S: MemberStore> Driver<S> {
                 "member is Up"
             );
         }
-        self.health.set_member_up(is_serving);
+        self.health.set_member_up_until(is_serving, serving_until);
         self.metrics.set_table(&self.table);
         self.metrics.set_state(state);
         self.metrics.set_coordinator(coordinator);
@@ -341,6 +344,7 @@ impl<S: MemberStore> Driver<S> {
             table: self.table.clone(),
             status,
             serving: is_serving,
+            serving_until,
             coordinator,
             state,
             store_contact: self.store_contact,
@@ -349,6 +353,7 @@ impl<S: MemberStore> Driver<S> {
         };
         self.view.send_if_modified(|v| {
             if v.serving != view.serving
+                || v.serving_until != view.serving_until
                 || v.state != view.state
                 || v.table != view.table
                 || v.me != view.me
