@@ -144,6 +144,9 @@ pub struct Stores {
 }
 
 impl Stores {
+    /// Waits until every cache holds its first full list. Must be awaited by ONE task only:
+    /// `Store::wait_until_ready` wakes a single waiter (it wraps a oneshot receiver), so
+    /// concurrent reconciles wait on [`Context::caches_ready`] instead.
     async fn ready(&self) -> Result<(), Error> {
         let results = futures::join!(
             self.deployments.wait_until_ready(),
@@ -180,6 +183,8 @@ pub struct Context {
     memo: Mutex<HashMap<MemoKey, (u64, String)>>,
     /// Consecutive failures per ActorCluster, for the backoff.
     failures: Mutex<HashMap<ObjectRef<ActorCluster>, u32>>,
+    /// Becomes `true` once every watch cache is filled (see [`Stores::ready`]).
+    caches_ready: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Debug for Context {
@@ -244,23 +249,33 @@ pub async fn run(
     );
     let resync = config.resync;
     let concurrency = config.concurrency;
+    let stores = Stores {
+        deployments,
+        services,
+        service_accounts,
+        roles,
+        role_bindings,
+        pdbs,
+        hpas,
+        leases,
+    };
+    let (ready_tx, caches_ready) = tokio::sync::watch::channel(false);
+    let waiter = stores.clone();
+    let readiness = tokio::spawn(async move {
+        if waiter.ready().await.is_ok() {
+            tracing::info!("watch caches filled");
+            let _ = ready_tx.send(true);
+        }
+    });
     let ctx = Arc::new(Context {
         client: client.clone(),
         config,
-        stores: Stores {
-            deployments,
-            services,
-            service_accounts,
-            roles,
-            role_bindings,
-            pdbs,
-            hpas,
-            leases,
-        },
+        stores,
         metrics,
         recorder,
         memo: Mutex::new(HashMap::new()),
         failures: Mutex::new(HashMap::new()),
+        caches_ready,
     });
 
     let resync_ticks = futures::stream::unfold(tokio::time::interval(resync), |mut i| async {
@@ -297,6 +312,7 @@ pub async fn run(
         }
     })
     .await;
+    readiness.abort();
 }
 
 /// Retries a failed ActorCluster after its own exponential backoff.
@@ -343,7 +359,16 @@ pub async fn reconcile(ac: Arc<ActorCluster>, ctx: Arc<Context>) -> Result<Actio
 
 #[tracing::instrument(skip_all, fields(actorcluster = %ac.name_any(), namespace = ac.namespace().unwrap_or_default()))]
 async fn reconcile_inner(ac: &ActorCluster, ctx: &Context) -> Result<Action, Error> {
-    ctx.stores.ready().await?;
+    if ac.metadata.deletion_timestamp.is_some() {
+        // Being deleted: the garbage collector removes the children; re-creating them
+        // would only race it.
+        return Ok(Action::await_change());
+    }
+    let mut caches_ready = ctx.caches_ready.clone();
+    caches_ready
+        .wait_for(|ready| *ready)
+        .await
+        .map_err(|_| Error::CachesGone)?;
     let owner = Owner::of(ac)?;
 
     let mut problem = None;
