@@ -46,6 +46,10 @@ struct Args {
     /// This pod's IP (downward API): the address other members probe.
     #[arg(long, env = env::POD_IP)]
     pod_ip: Option<String>,
+    /// How long `/ready` may hold its answer while the node is joining (milliseconds); keep
+    /// it below the readiness probe's timeoutSeconds. 0 answers at once.
+    #[arg(long, env = "TROUPE_READY_WAIT_MS", default_value_t = 800)]
+    ready_wait_ms: u64,
     /// Time allowed for a graceful leave; keep it below terminationGracePeriodSeconds.
     #[arg(long, env = "TROUPE_LEAVE_TIMEOUT_SECS", default_value_t = 20)]
     leave_timeout_secs: u64,
@@ -96,6 +100,8 @@ async fn main() -> anyhow::Result<()> {
         registry,
     )
     .context("cannot start membership")?;
+    node.health()
+        .set_ready_wait(Duration::from_millis(args.ready_wait_ms));
     tracing::info!(%cluster, %namespace, me = %node.view().borrow().me, "node started");
 
     // The management server runs until the node has left, so that /alive keeps answering
