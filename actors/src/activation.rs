@@ -359,24 +359,34 @@ pub async fn run(
     let (state, generation) = entry.begin(&id, &act, state);
     let mut actor = activate(&*entry.factory, &id, state);
     let mut backoff = Backoff::new(settings.supervision);
+    // One idle timer for the activation's life, re-armed only when it fires: no timer
+    // work per message. An actor passivates after one to two idle periods.
+    let idle = tokio::time::sleep(settings.passivate_after);
+    tokio::pin!(idle);
+    let mut handled_since_check = 0u64;
     loop {
         let envelope = match act.mailbox.try_recv() {
             Some(e) => e,
             None => {
-                match tokio::time::timeout(settings.passivate_after, act.mailbox.recv()).await {
-                    Ok(Some(e)) => e,
-                    Ok(None) => break,
-                    Err(_) => {
-                        // Idle: close if still empty, then finish what raced in.
-                        act.mailbox.close_if_empty();
+                tokio::select! {
+                    biased;
+                    e = act.mailbox.recv() => match e {
+                        Some(e) => e,
+                        None => break,
+                    },
+                    () = &mut idle => {
+                        if handled_since_check == 0 {
+                            // Idle: close if still empty, then finish what raced in.
+                            act.mailbox.close_if_empty();
+                        }
+                        handled_since_check = 0;
+                        idle.as_mut().reset(tokio::time::Instant::now() + settings.passivate_after);
                         continue;
                     }
                 }
             }
         };
-        if act.mailbox.is_closed() {
-            act.set_phase(Phase::Closing);
-        }
+        handled_since_check += 1;
         let started = envelope.enqueued.map(|queued| {
             let now = Instant::now();
             entry

@@ -98,7 +98,8 @@ pub struct RuntimeConfig {
     pub mailbox: MailboxConfig,
     /// Per-type mailbox overrides, by type name.
     pub mailbox_overrides: HashMap<String, MailboxConfig>,
-    /// An actor idle this long is passivated (its state is kept on the node).
+    /// An actor idle this long (checked once per period, so up to twice this) is passivated;
+    /// its state is kept on the node.
     pub passivate_after: Duration,
     /// Restart backoff after a panic.
     pub supervision: SupervisionConfig,

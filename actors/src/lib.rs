@@ -70,4 +70,4 @@ pub use behavior::{Actor, ActorType, ReplyFuture, Step};
 pub use config::{MailboxConfig, OverflowPolicy, RuntimeConfig, SupervisionConfig};
 pub use error::{ActorError, DeliveryError, Error};
 pub use message::{Answer, Message, Reply};
-pub use runtime::{ActorRuntime, DrainReport};
+pub use runtime::{ActorRef, ActorRuntime, DrainReport};

@@ -18,7 +18,7 @@ use std::{
     collections::VecDeque,
     sync::{
         Arc, Mutex, MutexGuard,
-        atomic::{AtomicI64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -91,6 +91,9 @@ pub struct Mailbox {
     config: MailboxConfig,
     depth: Arc<AtomicI64>,
     receiver: Notify,
+    /// Set by the receiver before it waits: senders wake it only then (one load per push
+    /// while it is busy, instead of a read-modify-write on the `Notify`).
+    receiver_idle: AtomicBool,
     room: Notify,
     waiting_senders: AtomicUsize,
 }
@@ -115,6 +118,7 @@ impl Mailbox {
             config,
             depth,
             receiver: Notify::new(),
+            receiver_idle: AtomicBool::new(false),
             room: Notify::new(),
             waiting_senders: AtomicUsize::new(0),
         }
@@ -151,7 +155,7 @@ impl Mailbox {
             q.items.push_back(envelope);
             drop(q);
             self.depth.fetch_add(1, Ordering::Relaxed);
-            self.receiver.notify_one();
+            self.wake_receiver();
             return Push::Queued;
         }
         match self.config.overflow {
@@ -161,12 +165,20 @@ impl Mailbox {
                 Some(old) => {
                     q.items.push_back(envelope);
                     drop(q);
-                    self.receiver.notify_one();
+                    self.wake_receiver();
                     Push::QueuedDroppingOldest(old)
                 }
                 // capacity > 0 makes this unreachable; refuse rather than grow.
                 None => Push::Refused(envelope),
             },
+        }
+    }
+
+    fn wake_receiver(&self) {
+        if self.receiver_idle.load(Ordering::SeqCst)
+            && self.receiver_idle.swap(false, Ordering::SeqCst)
+        {
+            self.receiver.notify_one();
         }
     }
 
@@ -207,11 +219,14 @@ impl Mailbox {
     /// Waits for the next message; `None` once the mailbox is closed and empty.
     pub async fn recv(&self) -> Option<Envelope> {
         loop {
-            let notified = self.receiver.notified();
+            // Announce the wait first, then look: a sender that pushes after the look sees
+            // the flag and wakes us (a stored permit if we have not started waiting yet).
+            self.receiver_idle.store(true, Ordering::SeqCst);
             {
                 let mut q = self.lock();
                 if let Some(e) = q.items.pop_front() {
                     drop(q);
+                    self.receiver_idle.store(false, Ordering::SeqCst);
                     self.depth.fetch_sub(1, Ordering::Relaxed);
                     if self.waiting_senders.load(Ordering::SeqCst) > 0 {
                         self.room.notify_one();
@@ -219,10 +234,11 @@ impl Mailbox {
                     return Some(e);
                 }
                 if q.closed {
+                    self.receiver_idle.store(false, Ordering::SeqCst);
                     return None;
                 }
             }
-            notified.await;
+            self.receiver.notified().await;
         }
     }
 

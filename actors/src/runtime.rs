@@ -288,6 +288,22 @@ impl ActorRuntime {
             .map(|_| ())
     }
 
+    /// A handle to `(actor_type, id)` that skips lookups while the actor is active here.
+    pub fn actor_ref(&self, actor_type: &str, id: &str) -> Result<ActorRef, DeliveryError> {
+        let entry = self.inner.type_entry(actor_type)?;
+        if !valid_name(id) {
+            return Err(DeliveryError::InvalidAddress(format!(
+                "invalid actor id {id:?}"
+            )));
+        }
+        Ok(ActorRef {
+            cached: entry.get(id),
+            inner: self.inner.clone(),
+            entry,
+            id: id.into(),
+        })
+    }
+
     /// Ids of the actors of `actor_type` active on this node (claiming, running or closing).
     pub fn active_ids(&self, actor_type: &str) -> Vec<String> {
         read(&self.inner.types)
@@ -340,6 +356,107 @@ fn transport_addr(address: &str, port: u16) -> String {
         return SocketAddr::new(ip, port).to_string();
     }
     format!("{address}:{port}")
+}
+
+/// What a push means for the sender: `Ok(result)`, or `Err(envelope)` when the mailbox
+/// was closed and the message must be routed again.
+fn settle(
+    entry: &TypeEntry,
+    id: &str,
+    act: &Activation,
+    push: Push,
+) -> Result<Result<(), DeliveryError>, Envelope> {
+    let dropped = || DeliveryError::Dropped(format!("{}/{id}", entry.name));
+    Ok(match push {
+        Push::Queued => Ok(()),
+        Push::QueuedDroppingOldest(old) => {
+            entry.stats.dropped_oldest.inc();
+            if let Some(tx) = old.reply {
+                let _ = tx.send(Err(dropped()));
+            }
+            Ok(())
+        }
+        Push::DroppedNewest(new) => {
+            entry.stats.dropped_newest.inc();
+            if let Some(tx) = new.reply {
+                let _ = tx.send(Err(dropped()));
+            }
+            Ok(())
+        }
+        Push::Refused(_) => {
+            let config = act.mailbox.config();
+            if config.overflow == crate::OverflowPolicy::Backpressure {
+                entry.stats.rejected_backpressure.inc();
+            } else {
+                entry.stats.rejected_full.inc();
+            }
+            Err(DeliveryError::MailboxFull {
+                actor: format!("{}/{id}", entry.name),
+                retry_after: retry_after(&config),
+            })
+        }
+        Push::Closed(e) => return Err(e),
+    })
+}
+
+/// A handle to one virtual actor. While the actor is active on this node, sends go
+/// straight to its mailbox (no type or directory lookup); otherwise they are routed like
+/// [`ActorRuntime::tell`] / [`ActorRuntime::ask`]. Stays valid across passivation and
+/// rebalancing. Obtain one with [`ActorRuntime::actor_ref`].
+#[derive(Clone, Debug)]
+pub struct ActorRef {
+    inner: Arc<Inner>,
+    entry: Arc<TypeEntry>,
+    id: Arc<str>,
+    cached: Option<Arc<Activation>>,
+}
+
+impl ActorRef {
+    /// The actor's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    async fn send(&mut self, mut env: Envelope) -> Result<(), DeliveryError> {
+        if let Some(act) = &self.cached {
+            match settle(&self.entry, &self.id, act, act.mailbox.push(env).await) {
+                Ok(done) => return done,
+                Err(e) => {
+                    env = e;
+                    self.cached = None;
+                }
+            }
+        }
+        let r = self.inner.route(&self.entry, &self.id, env, 0).await;
+        self.cached = self.entry.get(&self.id);
+        r
+    }
+
+    /// Like [`ActorRuntime::tell`].
+    pub async fn tell(&mut self, message: Message) -> Result<(), DeliveryError> {
+        let mut env = Envelope::tell(message);
+        if activation::sample(self.inner.config.timing_sample_every) {
+            env.enqueued = Some(Instant::now());
+        }
+        self.send(env).await
+    }
+
+    /// Like [`ActorRuntime::ask`].
+    pub async fn ask(&mut self, message: Message) -> Answer {
+        let (mut env, rx) = Envelope::ask(message);
+        if activation::sample(self.inner.config.timing_sample_every) {
+            env.enqueued = Some(Instant::now());
+        }
+        self.send(env).await?;
+        match tokio::time::timeout(self.inner.config.ask_timeout, rx).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err(DeliveryError::Dropped(format!(
+                "{}/{}",
+                self.entry.name, self.id
+            ))),
+            Err(_) => Err(DeliveryError::Timeout(self.inner.config.ask_timeout)),
+        }
+    }
 }
 
 impl Inner {
@@ -453,40 +570,11 @@ impl Inner {
     ) -> Result<(), DeliveryError> {
         for _ in 0..MAX_ATTEMPTS {
             if let Some(act) = entry.get(id) {
-                match act.mailbox.push(env).await {
-                    Push::Queued => return Ok(()),
-                    Push::QueuedDroppingOldest(old) => {
-                        entry.stats.dropped_oldest.inc();
-                        if let Some(tx) = old.reply {
-                            let _ = tx
-                                .send(Err(DeliveryError::Dropped(format!("{}/{id}", entry.name))));
-                        }
-                        return Ok(());
-                    }
-                    Push::DroppedNewest(new) => {
-                        entry.stats.dropped_newest.inc();
-                        if let Some(tx) = new.reply {
-                            let _ = tx
-                                .send(Err(DeliveryError::Dropped(format!("{}/{id}", entry.name))));
-                        }
-                        return Ok(());
-                    }
-                    Push::Refused(_) => {
-                        let config = act.mailbox.config();
-                        if config.overflow == crate::OverflowPolicy::Backpressure {
-                            entry.stats.rejected_backpressure.inc();
-                        } else {
-                            entry.stats.rejected_full.inc();
-                        }
-                        return Err(DeliveryError::MailboxFull {
-                            actor: format!("{}/{id}", entry.name),
-                            retry_after: retry_after(&config),
-                        });
-                    }
-                    Push::Closed(e) => {
+                match settle(entry, id, &act, act.mailbox.push(env).await) {
+                    Ok(done) => return done,
+                    Err(e) => {
                         env = e;
                         act.wait_gone(self.config.ask_timeout).await;
-                        continue;
                     }
                 }
             }

@@ -226,3 +226,43 @@ async fn membership_changes_under_load_keep_one_activation_and_every_acked_incre
         tracker.activations.load(Ordering::SeqCst)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversize_frames_close_the_connection_but_not_the_node() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tracker = Tracker::default();
+    let a = TestNode::start("a", &tracker, |c| c.max_frame_bytes = 4096).await;
+    let b = TestNode::start("b", &tracker, |_| {}).await;
+    feed(&[&a, &b], 1, &[(&a, Up), (&b, Up)]);
+
+    let garbage: [&[u8]; 4] = [
+        &[0, 0, 0, 5, 0x55, 1, 2, 3, 4],                       // unknown kind
+        &[0, 0, 0, 3, 0x01, 0, 0],                             // truncated body
+        &[0x7f, 0xff, 0xff, 0xff],                             // announces 2 GiB
+        &[0, 0, 0, 12, 0x81, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 9], // a response sent to a server
+    ];
+    for bytes in garbage {
+        let mut s = tokio::net::TcpStream::connect(&a.addr)
+            .await
+            .expect("connect");
+        let _ = s.write_all(bytes).await;
+        let mut buf = [0u8; 16];
+        // The node closes the connection (EOF) instead of crashing or hanging.
+        let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await;
+        assert!(matches!(n, Ok(Ok(0)) | Ok(Err(_))), "{n:?}");
+    }
+    // And it still serves: b forwards to a, a answers.
+    for i in 0..20 {
+        let r =
+            b.rt.ask("echo", &format!("e{i}"), Message::new("x", "still here"))
+                .await;
+        assert_eq!(r.ok().as_deref(), Some(&b"still here"[..]));
+    }
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&a.registry.gather())
+        .unwrap_or_default();
+    assert!(
+        text.contains("troupe_transport_errors_total{kind=\"malformed_frame\"}"),
+        "{text}"
+    );
+}

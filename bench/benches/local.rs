@@ -4,8 +4,10 @@
 //!
 //! Every contender runs the same actor: a counter that adds one per message and answers
 //! its value to a `get`. "tell" sends one message without waiting (a batch is flushed by
-//! one final ask, counted in the time); "ask" waits for each reply before the next. Tokio
-//! contenders run on a 2-worker multi-thread runtime, actix on its own System (its model).
+//! one final ask, counted in the time); "ask" waits for each reply before the next. Every
+//! contender runs on one thread, sender and actor alike: Tokio contenders on a
+//! current-thread runtime, actix on its own System (the same model), so that the figures
+//! compare the frameworks and not the OS scheduler of a shared 2-core machine.
 
 use std::{
     hint::black_box,
@@ -21,8 +23,7 @@ use troupe_actors::{
 use troupe_bench::cluster;
 
 fn tokio_rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio runtime")
@@ -189,6 +190,19 @@ fn tell(c: &mut Criterion) {
             })
         })
     });
+    let mut handle = node.actor_ref("bench", "b").expect("ref");
+    g.bench_function("troupe_actor_ref", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let t = Instant::now();
+                for _ in 0..iters {
+                    let _ = handle.tell(Message::new("add", "")).await;
+                }
+                let _ = handle.ask(Message::new("get", "")).await;
+                t.elapsed()
+            })
+        })
+    });
     g.bench_function("troupe_builtin_counter", |b| {
         b.iter_custom(|iters| {
             rt.block_on(async {
@@ -278,6 +292,19 @@ fn ask(c: &mut Criterion) {
                 let t = Instant::now();
                 for _ in 0..iters {
                     black_box(node.ask("bench", "b", Message::new("add", "")).await.ok());
+                }
+                t.elapsed()
+            })
+        })
+    });
+
+    let mut handle = node.actor_ref("bench", "b").expect("ref");
+    g.bench_function("troupe_actor_ref", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let t = Instant::now();
+                for _ in 0..iters {
+                    black_box(handle.ask(Message::new("add", "")).await.ok());
                 }
                 t.elapsed()
             })
