@@ -8,9 +8,9 @@
 //!        ─► SIGTERM ─► node.leave(handover) ─► exit
 //! ```
 //!
-//! The actor runtime plugs in here: give it `node.members()` / `node.view()` and
-//! `node.registry()`, serve its routes next to `node.router()`, and pass its drain future
-//! as the `handover` of `node.leave`.
+//! The actor runtime ([`host_actors`]) follows `node.view()`, registers its metrics in
+//! `node.registry()`, serves the client API and the transport, and its drain is the
+//! `handover` of `node.leave`.
 
 use std::time::Duration;
 
@@ -19,6 +19,7 @@ use clap::Parser;
 use prometheus::Registry;
 use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
+use troupe_actors::{ActorRuntime, RuntimeConfig};
 use troupe_contract::{env, ports};
 use troupe_node::health::{self, Health};
 use troupe_node::k8s::{LeaseStore, watch_pods};
@@ -116,9 +117,24 @@ async fn main() -> anyhow::Result<()> {
             .await
     });
 
+    let leave_timeout = Duration::from_secs(args.leave_timeout_secs);
+    let actors = host_actors(&node).await?;
+
     shutdown_signal().await;
+    // Not Ready first (leave does that), then Leaving in the table, then the actors are
+    // handed over and every accepted message finished, then out of the table.
+    let handover = {
+        let actors = actors.clone();
+        async move {
+            actors.set_accepting(false);
+            let report = actors
+                .drain(leave_timeout.saturating_sub(Duration::from_secs(2)))
+                .await;
+            tracing::info!(?report, "actors drained");
+        }
+    };
     let report = node
-        .leave(async {}, Duration::from_secs(args.leave_timeout_secs))
+        .leave(handover, leave_timeout)
         .await
         .context("graceful leave failed")?;
     tracing::info!(?report, "left; exiting");
@@ -129,6 +145,63 @@ async fn main() -> anyhow::Result<()> {
         _ => {}
     }
     Ok(())
+}
+
+/// Starts the actor runtime next to membership: the client API on
+/// [`ports::CLIENT`], the node-to-node transport on [`ports::TRANSPORT`], metrics in the
+/// node's registry, and a task that feeds every membership change to the runtime and opens
+/// the client API only while the node serves (Up, fresh, not draining).
+async fn host_actors(node: &Node) -> anyhow::Result<ActorRuntime> {
+    let me = node.view().borrow().me.clone();
+    let config = RuntimeConfig::from_env(me.pod.clone(), me.incarnation.clone(), |k| {
+        std::env::var(k).ok()
+    })
+    .context("invalid actor runtime configuration")?;
+    let actors =
+        ActorRuntime::new(config, node.registry()).context("cannot start the actor runtime")?;
+
+    let transport = tokio::net::TcpListener::bind(("0.0.0.0", ports::TRANSPORT))
+        .await
+        .with_context(|| format!("cannot listen on transport port {}", ports::TRANSPORT))?;
+    let rt = actors.clone();
+    tokio::spawn(async move {
+        if let Err(e) = rt.serve_transport(transport).await {
+            tracing::error!(error = %e, "transport server failed");
+        }
+    });
+    let client = tokio::net::TcpListener::bind(("0.0.0.0", ports::CLIENT))
+        .await
+        .with_context(|| format!("cannot listen on client port {}", ports::CLIENT))?;
+    let router = actors.client_router();
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(client, router).await {
+            tracing::error!(error = %e, "client API server failed");
+        }
+    });
+
+    let mut view = node.view();
+    let health = node.health().clone();
+    let rt = actors.clone();
+    tokio::spawn(async move {
+        loop {
+            let serving = {
+                let v = view.borrow_and_update();
+                rt.update_members(&v.table);
+                v.serving
+            };
+            rt.set_accepting(serving && !health.is_draining());
+            // Freshness can lapse without a new view; look again at least every second.
+            if let Ok(Err(_)) = tokio::time::timeout(Duration::from_secs(1), view.changed()).await {
+                break; // membership stopped: the node is leaving
+            }
+        }
+    });
+    tracing::info!(
+        client = ports::CLIENT,
+        transport = ports::TRANSPORT,
+        "actor runtime started"
+    );
+    Ok(actors)
 }
 
 fn required(value: Option<String>, var: &str) -> anyhow::Result<String> {
