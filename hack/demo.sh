@@ -39,8 +39,8 @@ curl -fsS "http://$pod_ip:8558/cluster/members" | (jq . 2>/dev/null || cat)
 say "actors through the client Service"
 vip="$(kubectl -n demo get svc "$name" -o jsonpath='{.spec.clusterIP}')"
 for i in 1 2 3 4 5; do
-  curl -fsS -X POST -H 'content-type: application/json' -d '{"add":1}' \
-    "http://$vip:8080/actors/counter/demo/ask" && echo
+  curl -fsS -X POST -H 'content-type: application/json' -d '{"by":1}' \
+    "http://$vip:8080/actors/counter/demo/ask/add" && echo
 done
 curl -fsS -X POST -H 'content-type: application/json' -d '"hello troupe"' \
   "http://$vip:8080/actors/echo/greeting/ask" && echo
