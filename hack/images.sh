@@ -34,16 +34,25 @@ if [ "$what" = pause ] || [ "$what" = all ]; then
   import "$out/pause.tar"
 fi
 
-rust_image() { # binary image
-  local bin="$1" image="$2"
-  local target_dir="${CARGO_TARGET_DIR:-$root/target}"
-  (cd "$root" && cargo build --release --target x86_64-unknown-linux-musl -p "$bin" --bin "$bin")
-  local path="$target_dir/x86_64-unknown-linux-musl/release/$bin"
-  python3 "$here/images/mkimage.py" --name "$image" --out "$out/$bin.tar" \
-    --entrypoint "/$bin" --user 65532:65532 --file "$path:/$bin"
-  log "$image: binary $(du -h "$path" | cut -f1), image tarball $(du -h "$out/$bin.tar" | cut -f1)"
-  import "$out/$bin.tar"
+# Builds the given binaries in one cargo invocation (one feature resolution, one build),
+# then packages and imports one image per binary.
+rust_images() { # binary...
+  local target_dir="${CARGO_TARGET_DIR:-$root/target}" args=() bin path
+  for bin in "$@"; do args+=(-p "$bin" --bin "$bin"); done
+  (cd "$root" && cargo build --release --target x86_64-unknown-linux-musl "${args[@]}")
+  for bin in "$@"; do
+    path="$target_dir/x86_64-unknown-linux-musl/release/$bin"
+    python3 "$here/images/mkimage.py" --name "$bin:0.1.0" --out "$out/$bin.tar" \
+      --entrypoint "/$bin" --user 65532:65532 --file "$path:/$bin"
+    log "$bin:0.1.0: binary $(du -h "$path" | cut -f1), image tarball $(du -h "$out/$bin.tar" | cut -f1)"
+    import "$out/$bin.tar"
+  done
 }
 
-if [ "$what" = node ] || [ "$what" = all ]; then rust_image troupe-node "troupe-node:0.1.0"; fi
-if [ "$what" = operator ] || [ "$what" = all ]; then rust_image troupe-operator "troupe-operator:0.1.0"; fi
+case "$what" in
+  all) rust_images troupe-node troupe-operator ;;
+  node) rust_images troupe-node ;;
+  operator) rust_images troupe-operator ;;
+  pause) ;;
+  *) die "usage: images.sh [pause|node|operator|all]" ;;
+esac
