@@ -284,34 +284,43 @@ pub async fn run(
     })
     .skip(1);
 
-    Controller::new(
+    // The ActorClusters themselves, also without managedFields (they are most of an
+    // object's size once a user applies and the operator writes status).
+    let (clusters, cluster_writer) = reflector::store::<ActorCluster>();
+    let cluster_stream = watcher(
         Api::<ActorCluster>::all(client),
         watcher::Config::default().any_semantic(),
     )
-    .with_config(controller::Config::default().concurrency(concurrency))
-    .owns_stream(deployment_stream)
-    .owns_stream(service_stream)
-    .owns_stream(sa_stream)
-    .owns_stream(role_stream)
-    .owns_stream(rb_stream)
-    .owns_stream(pdb_stream)
-    .owns_stream(hpa_stream)
-    .watches_stream(lease_stream, |lease: Lease| {
-        let namespace = lease.namespace();
-        let name = lease.name_any();
-        status::cluster_of_lease(&name)
-            .zip(namespace)
-            .map(|(cluster, ns)| ObjectRef::new(cluster).within(&ns))
-    })
-    .reconcile_all_on(resync_ticks)
-    .graceful_shutdown_on(shutdown)
-    .run(reconcile, error_policy, ctx)
-    .for_each(|result| async move {
-        if let Err(e) = result {
-            tracing::debug!(error = %e, "controller event");
-        }
-    })
-    .await;
+    .default_backoff()
+    .modify(strip::<ActorCluster>)
+    .reflect(cluster_writer)
+    .applied_objects();
+
+    Controller::for_stream(cluster_stream, clusters)
+        .with_config(controller::Config::default().concurrency(concurrency))
+        .owns_stream(deployment_stream)
+        .owns_stream(service_stream)
+        .owns_stream(sa_stream)
+        .owns_stream(role_stream)
+        .owns_stream(rb_stream)
+        .owns_stream(pdb_stream)
+        .owns_stream(hpa_stream)
+        .watches_stream(lease_stream, |lease: Lease| {
+            let namespace = lease.namespace();
+            let name = lease.name_any();
+            status::cluster_of_lease(&name)
+                .zip(namespace)
+                .map(|(cluster, ns)| ObjectRef::new(cluster).within(&ns))
+        })
+        .reconcile_all_on(resync_ticks)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "controller event");
+            }
+        })
+        .await;
     readiness.abort();
 }
 
@@ -512,8 +521,17 @@ where
             name: name.clone(),
             source,
         })?;
-    if let (Ok(mut memo), Some(rv)) = (ctx.memo.lock(), result.resource_version()) {
-        memo.insert(key, (hash, rv));
+    // Remember only what the drift check cannot recognise (a value the API server
+    // normalised); everything else is found converged without a memo entry.
+    if let Ok(mut memo) = ctx.memo.lock() {
+        match result.resource_version() {
+            Some(rv) if !drift::converged(desired, &result) => {
+                memo.insert(key, (hash, rv));
+            }
+            _ => {
+                memo.remove(&key);
+            }
+        }
     }
     applied.push(format!("{kind} {name}"));
     Ok(())

@@ -17,9 +17,12 @@
 //!
 //! Pure modules: [`crd`], [`validate`], [`build`], [`drift`], [`status`].
 //! Edges: [`controller`] (kube client), [`server`] (HTTP), [`leader`] (Lease election).
+//! Autoscaling support (node scraping, the `custom.metrics.k8s.io` API, depth in status and
+//! pod deletion costs): [`custom_metrics`].
 pub mod build;
 pub mod controller;
 pub mod crd;
+pub mod custom_metrics;
 pub mod drift;
 pub mod leader;
 pub mod metrics;

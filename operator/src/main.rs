@@ -49,6 +49,9 @@ struct Args {
     /// Log format: `json` or `text`.
     #[arg(long, env = "TROUPE_LOG_FORMAT", default_value = "json")]
     log_format: String,
+    /// Mailbox-depth scraping and the custom.metrics.k8s.io API.
+    #[command(flatten)]
+    custom_metrics: troupe_operator::custom_metrics::Flags,
 }
 
 fn init_logging(format: &str) {
@@ -125,6 +128,21 @@ async fn main() -> anyhow::Result<()> {
         instance: Some(identity.clone()),
     };
     tracing::info!(node_image = %args.node_image, %identity, "troupe-operator starting");
+    {
+        let leading = metrics.clone();
+        let depth = troupe_operator::custom_metrics::run(
+            client.clone(),
+            args.custom_metrics.clone(),
+            metrics.clone(),
+            move || leading.leader.get() == 1,
+            stop_rx.clone(),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = depth.await {
+                tracing::error!(error = %e, "custom metrics API stopped");
+            }
+        });
+    }
 
     if !args.leader_election {
         ready.store(true, Ordering::Relaxed);

@@ -40,6 +40,10 @@ struct Args {
     /// Namespace of the operator.
     #[arg(long, default_value = "troupe-system")]
     operator_namespace: String,
+    /// Skip the restart phase (operator pods deleted, the new leader's resync of the
+    /// converged ActorClusters is measured: RSS and write calls).
+    #[arg(long)]
+    no_restart: bool,
 }
 
 fn ac_api(client: &Client, ns: &str) -> Api<DynamicObject> {
@@ -117,6 +121,38 @@ async fn leader_metrics(client: &Client, ns: &str) -> anyhow::Result<HashMap<Str
         }
     }
     bail!("no leading operator pod answered /metrics in {ns}")
+}
+
+/// Waits until the leader's reconcile count stops moving for `quiet` (and is at least
+/// `min_reconciles`); returns its metrics then.
+async fn until_idle(
+    client: &Client,
+    ns: &str,
+    min_reconciles: f64,
+    quiet: Duration,
+    timeout: Duration,
+) -> anyhow::Result<HashMap<String, f64>> {
+    let start = Instant::now();
+    let mut last = f64::NAN;
+    let mut since = Instant::now();
+    loop {
+        if let Ok(m) = leader_metrics(client, ns).await {
+            let n = m
+                .get("troupe_operator_reconciles_total{result=\"ok\"}")
+                .copied()
+                .unwrap_or_default();
+            if n != last {
+                last = n;
+                since = Instant::now();
+            } else if n >= min_reconciles && since.elapsed() >= quiet {
+                return Ok(m);
+            }
+        }
+        if start.elapsed() > timeout {
+            bail!("the operator did not become idle within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// p-th percentile upper bound from a Prometheus histogram (cumulative buckets).
@@ -210,8 +246,15 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let converged = start.elapsed();
-    // Let status writes settle before measuring.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Let status writes and their follow-up reconciles settle before measuring.
+    until_idle(
+        &client,
+        &args.operator_namespace,
+        0.0,
+        Duration::from_secs(3),
+        Duration::from_secs(600),
+    )
+    .await?;
 
     // Sequential changes: change → Deployment carries the new env value.
     let mut latencies = Vec::with_capacity(args.samples);
@@ -242,6 +285,51 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     latencies.sort();
+
+    // Baseline in the same run: the same watch sees a Deployment patched directly (no
+    // operator in the path) — the API server + watch floor of the figure above.
+    let direct: Api<Deployment> = Api::namespaced(client.clone(), &args.namespace);
+    let mut baseline = Vec::with_capacity(args.samples);
+    for i in 0..args.samples {
+        let name = format!("b{:04}", (i * 7 + 3) % args.clusters);
+        let capacity = (900_000 + i).to_string();
+        let t0 = Instant::now();
+        // Strategic merge on the container's env list (merge key `name`).
+        direct
+            .patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Strategic(json!({"spec": {"template": {"spec": {"containers": [
+                    {"name": "node", "env": [{"name": "TROUPE_MAILBOX_CAPACITY", "value": capacity}]}
+                ]}}}})),
+            )
+            .await?;
+        loop {
+            let hit = seen
+                .lock()
+                .ok()
+                .and_then(|m| m.get(&name).cloned())
+                .filter(|(c, _)| *c == capacity);
+            if let Some((_, at)) = hit {
+                baseline.push(at.saturating_duration_since(t0));
+                break;
+            }
+            if t0.elapsed() > Duration::from_secs(30) {
+                bail!("direct patch of {name} not seen within 30 s");
+            }
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+    }
+    baseline.sort();
+    // The operator puts the hand-edited env values back; let it finish.
+    until_idle(
+        &client,
+        &args.operator_namespace,
+        0.0,
+        Duration::from_secs(3),
+        Duration::from_secs(300),
+    )
+    .await?;
     let after = leader_metrics(&client, &args.operator_namespace).await?;
     let rss_after = after
         .get("troupe_operator_resident_memory_bytes")
@@ -267,6 +355,14 @@ async fn main() -> anyhow::Result<()> {
         percentile(&latencies, 99.0),
         latencies.last().copied().unwrap_or_default()
     );
+    let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64().max(1e-9);
+    println!(
+        "  direct Deployment patch (floor)  p50 {:>8.2?}  p99 {:>8.2?}   operator/floor p50 x{:.2}  p99 x{:.2}",
+        percentile(&baseline, 50.0),
+        percentile(&baseline, 99.0),
+        ratio(percentile(&latencies, 50.0), percentile(&baseline, 50.0)),
+        ratio(percentile(&latencies, 99.0), percentile(&baseline, 99.0)),
+    );
     println!(
         "  reconcile duration (operator)    p50 <= {:?} s  p99 <= {:?} s  (histogram bucket bounds)",
         histogram_quantile(&after, name, 0.5),
@@ -278,6 +374,43 @@ async fn main() -> anyhow::Result<()> {
         args.clusters,
         rss_after / 1_048_576.0
     );
+
+    if !args.no_restart {
+        // Restart: delete the operator pods; the new leader resyncs N converged clusters.
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &args.operator_namespace);
+        pods.delete_collection(
+            &DeleteParams::default(),
+            &ListParams::default().labels("app.kubernetes.io/name=troupe-operator"),
+        )
+        .await?;
+        let t0 = Instant::now();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let m = until_idle(
+            &client,
+            &args.operator_namespace,
+            args.clusters as f64,
+            Duration::from_secs(5),
+            Duration::from_secs(600),
+        )
+        .await?;
+        let writes = m
+            .get(&format!(
+                "troupe_operator_namespace_writes_total{{namespace=\"{}\"}}",
+                args.namespace
+            ))
+            .copied()
+            .unwrap_or_default();
+        println!(
+            "  after an operator restart        resynced {} converged ActorClusters in {:.2?} with {} write calls; RSS {:.1} MiB",
+            args.clusters,
+            t0.elapsed().saturating_sub(Duration::from_secs(5)),
+            writes,
+            m.get("troupe_operator_resident_memory_bytes")
+                .copied()
+                .unwrap_or_default()
+                / 1_048_576.0
+        );
+    }
 
     watch.abort();
     if !args.keep {

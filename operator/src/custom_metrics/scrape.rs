@@ -1,0 +1,196 @@
+//! Gathers mailbox depth from the node pods: a pod watch (node pods of every ActorCluster,
+//! by label) and, every interval, a concurrent GET of each pod's management `/metrics`
+//! (port 8558), whose `troupe_mailbox_depth_total` goes into the [`DepthCache`].
+//!
+//! A failed scrape leaves the pod's previous sample to age out (the readers drop samples
+//! older than their `max_age`); it never writes a guess.
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use troupe_contract::{labels, metrics, ports};
+
+use super::cache::{DepthCache, DepthSample, PodTarget};
+use super::prom;
+
+/// The pod annotation the ReplicaSet controller reads when it picks pods to delete.
+pub const DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
+
+/// Largest `/metrics` page read.
+const MAX_PAGE: usize = 4 * 1024 * 1024;
+
+/// The label selector of every node pod the operator manages.
+pub fn node_pods_selector() -> String {
+    format!(
+        "{}={},{}={}",
+        labels::NAME,
+        labels::NAME_VALUE,
+        labels::MANAGED_BY,
+        labels::MANAGED_BY_VALUE
+    )
+}
+
+/// The scrape target of a pod: running, with an IP and its cluster label; else `None`.
+pub fn target_of(pod: &Pod) -> Option<PodTarget> {
+    let status = pod.status.as_ref()?;
+    if status.phase.as_deref() != Some("Running") {
+        return None;
+    }
+    let ip = status.pod_ip.clone().filter(|ip| !ip.is_empty())?;
+    let pod_labels = pod.metadata.labels.clone().unwrap_or_default();
+    let cluster = pod_labels.get(labels::INSTANCE)?.clone();
+    Some(PodTarget {
+        namespace: pod.namespace()?,
+        name: pod.metadata.name.clone()?,
+        ip,
+        cluster,
+        labels: pod_labels.into_iter().collect(),
+        deletion_cost: pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(DELETION_COST))
+            .cloned(),
+    })
+}
+
+/// Scraping settings.
+#[derive(Debug, Clone, Copy)]
+pub struct ScrapeConfig {
+    /// Time between two rounds.
+    pub interval: Duration,
+    /// Time limit of one pod's scrape.
+    pub timeout: Duration,
+    /// Pods scraped at once.
+    pub concurrency: usize,
+}
+
+/// Watches node pods and scrapes them forever, filling `cache`.
+pub async fn run(client: Client, cache: Arc<RwLock<DepthCache>>, config: ScrapeConfig) {
+    let (store, writer) = reflector::store::<Pod>();
+    let watch = watcher(
+        Api::<Pod>::all(client),
+        watcher::Config::default().labels(&node_pods_selector()),
+    )
+    .default_backoff()
+    .reflect(writer)
+    .applied_objects()
+    .for_each(|r| async move {
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "custom metrics: pod watch");
+        }
+    });
+    tokio::spawn(watch);
+    let http: HttpClient<HttpConnector, Empty<Bytes>> =
+        HttpClient::builder(TokioExecutor::new()).build_http();
+    let mut tick = tokio::time::interval(config.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        round(&store, &http, &cache, config).await;
+    }
+}
+
+async fn round(
+    store: &Store<Pod>,
+    http: &HttpClient<HttpConnector, Empty<Bytes>>,
+    cache: &Arc<RwLock<DepthCache>>,
+    config: ScrapeConfig,
+) {
+    let targets: Vec<PodTarget> = store.state().iter().filter_map(|p| target_of(p)).collect();
+    if let Ok(mut c) = cache.write() {
+        c.set_pods(targets.clone());
+    }
+    let results: Vec<(PodTarget, Option<f64>)> = futures::stream::iter(targets)
+        .map(|t| async move {
+            let v = scrape(http, &t.ip, config.timeout).await;
+            (t, v)
+        })
+        .buffer_unordered(config.concurrency.max(1))
+        .collect()
+        .await;
+    let at = SystemTime::now();
+    if let Ok(mut c) = cache.write() {
+        for (t, value) in results {
+            match value {
+                Some(value) => c.record(&t.namespace, &t.name, DepthSample { value, at }),
+                None => {
+                    tracing::debug!(pod = %t.name, namespace = %t.namespace, "custom metrics: no depth sample")
+                }
+            }
+        }
+    }
+}
+
+/// Reads the per-pod total depth from one node; `None` on any failure.
+async fn scrape(
+    http: &HttpClient<HttpConnector, Empty<Bytes>>,
+    ip: &str,
+    timeout: Duration,
+) -> Option<f64> {
+    let host = if ip.contains(':') {
+        format!("[{ip}]")
+    } else {
+        ip.to_owned()
+    };
+    let uri: hyper::Uri = format!("http://{host}:{}/metrics", ports::MANAGEMENT)
+        .parse()
+        .ok()?;
+    let fetch = async {
+        let resp = http.get(uri).await.ok()?;
+        if !resp.status().is_success() {
+            return None;
+        }
+        let body = Limited::new(resp.into_body(), MAX_PAGE)
+            .collect()
+            .await
+            .ok()?;
+        let text = String::from_utf8(body.to_bytes().to_vec()).ok()?;
+        prom::unlabelled(&text, metrics::MAILBOX_DEPTH_TOTAL)
+    };
+    tokio::time::timeout(timeout, fetch).await.ok().flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(phase: &str, ip: Option<&str>) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "orders-1", "namespace": "shop",
+                "labels": {"app.kubernetes.io/name": "troupe-node", "app.kubernetes.io/instance": "orders"},
+                "annotations": {DELETION_COST: "12"}
+            },
+            "status": {"phase": phase, "podIP": ip}
+        }))
+        .expect("pod")
+    }
+
+    #[test]
+    fn running_pods_with_an_ip_are_targets() {
+        let t = target_of(&pod("Running", Some("10.1.2.3"))).expect("target");
+        assert_eq!(
+            (t.namespace.as_str(), t.name.as_str(), t.ip.as_str()),
+            ("shop", "orders-1", "10.1.2.3")
+        );
+        assert_eq!(t.cluster, "orders");
+        assert_eq!(t.deletion_cost.as_deref(), Some("12"));
+        assert!(target_of(&pod("Pending", Some("10.1.2.3"))).is_none());
+        assert!(target_of(&pod("Running", None)).is_none());
+        assert_eq!(
+            node_pods_selector(),
+            "app.kubernetes.io/name=troupe-node,app.kubernetes.io/managed-by=troupe-operator"
+        );
+    }
+}
