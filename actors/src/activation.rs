@@ -71,9 +71,9 @@ pub struct Activation {
 }
 
 impl Activation {
-    fn new(config: MailboxConfig, stats: &TypeStats) -> Self {
+    fn new(config: MailboxConfig) -> Self {
         Self {
-            mailbox: Mailbox::new(config, stats.depth.clone()),
+            mailbox: Mailbox::new(config),
             phase: AtomicU8::new(Phase::Claiming as u8),
             generation: AtomicU64::new(0),
             aborted: AtomicBool::new(false),
@@ -187,7 +187,7 @@ impl TypeEntry {
         if let Some(a) = shard.get(id) {
             return (a.clone(), false);
         }
-        let a = Arc::new(Activation::new(self.mailbox, &self.stats));
+        let a = Arc::new(Activation::new(self.mailbox));
         shard.insert(id.into(), a.clone());
         self.stats.active.inc();
         (a, true)
@@ -211,6 +211,14 @@ impl TypeEntry {
                     .collect::<Vec<_>>()
             })
             .collect()
+    }
+
+    /// Messages waiting in the mailboxes of this type (read at scrape time).
+    pub fn queued(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| read(s).values().map(|a| a.mailbox.len()).sum::<usize>())
+            .sum()
     }
 
     /// Number of activations.

@@ -2,13 +2,13 @@
 //!
 //! ```text
 //!  senders ──push──► [ VecDeque, capacity N, policy ] ──recv──► the actor's task (one)
-//!                        │ depth: one shared atomic per actor type (the HPA's metric)
 //! ```
 //!
 //! Many senders, one receiver. A mutex guards the queue (held for a push or a pop only);
 //! a [`Notify`] wakes the receiver and another wakes senders waiting for room under
-//! [`OverflowPolicy::Backpressure`]. Depth accounting is one relaxed atomic add per push
-//! and one per pop, on a counter shared by all actors of a type.
+//! [`OverflowPolicy::Backpressure`]. Depth accounting costs nothing per message: the
+//! queue's own length is the depth, read by the metrics collector at scrape time
+//! ([`Mailbox::len`]), so there is no shared counter for the cores to fight over.
 //!
 //! A mailbox is *closed* when its actor passivates or is handed over: pushes then fail with
 //! [`Push::Closed`] and the sender routes the message again; what was queued before the
@@ -17,8 +17,8 @@
 use std::{
     collections::VecDeque,
     sync::{
-        Arc, Mutex, MutexGuard,
-        atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering},
+        Mutex, MutexGuard,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -89,7 +89,6 @@ struct Queue {
 pub struct Mailbox {
     queue: Mutex<Queue>,
     config: MailboxConfig,
-    depth: Arc<AtomicI64>,
     receiver: Notify,
     /// Set by the receiver before it waits: senders wake it only then (one load per push
     /// while it is busy, instead of a read-modify-write on the `Notify`).
@@ -108,15 +107,14 @@ impl std::fmt::Debug for Mailbox {
 }
 
 impl Mailbox {
-    /// An empty, open mailbox whose length is also added to `depth`.
-    pub fn new(config: MailboxConfig, depth: Arc<AtomicI64>) -> Self {
+    /// An empty, open mailbox.
+    pub fn new(config: MailboxConfig) -> Self {
         Self {
             queue: Mutex::new(Queue {
                 items: VecDeque::with_capacity(config.capacity.min(16)),
                 closed: false,
             }),
             config,
-            depth,
             receiver: Notify::new(),
             receiver_idle: AtomicBool::new(false),
             room: Notify::new(),
@@ -154,7 +152,6 @@ impl Mailbox {
         if q.items.len() < self.config.capacity {
             q.items.push_back(envelope);
             drop(q);
-            self.depth.fetch_add(1, Ordering::Relaxed);
             self.wake_receiver();
             return Push::Queued;
         }
@@ -209,7 +206,6 @@ impl Mailbox {
     /// Takes the next message, if any.
     pub fn try_recv(&self) -> Option<Envelope> {
         let e = self.lock().items.pop_front()?;
-        self.depth.fetch_sub(1, Ordering::Relaxed);
         if self.waiting_senders.load(Ordering::SeqCst) > 0 {
             self.room.notify_one();
         }
@@ -227,7 +223,6 @@ impl Mailbox {
                 if let Some(e) = q.items.pop_front() {
                     drop(q);
                     self.receiver_idle.store(false, Ordering::SeqCst);
-                    self.depth.fetch_sub(1, Ordering::Relaxed);
                     if self.waiting_senders.load(Ordering::SeqCst) > 0 {
                         self.room.notify_one();
                     }
@@ -274,7 +269,6 @@ impl Mailbox {
         q.closed = true;
         let all: Vec<Envelope> = q.items.drain(..).collect();
         drop(q);
-        self.depth.fetch_sub(all.len() as i64, Ordering::Relaxed);
         self.room.notify_waiters();
         self.receiver.notify_one();
         all
@@ -290,15 +284,15 @@ pub fn retry_after(config: &MailboxConfig) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
-    fn mailbox(capacity: usize, overflow: OverflowPolicy) -> (Mailbox, Arc<AtomicI64>) {
-        let depth = Arc::new(AtomicI64::new(0));
+    fn mailbox(capacity: usize, overflow: OverflowPolicy) -> Mailbox {
         let config = MailboxConfig {
             capacity,
             overflow,
             backpressure_timeout: Duration::from_millis(50),
         };
-        (Mailbox::new(config, depth.clone()), depth)
+        Mailbox::new(config)
     }
 
     fn msg(n: u8) -> Envelope {
@@ -323,45 +317,45 @@ mod tests {
 
     #[test]
     fn reject_refuses_when_full() {
-        let (m, depth) = mailbox(2, OverflowPolicy::Reject);
+        let m = mailbox(2, OverflowPolicy::Reject);
         assert!(matches!(m.try_push(msg(1)), Push::Queued));
         assert!(matches!(m.try_push(msg(2)), Push::Queued));
         let p = m.try_push(msg(3));
         assert!(matches!(p, Push::Refused(_)));
         assert_eq!(payload(&p), Some(3));
-        assert_eq!(depth.load(Ordering::Relaxed), 2);
+        assert_eq!(m.len(), 2);
         assert_eq!(drain(&m), vec![1, 2]);
-        assert_eq!(depth.load(Ordering::Relaxed), 0);
+        assert_eq!(m.len(), 0);
     }
 
     #[test]
     fn drop_newest_drops_the_incoming_message() {
-        let (m, depth) = mailbox(2, OverflowPolicy::DropNewest);
+        let m = mailbox(2, OverflowPolicy::DropNewest);
         m.try_push(msg(1));
         m.try_push(msg(2));
         let p = m.try_push(msg(3));
         assert!(matches!(p, Push::DroppedNewest(_)));
         assert_eq!(payload(&p), Some(3));
-        assert_eq!(depth.load(Ordering::Relaxed), 2);
+        assert_eq!(m.len(), 2);
         assert_eq!(drain(&m), vec![1, 2]);
     }
 
     #[test]
     fn drop_oldest_makes_room_for_the_incoming_message() {
-        let (m, depth) = mailbox(2, OverflowPolicy::DropOldest);
+        let m = mailbox(2, OverflowPolicy::DropOldest);
         m.try_push(msg(1));
         m.try_push(msg(2));
         let p = m.try_push(msg(3));
         assert!(matches!(p, Push::QueuedDroppingOldest(_)));
         assert_eq!(payload(&p), Some(1));
-        assert_eq!(depth.load(Ordering::Relaxed), 2);
+        assert_eq!(m.len(), 2);
         assert_eq!(drain(&m), vec![2, 3]);
-        assert_eq!(depth.load(Ordering::Relaxed), 0);
+        assert_eq!(m.len(), 0);
     }
 
     #[tokio::test]
     async fn backpressure_waits_for_room() {
-        let (m, _) = mailbox(1, OverflowPolicy::Backpressure);
+        let m = mailbox(1, OverflowPolicy::Backpressure);
         let m = Arc::new(m);
         m.try_push(msg(1));
         let sender = {
@@ -376,7 +370,7 @@ mod tests {
 
     #[tokio::test]
     async fn backpressure_refuses_after_its_timeout() {
-        let (m, _) = mailbox(1, OverflowPolicy::Backpressure);
+        let m = mailbox(1, OverflowPolicy::Backpressure);
         m.try_push(msg(1));
         let started = Instant::now();
         assert!(matches!(m.push(msg(2)).await, Push::Refused(_)));
@@ -385,7 +379,7 @@ mod tests {
 
     #[tokio::test]
     async fn closed_mailbox_hands_back_pushes_and_delivers_what_was_queued() {
-        let (m, _) = mailbox(4, OverflowPolicy::Reject);
+        let m = mailbox(4, OverflowPolicy::Reject);
         m.try_push(msg(1));
         assert!(!m.close_if_empty());
         m.close();

@@ -15,14 +15,12 @@
 //! | `troupe_handovers_total` | counter | `direction` (`out`, `in`) |
 //! | `troupe_transport_errors_total` | counter | `kind` |
 //!
-//! Mailbox depth is one relaxed atomic per actor type, updated by the mailbox itself and
-//! read only when Prometheus scrapes (a custom collector sums the per-type series into the
-//! total). Everything on the per-message path is resolved once per type ([`TypeStats`]).
+//! Mailbox depth costs nothing per message: a custom collector walks the activations and
+//! sums their queue lengths when Prometheus scrapes (per type, and the total the HPA
+//! reads). Everything else on the per-message path is resolved once per type
+//! ([`TypeStats`]).
 
-use std::sync::{
-    Arc, RwLock,
-    atomic::{AtomicI64, Ordering},
-};
+use std::sync::{Arc, RwLock};
 
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -37,8 +35,6 @@ use crate::error::Error;
 /// Metrics of one actor type, resolved once.
 #[derive(Debug)]
 pub struct TypeStats {
-    /// Messages waiting in all mailboxes of the type.
-    pub depth: Arc<AtomicI64>,
     /// Messages handled.
     pub processed: IntCounter,
     /// Handler time (sampled).
@@ -180,11 +176,8 @@ impl RuntimeMetrics {
 
     /// The per-type metrics of `actor_type` (call once per type and keep them).
     pub fn for_type(&self, actor_type: &str) -> TypeStats {
-        let depth = Arc::new(AtomicI64::new(0));
-        self.depth.add(actor_type, depth.clone());
         let l = &[actor_type];
         TypeStats {
-            depth,
             processed: self.processed.with_label_values(l),
             processing: self.processing.with_label_values(l),
             waiting: self.waiting.with_label_values(l),
@@ -208,20 +201,31 @@ impl RuntimeMetrics {
         }
     }
 
+    /// Sets where the mailbox depth per type is read from at scrape time.
+    pub fn set_depth_source(&self, source: DepthSource) {
+        *self.depth.source.write().unwrap_or_else(|p| p.into_inner()) = Some(source);
+    }
+
     /// The current total mailbox depth of the node.
     pub fn total_depth(&self) -> i64 {
-        self.depth.total()
+        self.depth.read().iter().map(|(_, d)| *d).sum()
     }
 }
 
-/// The depth counter of each actor type, by name.
-type DepthByType = Arc<RwLock<Vec<(String, Arc<AtomicI64>)>>>;
+/// Reads the mailbox depth of each actor type, by name.
+pub type DepthSource = Box<dyn Fn() -> Vec<(Arc<str>, i64)> + Send + Sync>;
 
-/// Reads the per-type depth atomics at scrape time.
-#[derive(Clone, Debug)]
+/// Reads the mailbox depths at scrape time.
+#[derive(Clone)]
 struct DepthCollector {
-    types: DepthByType,
+    source: Arc<RwLock<Option<DepthSource>>>,
     descs: Vec<Desc>,
+}
+
+impl std::fmt::Debug for DepthCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DepthCollector").finish_non_exhaustive()
+    }
 }
 
 impl Default for DepthCollector {
@@ -244,23 +248,20 @@ impl Default for DepthCollector {
         .filter_map(Result::ok)
         .collect();
         Self {
-            types: Arc::default(),
+            source: Arc::default(),
             descs,
         }
     }
 }
 
 impl DepthCollector {
-    fn add(&self, actor_type: &str, depth: Arc<AtomicI64>) {
-        let mut t = self.types.write().unwrap_or_else(|p| p.into_inner());
-        t.push((actor_type.to_owned(), depth));
-    }
-
-    fn total(&self) -> i64 {
-        let t = self.types.read().unwrap_or_else(|p| p.into_inner());
-        t.iter()
-            .map(|(_, d)| d.load(Ordering::Relaxed).max(0))
-            .sum()
+    fn read(&self) -> Vec<(Arc<str>, i64)> {
+        self.source
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|f| f())
+            .unwrap_or_default()
     }
 }
 
@@ -281,14 +282,10 @@ impl Collector for DepthCollector {
             Ok(v) => v,
             Err(_) => return out,
         };
-        let total = self.total();
-        {
-            let t = self.types.read().unwrap_or_else(|p| p.into_inner());
-            for (name, d) in t.iter() {
-                by_type
-                    .with_label_values(&[name.as_str()])
-                    .set(d.load(Ordering::Relaxed).max(0));
-            }
+        let depths = self.read();
+        let total: i64 = depths.iter().map(|(_, d)| *d).sum();
+        for (name, d) in &depths {
+            by_type.with_label_values(&[&**name]).set(*d);
         }
         out.extend(by_type.collect());
         if let Ok(g) = IntGauge::new(

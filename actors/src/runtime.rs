@@ -195,7 +195,7 @@ impl ActorRuntime {
             supervision: config.supervision,
         };
         let peers = Peers::new(config.max_frame_bytes, metrics.transport_errors.clone());
-        Ok(Self {
+        let rt = Self {
             inner: Arc::new(Inner {
                 config,
                 metrics,
@@ -210,7 +210,20 @@ impl ActorRuntime {
                 inflight: AtomicUsize::new(0),
                 settings,
             }),
-        })
+        };
+        let weak = Arc::downgrade(&rt.inner);
+        rt.inner.metrics.set_depth_source(Box::new(move || {
+            weak.upgrade()
+                .map(|inner| {
+                    inner
+                        .entries()
+                        .iter()
+                        .map(|e| (e.name.clone(), e.queued() as i64))
+                        .collect()
+                })
+                .unwrap_or_default()
+        }));
+        Ok(rt)
     }
 
     /// The client HTTP API (see `API.md`), to serve on [`troupe_contract::ports::CLIENT`].
