@@ -37,7 +37,7 @@ impl Selector {
             reason: reason.to_owned(),
         };
         let mut requirements = Vec::new();
-        for term in split_top_level(s).map_err(|r| err(r))? {
+        for term in split_top_level(s).map_err(&err)? {
             let term = term.trim();
             if term.is_empty() {
                 if s.trim().is_empty() {

@@ -289,6 +289,61 @@ pub(crate) mod tests {
         assert_eq!(common_name(b"garbage"), None);
     }
 
+    async fn handshake(p: &Pki, client_cert: bool) -> Option<PeerInfo> {
+        let config = server_config(
+            p.server_cert.as_bytes(),
+            p.server_key.as_bytes(),
+            p.ca_pem.as_bytes(),
+        )
+        .expect("config");
+        let (_tx, rx) = watch::channel(Arc::new(config));
+        let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let mut listener = TlsListener::new(tcp, rx).expect("listener");
+        let addr = listener.local.to_owned();
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(p.ca_pem.as_bytes()).expect("ca"))
+            .expect("root");
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots);
+        let client = if client_cert {
+            builder
+                .with_client_auth_cert(
+                    vec![CertificateDer::from_pem_slice(p.client_cert.as_bytes()).expect("cert")],
+                    PrivateKeyDer::from_pem_slice(p.client_key.as_bytes()).expect("key"),
+                )
+                .expect("client auth")
+        } else {
+            builder.with_no_client_auth()
+        };
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let _tls = connector.connect(name, stream).await.ok()?;
+        let (_, peer) = tokio::time::timeout(Duration::from_secs(5), listener.accept())
+            .await
+            .ok()?;
+        Some(peer)
+    }
+
+    #[tokio::test]
+    async fn the_listener_reports_the_verified_client_cn() {
+        let p = pki("front-proxy-client");
+        let peer = handshake(&p, true).await.expect("handshake");
+        assert_eq!(peer.client_cn.as_deref(), Some("front-proxy-client"));
+        let anonymous = handshake(&p, false)
+            .await
+            .expect("handshake without a certificate");
+        assert_eq!(
+            anonymous.client_cn, None,
+            "left to the HTTP layer to refuse with 401"
+        );
+    }
+
     #[test]
     fn missing_or_bad_material_is_a_readable_error() {
         let p = pki("x");
