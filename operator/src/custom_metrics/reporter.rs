@@ -10,8 +10,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Patch, PatchParams};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 
 use super::cache::DepthCache;
@@ -66,6 +69,19 @@ pub async fn run(
     max_age: Duration,
     deletion_cost: bool,
 ) {
+    // What the ActorClusters carry now, so that a new leader writes nothing that is already
+    // there (a converged cluster sees no writes across a leader handover).
+    let (clusters, writer) = reflector::store::<ActorCluster>();
+    tokio::spawn(
+        watcher(
+            Api::<ActorCluster>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .for_each(|_| async {}),
+    );
     let mut status_written = Written::default();
     let mut cost_written = Written::default();
     let mut tick = tokio::time::interval(interval);
@@ -87,7 +103,10 @@ pub async fn run(
         let now = Instant::now();
         for ((namespace, cluster), total) in totals {
             let key = (namespace.clone(), cluster.clone());
-            if !status_written.due(&key, None, total, now) {
+            let current = clusters
+                .get(&ObjectRef::new(&cluster).within(&namespace))
+                .and_then(|ac| ac.status.as_ref().and_then(|s| s.mailbox_depth));
+            if !status_written.due(&key, current, total, now) {
                 continue;
             }
             let api: Api<ActorCluster> = Api::namespaced(client.clone(), &namespace);
