@@ -102,17 +102,18 @@ impl Timing {
         Ok(())
     }
 
-    /// A faster variant for the multi-node tests on loopback: same ratios, smaller numbers.
+    /// A faster variant for the multi-node tests on loopback: the same inequalities, smaller
+    /// numbers (but probe timeouts forgiving enough for a loaded test machine).
     pub fn fast() -> Self {
         Self {
             tick: Duration::from_millis(50),
             renew_interval: Duration::from_millis(250),
             lease_duration: Duration::from_millis(1000),
             probe_interval: Duration::from_millis(100),
-            probe_timeout: Duration::from_millis(90),
-            detect_timeout: Duration::from_millis(900),
+            probe_timeout: Duration::from_millis(300),
+            detect_timeout: Duration::from_millis(1500),
             min_failures: 3,
-            isolation_timeout: Duration::from_millis(600),
+            isolation_timeout: Duration::from_millis(1000),
             down_linger: Duration::from_millis(300),
             discovery_grace: Duration::from_millis(1500),
             store_refresh: Duration::from_millis(250),
