@@ -450,11 +450,20 @@ async fn three_replicas_form_one_cluster_then_join_scale_and_kill() -> anyhow::R
         let pods = converged(&ctx, 3, Duration::from_secs(180)).await?;
         report_formation("new 3-node cluster", &pods, &log).await;
         all_pods_follow_the_lease(&ctx, Duration::from_secs(10)).await?;
-        // Least privilege and hardening, as deployed.
         for p in &pods {
             let v = self_view(p).await?;
             anyhow::ensure!(v["serving"] == json!(true), "{} not serving: {v}", pod_name(p));
         }
+        // Metrics: members by state and the bootstrap state, in Prometheus text format.
+        let ip = pod_ip(&pods[0]).context("pod without IP")?;
+        let metrics = http::get(&format!("{ip}:{}", ports::MANAGEMENT), "/metrics").await?;
+        for line in [
+            "troupe_members{status=\"Up\"} 3",
+            "troupe_bootstrap_state{state=\"Up\"} 1",
+        ] {
+            anyhow::ensure!(metrics.body.contains(line), "/metrics lacks {line}:\n{}", metrics.body);
+        }
+        anyhow::ensure!(metrics.body.contains("troupe_join_duration_seconds_bucket"));
 
         // A pod added to a running cluster.
         let before: BTreeSet<String> = pods.iter().map(pod_name).collect();

@@ -699,3 +699,44 @@ async fn every_pod_force_deleted_and_replaced_by_new_pods_forms_one_cluster() ->
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_from_the_store_only_keeps_serving_and_follows_through_its_peers()
+-> anyhow::Result<()> {
+    let mut c = formed(&FIVE[..3]).await?;
+    let victim = "node-b";
+    if let Some(n) = c.get(victim) {
+        n.store.set_cut(true);
+    }
+    // Peers answer and relay the store: no reason to stop serving or to be downed.
+    tokio::time::sleep(c.timing.detect_timeout * 2).await;
+    anyhow::ensure!(
+        c.get(victim).is_some_and(TestNode::ready),
+        "{victim} stopped serving although its peers answer"
+    );
+    anyhow::ensure!(c.all_up(&FIVE[..3]), "table changed: {:?}", c.table());
+    // A join it cannot read from the store reaches it through the probes' gossip.
+    c.start("node-x").await?;
+    let took = until(
+        "the cut-off node sees the new member",
+        Duration::from_secs(10),
+        &c,
+        |c| {
+            c.all_up(&["node-a", "node-b", "node-c", "node-x"])
+                && c.get(victim)
+                    .and_then(|n| n.node.as_ref())
+                    .is_some_and(|n| {
+                        n.members()
+                            .borrow()
+                            .get("node-x")
+                            .is_some_and(|m| m.status == MemberStatus::Up)
+                    })
+        },
+    )
+    .await?;
+    println!("[membership] node cut from the store learned a join through its peers in {took:?}");
+    if let Some(n) = c.get(victim) {
+        n.store.set_cut(false);
+    }
+    Ok(())
+}
