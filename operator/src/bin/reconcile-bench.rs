@@ -197,8 +197,10 @@ async fn main() -> anyhow::Result<()> {
         .copied()
         .unwrap_or_default();
 
-    // Watch the Deployments of the namespace: name → (capacity, when seen).
-    let seen: Arc<Mutex<HashMap<String, (String, Instant)>>> = Arc::default();
+    // Watch the Deployments of the namespace: (name, capacity) → when first seen.
+    let seen: Arc<Mutex<HashMap<(String, String), Instant>>> = Arc::default();
+    let names: Arc<Mutex<std::collections::HashSet<String>>> = Arc::default();
+    let names_w = names.clone();
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &args.namespace);
     let seen_w = seen.clone();
     let watch = tokio::spawn(async move {
@@ -208,7 +210,10 @@ async fn main() -> anyhow::Result<()> {
             if let (Some(name), Some(cap)) = (d.metadata.name.clone(), capacity_of(&d))
                 && let Ok(mut m) = seen_w.lock()
             {
-                m.insert(name, (cap, Instant::now()));
+                if let Ok(mut n) = names_w.lock() {
+                    n.insert(name.clone());
+                }
+                m.entry((name, cap)).or_insert_with(Instant::now);
             }
         }
     });
@@ -236,7 +241,7 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     let created = start.elapsed();
     loop {
-        let n = seen.lock().map(|m| m.len()).unwrap_or_default();
+        let n = names.lock().map(|m| m.len()).unwrap_or_default();
         if n >= args.clusters {
             break;
         }
@@ -272,9 +277,8 @@ async fn main() -> anyhow::Result<()> {
             let hit = seen
                 .lock()
                 .ok()
-                .and_then(|m| m.get(&name).cloned())
-                .filter(|(c, _)| *c == capacity);
-            if let Some((_, at)) = hit {
+                .and_then(|m| m.get(&(name.clone(), capacity.clone())).copied());
+            if let Some(at) = hit {
                 latencies.push(at.saturating_duration_since(t0));
                 break;
             }
@@ -308,9 +312,8 @@ async fn main() -> anyhow::Result<()> {
             let hit = seen
                 .lock()
                 .ok()
-                .and_then(|m| m.get(&name).cloned())
-                .filter(|(c, _)| *c == capacity);
-            if let Some((_, at)) = hit {
+                .and_then(|m| m.get(&(name.clone(), capacity.clone())).copied());
+            if let Some(at) = hit {
                 baseline.push(at.saturating_duration_since(t0));
                 break;
             }
