@@ -234,6 +234,8 @@ impl ActorRuntime {
     /// Serves the node-to-node transport on `listener` (bind it to
     /// `0.0.0.0:`[`troupe_contract::ports::TRANSPORT`]); runs until the task is dropped.
     pub async fn serve_transport(&self, listener: tokio::net::TcpListener) -> Result<(), Error> {
+        let fast_inner = self.inner.clone();
+        let fast: transport::FastPath = Arc::new(move |req| fast_inner.try_answer_now(req));
         let inner = self.inner.clone();
         let handler: transport::Handler = Arc::new(move |req| {
             let inner = inner.clone();
@@ -241,6 +243,7 @@ impl ActorRuntime {
         });
         transport::serve(
             listener,
+            fast,
             handler,
             self.inner.config.max_frame_bytes,
             self.inner.metrics.transport_errors.clone(),
@@ -520,7 +523,8 @@ impl Inner {
         };
         {
             let tombstones = lock(&self.tombstones);
-            if let Some((v, pod)) = tombstones.get(&(entry.name.clone(), Box::from(id)))
+            if !tombstones.is_empty()
+                && let Some((v, pod)) = tombstones.get(&(entry.name.clone(), Box::from(id)))
                 && *v > p.version
                 && let Some(m) = p.alive_member(pod)
             {
@@ -790,6 +794,59 @@ impl Inner {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
+        }
+    }
+
+    /// Answers a forwarded tell to an actor active here without waiting; anything else is
+    /// given back for [`Inner::handle_request`].
+    fn try_answer_now(&self, request: Request) -> Result<Response, Request> {
+        let Request::Deliver {
+            ask: false,
+            version,
+            hops,
+            actor_type,
+            id,
+            method,
+            payload,
+        } = request
+        else {
+            return Err(request);
+        };
+        let rebuild = |message: Message, actor_type: String, id: String| Request::Deliver {
+            ask: false,
+            version,
+            hops,
+            actor_type,
+            id,
+            method: message.method.into_owned(),
+            payload: message.payload,
+        };
+        let message = Message::owned(method, payload);
+        let active = if version <= *self.version.borrow() {
+            read(&self.types)
+                .get(actor_type.as_str())
+                .and_then(|e| e.get(&id).map(|a| (e.clone(), a)))
+        } else {
+            None
+        };
+        let Some((entry, act)) = active else {
+            return Err(rebuild(message, actor_type, id));
+        };
+        let mut env = Envelope::tell(message);
+        if activation::sample(self.config.timing_sample_every) {
+            env.enqueued = Some(Instant::now());
+        }
+        match act.mailbox.try_push(env) {
+            Push::Refused(e)
+                if act.mailbox.config().overflow == crate::OverflowPolicy::Backpressure =>
+            {
+                Err(rebuild(e.message, actor_type, id))
+            }
+            push => match settle(&entry, &id, &act, push) {
+                Ok(Ok(())) => Ok(Response::Reply(Bytes::new())),
+                Ok(Err(e)) => Ok(Response::Failed(e)),
+                Err(e) => Err(rebuild(e.message, actor_type, id)),
+            },
         }
     }
 

@@ -223,9 +223,13 @@ impl Peers {
 pub type Handler =
     Arc<dyn Fn(Request) -> Pin<Box<dyn Future<Output = Response> + Send>> + Send + Sync>;
 
+/// Answers a request at once when it can (no waiting), or gives it back for [`Handler`].
+pub type FastPath = Arc<dyn Fn(Request) -> Result<Response, Request> + Send + Sync>;
+
 /// Accepts peer connections on `listener` forever, answering each request with `handler`.
 pub async fn serve(
     listener: TcpListener,
+    fast: FastPath,
     handler: Handler,
     max_frame: usize,
     errors: IntCounterVec,
@@ -242,6 +246,7 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
+        let fast = fast.clone();
         let errors = errors.clone();
         tokio::spawn(async move {
             let (r, w) = stream.into_split();
@@ -251,6 +256,19 @@ pub async fn serve(
             loop {
                 match wire::read_frame(&mut r, max_frame).await {
                     Ok(Some(Ok(Frame::Request(corr, req)))) => {
+                        // Requests that need no waiting (a tell to an active actor) are
+                        // answered inline, in order, without a task per request.
+                        let req = match fast(req) {
+                            Ok(resp) => {
+                                let mut buf = BytesMut::with_capacity(32);
+                                wire::encode(&Frame::Response(corr, resp), &mut buf);
+                                if tx.send(buf.freeze()).await.is_err() {
+                                    break;
+                                }
+                                continue;
+                            }
+                            Err(req) => req,
+                        };
                         let handler = handler.clone();
                         let tx = tx.clone();
                         tokio::spawn(async move {

@@ -71,5 +71,97 @@ fn remote(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, remote);
+/// The floor: a bare tokio TCP ping-pong on loopback (4-byte length + 100-byte body each
+/// way), one request at a time, and pipelined one-way with a 4-byte ack per message.
+fn tcp_floor(c: &mut Criterion) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let addr = rt.block_on(async {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                let _ = s.set_nodelay(true);
+                tokio::spawn(async move {
+                    let (r, w) = s.into_split();
+                    let mut r = tokio::io::BufReader::new(r);
+                    let mut w = tokio::io::BufWriter::new(w);
+                    let mut body = [0u8; 100];
+                    while let Ok(n) = r.read_u32().await {
+                        if n as usize != body.len() || r.read_exact(&mut body).await.is_err() {
+                            return;
+                        }
+                        if w.write_u32(0).await.is_err() {
+                            return;
+                        }
+                        if r.buffer().is_empty() && w.flush().await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    });
+    let stream = rt.block_on(async {
+        let s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let _ = s.set_nodelay(true);
+        s
+    });
+    let (r, mut w) = stream.into_split();
+    let mut r = tokio::io::BufReader::new(r);
+    let frame = {
+        let mut f = 100u32.to_be_bytes().to_vec();
+        f.extend_from_slice(&[b'x'; 100]);
+        f
+    };
+    let mut g = c.benchmark_group("remote_ask");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("bare_tcp_ping_pong", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let t = Instant::now();
+                for _ in 0..iters {
+                    let _ = w.write_all(&frame).await;
+                    black_box(r.read_u32().await.ok());
+                }
+                t.elapsed()
+            })
+        })
+    });
+    g.finish();
+    let mut g = c.benchmark_group("remote_tell");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("bare_tcp_pipelined_100B", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let t = Instant::now();
+                let mut batch = Vec::with_capacity(frame.len() * 64);
+                let mut sent = 0;
+                while sent < iters {
+                    let n = (iters - sent).min(64);
+                    batch.clear();
+                    for _ in 0..n {
+                        batch.extend_from_slice(&frame);
+                    }
+                    let _ = w.write_all(&batch).await;
+                    for _ in 0..n {
+                        black_box(r.read_u32().await.ok());
+                    }
+                    sent += n;
+                }
+                t.elapsed()
+            })
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, remote, tcp_floor);
 criterion_main!(benches);

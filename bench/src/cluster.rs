@@ -113,3 +113,17 @@ pub async fn id_owned_by(
     }
     anyhow::bail!("no id lands on node {owner}")
 }
+
+/// A bare axum server on 127.0.0.1 answering every `POST /actors/{type}/{id}/{mode}/{method}`
+/// with `{}` at once: the HTTP floor the client API is compared with. Returns the base URL.
+pub async fn serve_bare_axum() -> anyhow::Result<String> {
+    use axum::routing::post;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let router = axum::Router::new().route(
+        "/actors/{t}/{id}/{mode}/{method}",
+        post(|_body: axum::body::Bytes| async { "{}" }),
+    );
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    Ok(format!("http://{addr}"))
+}

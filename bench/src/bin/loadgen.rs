@@ -20,6 +20,10 @@ struct Args {
     /// Start a node in this process on 127.0.0.1 and drive it instead of --url.
     #[arg(long)]
     serve: bool,
+    /// With --serve: a bare axum server that answers at once, instead of a node (the HTTP
+    /// floor to compare with).
+    #[arg(long)]
+    baseline: bool,
     /// Actor type.
     #[arg(long, default_value = "counter")]
     actor_type: String,
@@ -58,7 +62,9 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         let mut url = args.url.clone();
         let mut _node = None;
-        if args.serve {
+        if args.serve && args.baseline {
+            url = cluster::serve_bare_axum().await?;
+        } else if args.serve {
             let mut nodes = cluster::start(1, 10_000).await?;
             let node = nodes.remove(0);
             url = cluster::serve_client_api(&node.rt).await?;
