@@ -513,11 +513,85 @@ async fn three_replicas_form_one_cluster_then_join_scale_and_kill() -> anyhow::R
             "[node-e2e] pod deleted with grace period 0: out of the member table (Down) after {:.2} s",
             took.as_secs_f64()
         );
-        converged(&ctx, 2, Duration::from_secs(120)).await?;
+        let pods = converged(&ctx, 2, Duration::from_secs(120)).await?;
         all_pods_follow_the_lease(&ctx, Duration::from_secs(10)).await?;
+
+        // A real SIGKILL of the node process (the pod stays; its container restarts as a
+        // new incarnation). A pod deleted with grace period 0 still gets SIGTERM from the
+        // kubelet and leaves gracefully; this is the path the failure detector covers.
+        let victim = &pods[0];
+        let name = pod_name(victim);
+        let old = lease_table(&ctx)
+            .await?
+            .and_then(|t| t.get(&name).map(|m| m.incarnation.clone()))
+            .context("victim not in the table")?;
+        let start = Instant::now();
+        if sigkill(victim).await? {
+            let how = wait::until(
+                "the SIGKILLed incarnation out of the table",
+                Duration::from_secs(60),
+                Duration::from_millis(50),
+                || async {
+                    let t = lease_table(&ctx).await?.unwrap_or_default();
+                    Ok(match t.get(&name) {
+                        None => Some("removed"),
+                        Some(m) if m.incarnation != old => Some("replaced by the restarted container"),
+                        Some(m) if m.status == MemberStatus::Down => Some("downed"),
+                        Some(_) => None,
+                    })
+                },
+            )
+            .await?;
+            println!(
+                "[node-e2e] node process SIGKILLed (pod stays): old incarnation {how} after {:.2} s",
+                start.elapsed().as_secs_f64()
+            );
+            converged(&ctx, 2, Duration::from_secs(120)).await?;
+            all_pods_follow_the_lease(&ctx, Duration::from_secs(10)).await?;
+        }
         Ok(())
     })
     .await
+}
+
+/// SIGKILLs the node process of `pod` through the local cluster's containerd (the tests
+/// run on the cluster's host). Returns `false`, with a note, when that socket is absent.
+async fn sigkill(pod: &Pod) -> anyhow::Result<bool> {
+    let sock = std::env::var("TROUPE_CONTAINERD_SOCK")
+        .unwrap_or_else(|_| "/run/troupe-containerd/containerd.sock".to_owned());
+    if !std::path::Path::new(&sock).exists() {
+        println!("[node-e2e] SIGKILL step not run: no containerd socket at {sock}");
+        return Ok(false);
+    }
+    let id = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|cs| cs.first())
+        .and_then(|c| c.container_id.clone())
+        .context("pod without container id")?;
+    let id = id.trim_start_matches("containerd://").to_owned();
+    let out = tokio::process::Command::new("ctr")
+        .args([
+            "--address",
+            &sock,
+            "-n",
+            "k8s.io",
+            "tasks",
+            "kill",
+            "-s",
+            "SIGKILL",
+            &id,
+        ])
+        .output()
+        .await
+        .context("running ctr")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "ctr tasks kill failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(true)
 }
 
 #[tokio::test]
