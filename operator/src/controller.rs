@@ -122,7 +122,8 @@ impl Error {
 pub struct Config {
     /// The node image when `spec.image` is absent.
     pub default_image: String,
-    /// How often every ActorCluster is reconciled even without a change.
+    /// How long after its last successful reconcile an ActorCluster is reconciled again
+    /// without a change (each object keeps its own timer, so resyncs are spread out).
     pub resync: Duration,
     /// How many ActorClusters are reconciled at once.
     pub concurrency: u16,
@@ -247,7 +248,6 @@ pub async fn run(
             instance: config.instance.clone(),
         },
     );
-    let resync = config.resync;
     let concurrency = config.concurrency;
     let stores = Stores {
         deployments,
@@ -278,12 +278,6 @@ pub async fn run(
         caches_ready,
     });
 
-    let resync_ticks = futures::stream::unfold(tokio::time::interval(resync), |mut i| async {
-        i.tick().await;
-        Some(((), i))
-    })
-    .skip(1);
-
     // The ActorClusters themselves, also without managedFields (they are most of an
     // object's size once a user applies and the operator writes status).
     let (clusters, cluster_writer) = reflector::store::<ActorCluster>();
@@ -312,7 +306,6 @@ pub async fn run(
                 .zip(namespace)
                 .map(|(cluster, ns)| ObjectRef::new(cluster).within(&ns))
         })
-        .reconcile_all_on(resync_ticks)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
