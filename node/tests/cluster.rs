@@ -53,6 +53,10 @@ struct TestCluster {
 
 impl TestCluster {
     fn new() -> Self {
+        Self::with_timing(Timing::fast())
+    }
+
+    fn with_timing(timing: Timing) -> Self {
         Self {
             store: MemoryStore::new(),
             network: Network::default(),
@@ -61,7 +65,7 @@ impl TestCluster {
                 ..PodSet::default()
             }),
             nodes: Vec::new(),
-            timing: Timing::fast(),
+            timing,
         }
     }
 
@@ -738,5 +742,31 @@ async fn a_node_cut_from_the_store_only_keeps_serving_and_follows_through_its_pe
     if let Some(n) = c.get(victim) {
         n.store.set_cut(false);
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn formation_with_the_production_timing() -> anyhow::Result<()> {
+    // Formation is driven by store events and immediate probes of new members, not by the
+    // timers: the production timing forms as fast as the test timing.
+    let rounds = 5;
+    let mut times = Vec::new();
+    for _ in 0..rounds {
+        let mut c = TestCluster::with_timing(Timing::default());
+        for p in FIVE {
+            c.start(p).await?;
+        }
+        times.push(
+            until("5 Up and Ready", Duration::from_secs(20), &c, |c| {
+                c.all_up(&FIVE)
+            })
+            .await?,
+        );
+    }
+    println!(
+        "[membership] 5 nodes at once with the production timing, {rounds} rounds: formation median {:?}, max {:?}",
+        median(times.clone()),
+        times.iter().max().copied().unwrap_or_default()
+    );
     Ok(())
 }
