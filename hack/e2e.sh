@@ -20,4 +20,4 @@ else
   die "charts/troupe is missing: the operator cannot be installed"
 fi
 cd "$root"
-cargo test -p troupe-e2e "$@" -- --test-threads=2
+cargo test --no-fail-fast -p troupe-e2e "$@" -- --test-threads=2

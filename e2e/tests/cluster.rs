@@ -176,6 +176,23 @@ async fn probes_drive_readiness_and_readiness_gates_service_traffic() -> anyhow:
             direct.status
         );
         let vip = format!("{}:80", cluster_ip(&ctx).await?);
+        // kube-proxy programs the change a moment after the EndpointSlice has it: wait
+        // until 20 requests in a row avoid the drained pod ((2/3)^20 < 0.001 by chance),
+        // then require every one of 60 more to do so.
+        wait::until(
+            "kube-proxy to stop sending traffic to the drained pod",
+            Duration::from_secs(30),
+            Duration::from_millis(200),
+            || async {
+                for _ in 0..20 {
+                    if http::get(&vip, "/ready").await?.status != 200 {
+                        return Ok(None);
+                    }
+                }
+                Ok(Some(()))
+            },
+        )
+        .await?;
         for i in 0..60 {
             let r = http::get(&vip, "/ready").await?;
             ensure!(
