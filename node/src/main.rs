@@ -187,7 +187,8 @@ async fn host_actors(node: &Node) -> anyhow::Result<ActorRuntime> {
             let serving = {
                 let v = view.borrow_and_update();
                 rt.update_members(&v.table);
-                v.serving
+                // Serving is granted until a deadline: check it now, not as published.
+                v.serving_at(std::time::Instant::now())
             };
             rt.set_accepting(serving && !health.is_draining());
             // Freshness can lapse without a new view; look again at least every second.
