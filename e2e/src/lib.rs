@@ -12,6 +12,7 @@
 //!
 //! Helpers for waiting and for HTTP requests to ClusterIPs live in [`wait`] and [`http`].
 
+pub mod actor_cluster;
 pub mod diagnostics;
 pub mod http;
 pub mod wait;
