@@ -4,7 +4,8 @@
 #   troupe-pause:0.1.0     the pod sandbox (hack/images/pause.c, musl-gcc -static)
 #   troupe-node:0.1.0      target/x86_64-unknown-linux-musl/release/troupe-node
 #   troupe-operator:0.1.0  target/x86_64-unknown-linux-musl/release/troupe-operator
-# usage: images.sh [pause|node|operator|all]   (default all)
+#   troupe-sidecar-example:0.1.0  the sidecar-mode example (actors/examples/sidecar_greeter.rs)
+# usage: images.sh [pause|node|operator|sidecar-example|all]   (default all)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/.." && pwd)"
@@ -49,10 +50,21 @@ rust_images() { # binary...
   done
 }
 
+# The sidecar-mode example application (actors/examples/sidecar_greeter.rs).
+sidecar_example() {
+  local target_dir="${CARGO_TARGET_DIR:-$root/target}"
+  (cd "$root" && cargo build --release --target x86_64-unknown-linux-musl -p troupe-actors --example sidecar_greeter)
+  python3 "$here/images/mkimage.py" --name troupe-sidecar-example:0.1.0 --out "$out/sidecar-example.tar" \
+    --entrypoint /sidecar-greeter --user 65532:65532 \
+    --file "$target_dir/x86_64-unknown-linux-musl/release/examples/sidecar_greeter:/sidecar-greeter"
+  import "$out/sidecar-example.tar"
+}
+
 case "$what" in
-  all) rust_images troupe-node troupe-operator ;;
+  all) rust_images troupe-node troupe-operator; sidecar_example ;;
+  sidecar-example) sidecar_example ;;
   node) rust_images troupe-node ;;
   operator) rust_images troupe-operator ;;
   pause) ;;
-  *) die "usage: images.sh [pause|node|operator|all]" ;;
+  *) die "usage: images.sh [pause|node|operator|sidecar-example|all]" ;;
 esac
