@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
+use k8s_openapi::api::core::v1::Service;
 use kube::Api;
 use kube::api::{ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::GroupVersionKind;
@@ -54,6 +55,18 @@ pub async fn scale(ctx: &TestContext, name: &str, replicas: i32) -> anyhow::Resu
         .await
         .with_context(|| format!("scaling ActorCluster {name} to {replicas}"))?;
     Ok(())
+}
+
+/// The `ip:port` of the ActorCluster's client Service (its ClusterIP and the client port).
+pub async fn client_address(ctx: &TestContext, name: &str) -> anyhow::Result<String> {
+    let ip = ctx
+        .api::<Service>()
+        .get(name)
+        .await?
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .with_context(|| format!("client Service {name} has no ClusterIP"))?;
+    Ok(format!("{ip}:{}", troupe_contract::ports::CLIENT))
 }
 
 /// Waits until the status reports `n` pods, `n` Ready and `n` Up members.

@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
-use k8s_openapi::api::core::v1::Service;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 use troupe_e2e::{actor_cluster, http, with_namespace};
@@ -51,14 +50,7 @@ async fn counters_stay_exact_while_the_cluster_scales_3_5_2() -> anyhow::Result<
         )
         .await?;
         actor_cluster::until_settled(&ctx, NAME, 3, Duration::from_secs(180)).await?;
-        let ip = ctx
-            .api::<Service>()
-            .get(NAME)
-            .await?
-            .spec
-            .and_then(|s| s.cluster_ip)
-            .context("client Service without ClusterIP")?;
-        let vip = format!("{ip}:{}", troupe_contract::ports::CLIENT);
+        let vip = actor_cluster::client_address(&ctx, NAME).await?;
 
         let tally = Arc::new(Mutex::new(Tally::default()));
         let stop = Arc::new(AtomicBool::new(false));

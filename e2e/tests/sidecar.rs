@@ -6,8 +6,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, ensure};
-use k8s_openapi::api::core::v1::Service;
+use anyhow::ensure;
 use serde_json::{Value, json};
 use troupe_e2e::{actor_cluster, http, with_namespace};
 
@@ -53,14 +52,7 @@ async fn a_sidecar_application_serves_actor_types_and_its_state_follows_hand_ove
         )
         .await?;
         actor_cluster::until_settled(&ctx, NAME, 3, Duration::from_secs(180)).await?;
-        let ip = ctx
-            .api::<Service>()
-            .get(NAME)
-            .await?
-            .spec
-            .and_then(|s| s.cluster_ip)
-            .context("client Service without ClusterIP")?;
-        let vip = format!("{ip}:{}", troupe_contract::ports::CLIENT);
+        let vip = actor_cluster::client_address(&ctx, NAME).await?;
 
         let mut pods = std::collections::BTreeSet::new();
         for round in 1..=3u64 {
