@@ -25,6 +25,7 @@ fn http(c: &mut Criterion) {
     let mut g = c.benchmark_group("client_http");
     g.throughput(Throughput::Elements(1));
     for (name, url) in [("troupe_ask_counter_c64", url), ("bare_axum_c64", bare)] {
+        let client = loadgen::client(64);
         g.bench_function(name, |b| {
             b.iter_custom(|iters| {
                 let spec = loadgen::LoadSpec {
@@ -39,7 +40,7 @@ fn http(c: &mut Criterion) {
                     body: bytes::Bytes::new(),
                 };
                 let t = Instant::now();
-                let _ = rt.block_on(loadgen::run(&spec));
+                let _ = rt.block_on(loadgen::run_with(&client, &spec));
                 t.elapsed()
             })
         });

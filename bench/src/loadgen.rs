@@ -107,14 +107,26 @@ pub fn check_loopback(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs the load and reports.
-pub async fn run(spec: &LoadSpec) -> anyhow::Result<LoadReport> {
-    check_loopback(&spec.url)?;
+/// The HTTP client the load generator uses (keep-alive pool).
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// A keep-alive client for up to `concurrency` connections.
+pub fn client(concurrency: usize) -> HttpClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
-    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(spec.concurrency)
-        .build(connector);
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(concurrency)
+        .build(connector)
+}
+
+/// Runs the load with a fresh client and reports.
+pub async fn run(spec: &LoadSpec) -> anyhow::Result<LoadReport> {
+    run_with(&client(spec.concurrency), spec).await
+}
+
+/// Runs the load with `client` (reusing its open connections) and reports.
+pub async fn run_with(client: &HttpClient, spec: &LoadSpec) -> anyhow::Result<LoadReport> {
+    check_loopback(&spec.url)?;
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let deadline = started + spec.duration;
