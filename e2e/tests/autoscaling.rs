@@ -171,6 +171,18 @@ struct Load {
     accepted: AtomicU64,
     refused: AtomicU64,
     failed: AtomicU64,
+    /// The first refusal and the first failure, for the printout.
+    first_problems: std::sync::Mutex<Vec<String>>,
+}
+
+impl Load {
+    fn note(&self, what: String) {
+        if let Ok(mut p) = self.first_problems.lock()
+            && p.len() < 4
+        {
+            p.push(what);
+        }
+    }
 }
 
 /// Sends tells until `stop`, or `MAX_LOAD`, whichever is first.
@@ -188,11 +200,18 @@ async fn sender(addr: String, index: usize, load: Arc<Load>, stop: Arc<AtomicBoo
             Ok(r) if r.status == 202 => {
                 load.accepted.fetch_add(1, Ordering::Relaxed);
             }
-            Ok(_) => {
-                load.refused.fetch_add(1, Ordering::Relaxed);
+            Ok(r) => {
+                if load.refused.fetch_add(1, Ordering::Relaxed) < 2 {
+                    load.note(format!("refused {}: {}", r.status, r.body.trim()));
+                }
             }
-            Err(_) => {
-                load.failed.fetch_add(1, Ordering::Relaxed);
+            Err(e) => {
+                if load.failed.fetch_add(1, Ordering::Relaxed) < 2 {
+                    load.note(format!(
+                        "failed after {:.1}s: {e:#}",
+                        started.elapsed().as_secs_f64()
+                    ));
+                }
             }
         }
     }
@@ -324,6 +343,11 @@ async fn mailbox_depth_scales_the_cluster_out_and_back_in() -> anyhow::Result<()
             load.refused.load(Ordering::Relaxed),
             load.failed.load(Ordering::Relaxed),
         );
+        if let Ok(p) = load.first_problems.lock()
+            && !p.is_empty()
+        {
+            println!("first refusals/failures (not acknowledged, so not counted): {p:?}");
+        }
         ensure!(above.is_some(), "the average depth never rose above the target {TARGET_DEPTH}");
         ensure!(first_new_ready.is_some(), "the HPA added no pod within {MAX_LOAD:?} of load");
 
