@@ -13,6 +13,7 @@
 //! | `troupe_actor_restarts_total` | counter | `actor_type` |
 //! | `troupe_forwarded_total` | counter | — |
 //! | `troupe_handovers_total` | counter | `direction` (`out`, `in`) |
+//! | `troupe_handovers_missed_total` | counter (previous owner gone: its state, if any, is lost) | — |
 //! | `troupe_transport_errors_total` | counter | `kind` |
 //!
 //! Mailbox depth costs nothing per message: a custom collector walks the activations and
@@ -74,6 +75,9 @@ pub struct RuntimeMetrics {
     pub handovers_out: IntCounter,
     /// Actor states received from a former owner.
     pub handovers_in: IntCounter,
+    /// Activations whose previous owner was gone (hard kill): whatever state and queued
+    /// messages it held are lost. Counted, not hidden.
+    pub handovers_missed: IntCounter,
     /// Malformed frames and lost connections.
     pub transport_errors: IntCounterVec,
 }
@@ -151,6 +155,10 @@ impl RuntimeMetrics {
                 Opts::new("troupe_handovers_total", "Actor states handed over.")
                     .const_label("direction", "in"),
             )?,
+            handovers_missed: IntCounter::new(
+                "troupe_handovers_missed_total",
+                "Activations whose previous owner was gone (killed): any state it held is lost.",
+            )?,
             transport_errors: IntCounterVec::new(
                 Opts::new(
                     "troupe_transport_errors_total",
@@ -170,6 +178,7 @@ impl RuntimeMetrics {
         registry.register(Box::new(m.forwarded.clone()))?;
         registry.register(Box::new(m.handovers_out.clone()))?;
         registry.register(Box::new(m.handovers_in.clone()))?;
+        registry.register(Box::new(m.handovers_missed.clone()))?;
         registry.register(Box::new(m.transport_errors.clone()))?;
         Ok(m)
     }

@@ -779,12 +779,17 @@ impl Inner {
                     tracing::debug!(peer = %member.pod, answer = ?other, "claim not granted");
                     return Err(());
                 }
-                Err(TransportError::Refused(_)) => return Ok(None),
+                Err(TransportError::Refused(_)) => {
+                    self.metrics.handovers_missed.inc();
+                    tracing::warn!(peer = %member.pod, actor_type = %entry.name, id, "previous owner is gone; activating without its state");
+                    return Ok(None);
+                }
                 Err(e) => {
                     let alive = self
                         .current()
                         .is_some_and(|p| p.is_alive(&member.pod, &member.incarnation));
                     if !alive {
+                        self.metrics.handovers_missed.inc();
                         return Ok(None);
                     }
                     if Instant::now() > give_up {
