@@ -43,6 +43,10 @@
 //! # let _ = report; Ok(()) }
 //! ```
 //!
+//! In-process senders use [`ActorRuntime::ask`] / [`ActorRuntime::tell`], or an
+//! [`ActorRef`] handle ([`ActorRuntime::actor_ref`]) that skips the type and directory
+//! lookups while the actor is active on this node.
+//!
 //! Modules: [`mailbox`] (bounded queue, policies), [`behavior`] (the actor traits),
 //! [`builtin`] (counter, kv, echo, load), [`sidecar`] (application over HTTP),
 //! [`activation`] (running actors, supervision, passivation), [`placement`] (rendezvous),
