@@ -107,6 +107,12 @@ impl Metrics {
         })
     }
 
+    /// The registry, for modules that register their own metrics
+    /// ([`crate::custom_metrics`]).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// Counts one write call for an object in `namespace`.
     pub fn write(&self, kind: &str, verb: &str, namespace: &str) {
         self.writes.with_label_values(&[kind, verb]).inc();

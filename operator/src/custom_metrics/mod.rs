@@ -109,7 +109,15 @@ pub async fn run(
         timeout: interval.min(Duration::from_secs(2)),
         concurrency: 32,
     };
-    let scraper = tokio::spawn(scrape::run(client.clone(), cache.clone(), config));
+    let scrape_metrics = scrape::ScrapeMetrics::register(metrics.registry())
+        .map_err(|e| tracing::warn!(error = %e, "cannot register the scrape metrics"))
+        .ok();
+    let scraper = tokio::spawn(scrape::run(
+        client.clone(),
+        cache.clone(),
+        config,
+        scrape_metrics,
+    ));
     let reporter = tokio::spawn(reporter::run(
         client.clone(),
         cache.clone(),

@@ -64,6 +64,35 @@ pub fn target_of(pod: &Pod) -> Option<PodTarget> {
     })
 }
 
+/// The scraper's own metrics.
+#[derive(Debug, Clone)]
+pub struct ScrapeMetrics {
+    /// `troupe_operator_depth_scrapes_total{result="ok"|"error"}`.
+    pub scrapes: prometheus::IntCounterVec,
+    /// `troupe_operator_depth_pods`: node pods scraped each round.
+    pub pods: prometheus::IntGauge,
+}
+
+impl ScrapeMetrics {
+    /// Creates the metrics and registers them in `registry`.
+    pub fn register(registry: &prometheus::Registry) -> Result<Self, prometheus::Error> {
+        let scrapes = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "troupe_operator_depth_scrapes_total",
+                "Scrapes of node pods' mailbox depth, by result",
+            ),
+            &["result"],
+        )?;
+        let pods = prometheus::IntGauge::new(
+            "troupe_operator_depth_pods",
+            "Node pods whose mailbox depth is scraped",
+        )?;
+        registry.register(Box::new(scrapes.clone()))?;
+        registry.register(Box::new(pods.clone()))?;
+        Ok(Self { scrapes, pods })
+    }
+}
+
 /// Scraping settings.
 #[derive(Debug, Clone, Copy)]
 pub struct ScrapeConfig {
@@ -76,7 +105,12 @@ pub struct ScrapeConfig {
 }
 
 /// Watches node pods and scrapes them forever, filling `cache`.
-pub async fn run(client: Client, cache: Arc<RwLock<DepthCache>>, config: ScrapeConfig) {
+pub async fn run(
+    client: Client,
+    cache: Arc<RwLock<DepthCache>>,
+    config: ScrapeConfig,
+    metrics: Option<ScrapeMetrics>,
+) {
     let (store, writer) = reflector::store::<Pod>();
     let watch = watcher(
         Api::<Pod>::all(client),
@@ -97,7 +131,7 @@ pub async fn run(client: Client, cache: Arc<RwLock<DepthCache>>, config: ScrapeC
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        round(&store, &http, &cache, config).await;
+        round(&store, &http, &cache, config, metrics.as_ref()).await;
     }
 }
 
@@ -106,6 +140,7 @@ async fn round(
     http: &HttpClient<HttpConnector, Empty<Bytes>>,
     cache: &Arc<RwLock<DepthCache>>,
     config: ScrapeConfig,
+    metrics: Option<&ScrapeMetrics>,
 ) {
     let targets: Vec<PodTarget> = store.state().iter().filter_map(|p| target_of(p)).collect();
     if let Ok(mut c) = cache.write() {
@@ -120,6 +155,14 @@ async fn round(
         .collect()
         .await;
     let at = SystemTime::now();
+    if let Some(m) = metrics {
+        let ok = results.iter().filter(|(_, v)| v.is_some()).count();
+        m.pods.set(i64::try_from(results.len()).unwrap_or(i64::MAX));
+        m.scrapes.with_label_values(&["ok"]).inc_by(ok as u64);
+        m.scrapes
+            .with_label_values(&["error"])
+            .inc_by((results.len() - ok) as u64);
+    }
     if let Ok(mut c) = cache.write() {
         for (t, value) in results {
             match value {
@@ -175,6 +218,17 @@ mod tests {
             "status": {"phase": phase, "podIP": ip}
         }))
         .expect("pod")
+    }
+
+    #[test]
+    fn scrape_metrics_show_on_the_operator_page() {
+        let m = crate::metrics::Metrics::new().expect("metrics");
+        let s = ScrapeMetrics::register(m.registry()).expect("register");
+        s.scrapes.with_label_values(&["ok"]).inc();
+        s.pods.set(3);
+        let page = m.encode();
+        assert!(page.contains("troupe_operator_depth_scrapes_total{result=\"ok\"} 1"));
+        assert!(page.contains("troupe_operator_depth_pods 3"));
     }
 
     #[test]
