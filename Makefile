@@ -50,5 +50,10 @@ cluster-env: ## Print export lines for eval: KUBECONFIG and the project's kubect
 	@hack/cluster-env.sh
 
 .PHONY: crds
-crds: ## Regenerate crds/ from the Rust types
+crds: ## Regenerate crds/ (and the chart's copy) from the Rust types
 	$(CARGO) run --quiet --locked -p troupe-operator --bin crdgen > crds/actorcluster.yaml
+	cp crds/actorcluster.yaml charts/troupe/files/actorcluster.yaml
+
+.PHONY: manifests
+manifests: ## Render manifests/install.yaml from the chart
+	manifests/render.sh

@@ -11,8 +11,8 @@ if ! diff -u crds/actorcluster.yaml "$tmp"; then
   echo "crds/actorcluster.yaml is out of date: run 'make crds' and commit the result" >&2
   exit 1
 fi
-if [ -f charts/troupe/crds/actorcluster.yaml ] && ! diff -q crds/actorcluster.yaml charts/troupe/crds/actorcluster.yaml >/dev/null; then
-  echo "charts/troupe/crds/actorcluster.yaml differs from crds/actorcluster.yaml: copy it over ('make crds')" >&2
+if ! diff -q crds/actorcluster.yaml charts/troupe/files/actorcluster.yaml >/dev/null; then
+  echo "charts/troupe/files/actorcluster.yaml differs from crds/actorcluster.yaml: run 'make crds'" >&2
   exit 1
 fi
 echo "CRDs are up to date"
