@@ -93,10 +93,12 @@ pub mod env {
 
 /// Names of metrics that more than one program reads.
 pub mod metrics {
-    /// Per-pod mailbox depth: the sum over all actors on the node. Labelled by `actor_type`
-    /// for the per-type series; the unlabelled total is [`MAILBOX_DEPTH_TOTAL`].
+    /// Mailbox depth. On a node's `/metrics` this series is labelled by `actor_type`; in
+    /// `custom.metrics.k8s.io` it is the **per-pod** metric the HPA scales on, whose value
+    /// is the node's [`MAILBOX_DEPTH_TOTAL`].
     pub const MAILBOX_DEPTH: &str = "troupe_mailbox_depth";
-    /// The per-pod total mailbox depth, the HPA's metric.
+    /// The per-pod total mailbox depth (sum over every actor on the node), unlabelled, as
+    /// the node exports it; the custom metrics API reads this one.
     pub const MAILBOX_DEPTH_TOTAL: &str = "troupe_mailbox_depth_total";
 }
 
