@@ -68,7 +68,7 @@ pub const DEFAULT_APP_PORT: i32 = 3000;
         name = "Mailbox",
         type_ = "integer",
         json_path = ".status.mailboxDepth",
-        description = "Average mailbox depth per pod"
+        description = "Messages waiting in the mailboxes of all pods"
     ),
     printcolumn(
         name = "Age",
@@ -284,7 +284,8 @@ pub struct ActorClusterStatus {
     /// Number of members that are Up.
     #[serde(default)]
     pub up_members: i32,
-    /// Average mailbox depth per pod, when known.
+    /// Messages waiting in the mailboxes of all the cluster's pods (the sum of every
+    /// pod's `troupe_mailbox_depth_total`), when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mailbox_depth: Option<i64>,
     /// Ready, Progressing, Degraded and ScalingLimited.
