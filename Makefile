@@ -32,6 +32,10 @@ unit: ## Unit and loopback multi-node tests (no cluster needed)
 e2e: ## End-to-end tests against the running local cluster (make cluster-up first)
 	hack/e2e.sh
 
+.PHONY: soak-formation
+soak-formation: ## 50 rounds of deleting all 5 pods at once on the running cluster: exactly one cluster each time
+	TROUPE_E2E_FORMATION_ROUNDS=$${ROUNDS:-50} RUST_TEST_NOCAPTURE=1 hack/e2e.sh --test node deleting_every_pod_at_once
+
 .PHONY: images
 images: ## Build the node, operator and pause images and import them into the local cluster
 	hack/images.sh all
