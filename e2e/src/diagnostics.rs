@@ -76,6 +76,17 @@ pub async fn dump(ctx: &TestContext) {
     }
 }
 
+/// The pods matching `selector` that are not being deleted.
+pub async fn live_pods(pods: &kube::Api<Pod>, selector: &str) -> anyhow::Result<Vec<Pod>> {
+    Ok(pods
+        .list(&ListParams::default().labels(selector))
+        .await?
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect())
+}
+
 /// Whether the pod's Ready condition is True.
 pub fn is_ready(pod: &Pod) -> bool {
     pod.status

@@ -21,9 +21,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, ensure};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{Pod, Service};
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, PostParams};
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
+use troupe_e2e::diagnostics::is_ready;
 use troupe_e2e::{TestContext, http, wait, with_namespace};
 
 const CLUSTER: &str = "scaler";
@@ -95,22 +96,11 @@ fn quantity(q: &str) -> Option<f64> {
 }
 
 async fn node_pods(ctx: &TestContext) -> anyhow::Result<Vec<Pod>> {
-    let list = ctx
-        .api::<Pod>()
-        .list(&ListParams::default().labels(&troupe_contract::labels::node_selector(CLUSTER)))
-        .await?;
-    Ok(list
-        .items
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .collect())
-}
-
-fn is_ready(p: &Pod) -> bool {
-    p.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    troupe_e2e::diagnostics::live_pods(
+        &ctx.api::<Pod>(),
+        &troupe_contract::labels::node_selector(CLUSTER),
+    )
+    .await
 }
 
 fn pod_name(p: &Pod) -> String {

@@ -15,7 +15,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client, Config};
 use serde_json::json;
-use troupe_e2e::{TestContext, diagnostics::is_ready, http, wait, with_namespace};
+use troupe_e2e::{TestContext, diagnostics, diagnostics::is_ready, http, wait, with_namespace};
 
 const APP: &str = "skeleton";
 const REPLICAS: usize = 3;
@@ -60,15 +60,7 @@ fn service() -> anyhow::Result<Service> {
 }
 
 async fn live_pods(ctx: &TestContext) -> anyhow::Result<Vec<Pod>> {
-    let list = ctx
-        .api::<Pod>()
-        .list(&ListParams::default().labels(&format!("app={APP}")))
-        .await?;
-    Ok(list
-        .items
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .collect())
+    diagnostics::live_pods(&ctx.api::<Pod>(), &format!("app={APP}")).await
 }
 
 async fn wait_ready_pods(ctx: &TestContext, n: usize) -> anyhow::Result<Vec<Pod>> {

@@ -175,15 +175,7 @@ async fn scale(ctx: &TestContext, replicas: i32) -> anyhow::Result<()> {
 
 /// The cluster's pods that are not terminating.
 async fn live_pods(ctx: &TestContext) -> anyhow::Result<Vec<Pod>> {
-    let lp = ListParams::default().labels(&labels::node_selector(CLUSTER));
-    Ok(ctx
-        .api::<Pod>()
-        .list(&lp)
-        .await?
-        .items
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .collect())
+    diagnostics::live_pods(&ctx.api::<Pod>(), &labels::node_selector(CLUSTER)).await
 }
 
 /// The member table in the Lease, if the Lease exists.

@@ -540,14 +540,7 @@ async fn deleted_service_and_hand_edited_image_are_put_back() -> anyhow::Result<
 /// The operator pods and their metrics.
 async fn operator_pods(client: &Client) -> anyhow::Result<Vec<Pod>> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
-    let list = pods
-        .list(&ListParams::default().labels(OPERATOR_SELECTOR))
-        .await?;
-    Ok(list
-        .items
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .collect())
+    troupe_e2e::diagnostics::live_pods(&pods, OPERATOR_SELECTOR).await
 }
 
 /// Parses the Prometheus text of one operator pod into `series → value`.
