@@ -66,6 +66,8 @@ pub async fn start(n: usize, capacity: usize) -> anyhow::Result<Vec<LoopbackNode
         nodes.push(LoopbackNode { rt, transport, pod });
     }
     let table = MemberTable {
+        cluster: "bench".into(),
+        epoch: 0,
         version: 1,
         members: nodes
             .iter()

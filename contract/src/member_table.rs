@@ -15,6 +15,14 @@
 //!
 //! Every change bumps [`MemberTable::version`]. Transitions are pure functions here so that
 //! both programs and the tests agree on them.
+//!
+//! **Epochs.** A table belongs to one *life* of the Lease. [`MemberTable::cluster`] is a
+//! random id chosen when a cluster first forms; [`MemberTable::epoch`] is bumped when the
+//! table is restored into a Lease that was deleted or stripped of its annotation. Versions
+//! are only comparable within one cluster id, and there ordered by `(epoch, version)`
+//! ([`MemberTable::order`]); tables of different cluster ids are never compared at all
+//! ([`MemberTable::compare`] answers `None`). Tables written before epochs existed read as
+//! cluster `""`, epoch 0.
 
 use serde::{Deserialize, Serialize};
 
@@ -64,6 +72,13 @@ pub struct Member {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MemberTable {
+    /// The cluster's id: random, chosen when the cluster first formed, never changed.
+    /// Empty only in the default (never stored) table and in tables from before epochs.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cluster: String,
+    /// Bumped each time the table is restored into a deleted or stripped Lease.
+    #[serde(default)]
+    pub epoch: u64,
     /// Bumped by one on every change.
     pub version: u64,
     /// Members, ordered by pod name.
@@ -106,6 +121,23 @@ impl MemberTable {
     pub fn to_json(&self) -> String {
         // A struct of strings and integers always serialises.
         serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// The position of this table in its cluster's history: `(epoch, version)`.
+    pub fn order(&self) -> (u64, u64) {
+        (self.epoch, self.version)
+    }
+
+    /// How this table's place in history compares with `other`'s: `None` when they belong
+    /// to different clusters (different [`cluster`](Self::cluster) ids), which must never be
+    /// compared by version.
+    pub fn compare(&self, other: &MemberTable) -> Option<std::cmp::Ordering> {
+        (self.cluster == other.cluster).then(|| self.order().cmp(&other.order()))
+    }
+
+    /// Whether this table is strictly later than `other` in the same cluster.
+    pub fn is_newer_than(&self, other: &MemberTable) -> bool {
+        self.compare(other) == Some(std::cmp::Ordering::Greater)
     }
 
     /// The member for `pod`, whatever its incarnation.
@@ -236,6 +268,36 @@ mod tests {
             t.transition("b", "i1", MemberStatus::Up),
             Err(MemberTableError::NotAMember { .. })
         ));
+    }
+
+    #[test]
+    fn tables_of_different_clusters_are_never_compared() {
+        let a = MemberTable {
+            cluster: "c1".into(),
+            epoch: 0,
+            version: 40,
+            members: Vec::new(),
+        };
+        let restored = MemberTable {
+            epoch: 1,
+            version: 3,
+            ..a.clone()
+        };
+        let other = MemberTable {
+            cluster: "c2".into(),
+            version: 100,
+            ..a.clone()
+        };
+        assert!(restored.is_newer_than(&a), "a restore outranks any version before it");
+        assert!(!a.is_newer_than(&restored));
+        assert_eq!(other.compare(&a), None);
+        assert!(!other.is_newer_than(&a) && !a.is_newer_than(&other));
+    }
+
+    #[test]
+    fn tables_from_before_epochs_still_parse() {
+        let t = MemberTable::from_json(r#"{"version":7,"members":[]}"#).ok();
+        assert_eq!(t.map(|t| (t.cluster, t.epoch, t.version)), Some((String::new(), 0, 7)));
     }
 
     #[test]

@@ -98,6 +98,8 @@ pub fn live_members(
     timing: &Timing,
 ) -> MemberTable {
     MemberTable {
+        cluster: table.cluster.clone(),
+        epoch: table.epoch,
         version: table.version,
         members: table
             .members

@@ -553,6 +553,10 @@ impl<S: MemberStore> Driver<S> {
 
     async fn create(&mut self, now: Instant) -> WriteOutcome {
         let mut table = MemberTable {
+            // A new cluster gets a new random id, so that its versions are never compared
+            // with those of another life of the Lease.
+            cluster: new_incarnation(),
+            epoch: 0,
             version: self.table.version,
             members: Vec::new(),
         };

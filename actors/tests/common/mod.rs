@@ -18,6 +18,8 @@ use troupe_contract::{Member, MemberStatus, MemberTable};
 /// A table of `(pod, address, status)` at `version`.
 pub fn table(version: u64, members: &[(&str, &str, MemberStatus)]) -> MemberTable {
     MemberTable {
+        cluster: "test".into(),
+        epoch: 0,
         version,
         members: members
             .iter()
