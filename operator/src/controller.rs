@@ -646,8 +646,7 @@ async fn publish(
     action: &str,
     note: String,
 ) {
-    let mut note = note;
-    note.truncate(1000);
+    let note = event_note(note);
     ctx.metrics
         .write("Event", "create", &ac.namespace().unwrap_or_default());
     let event = Event {
@@ -662,9 +661,36 @@ async fn publish(
     }
 }
 
+/// Longest Event note, in bytes (the API server refuses notes over 1 KiB).
+const MAX_NOTE_BYTES: usize = 1000;
+
+/// `note` cut to [`MAX_NOTE_BYTES`]. Notes echo API-server text (apply errors, Deployment
+/// conditions) that may hold any UTF-8, so the cut falls on a character boundary.
+fn event_note(mut note: String) -> String {
+    if note.len() > MAX_NOTE_BYTES {
+        let cut = (0..=MAX_NOTE_BYTES)
+            .rev()
+            .find(|&i| note.is_char_boundary(i))
+            .unwrap_or(0);
+        note.truncate(cut);
+    }
+    note
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_notes_are_cut_on_a_character_boundary() {
+        // 999 ASCII bytes, then a 3-byte character straddling the 1000-byte limit.
+        let note = format!("{}{}", "a".repeat(999), "€ and more");
+        let cut = event_note(note);
+        assert_eq!(cut.len(), 999);
+        assert!(cut.chars().all(|c| c == 'a'));
+        let short = event_note("Deployment progress deadline exceeded: ünïcode".into());
+        assert_eq!(short, "Deployment progress deadline exceeded: ünïcode");
+    }
 
     #[test]
     fn backoff_doubles_from_two_seconds_up_to_five_minutes() {
