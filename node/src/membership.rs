@@ -12,9 +12,34 @@
 //!
 //! Every write is a compare-and-swap on the record last read; on a conflict the loop
 //! re-reads and decides again. A failed store call changes nothing.
+//!
+//! **One history.** The node follows one cluster (`MemberTable::cluster`) and moves only
+//! forward in it (`MemberTable::is_newer_than`, by `(epoch, version)`):
+//! * a table of another cluster id is never adopted over ours: read from the store it means
+//!   our cluster's Lease was replaced, so the node stops serving, drops its table and joins
+//!   that cluster as a new incarnation; from a peer it is ignored (that peer counts neither
+//!   as reached nor as store contact);
+//! * a Lease found **absent** (deleted) or **stripped** (no table) is not store contact:
+//!   a node that follows a cluster stops serving and **restores** its last table into it
+//!   with `epoch + 1` (create, or CAS over the stripped record: one restorer wins, the
+//!   others adopt the higher epoch); a fresh node forms a new cluster only on a cold start,
+//!   or after a restore grace with the Lease still missing;
+//! * after adopting a later epoch a node waits `isolation_timeout` before serving it, so
+//!   that whoever still served the previous epoch has stopped.
+//!
+//! **Freshness.** Store contact is stamped with the time a read (or write) was *sent*, and
+//! only from a table not older than the one held; watch events bring news (tables to
+//! adopt, a reason to read) but never contact, because they may lag.
+//!
+//! **Leaving.** The drain runs beside the loop: while the handover future runs, the node
+//! keeps reading the store, following the watch and probing, so the table it publishes to
+//! the actor runtime stays current.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
+
+use std::cmp::Ordering;
+use std::future::Future;
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
@@ -29,7 +54,7 @@ use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::probe::{PingReply, Prober};
 use crate::seams::{self, Sources};
-use crate::store::{ChangeStream, LeaseRecord, MemberStore, StoreError, Stored};
+use crate::store::{ChangeStream, Found, LeaseRecord, MemberStore, StoreError, Stored};
 use crate::timing::Timing;
 use crate::view::{BootstrapState, MembershipView, serving_until};
 
@@ -77,6 +102,30 @@ pub(crate) struct ProbeResult {
     reply: Option<PingReply>,
 }
 
+/// What the store held at the last read (or watch event).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum LeaseState {
+    /// Nothing read yet (or a peer's later epoch made the last read moot).
+    Unknown,
+    /// No record.
+    Absent,
+    /// A record without a table.
+    Stripped(Stored),
+    /// A record with a table: [`Driver::stored`].
+    Table,
+}
+
+/// What woke the loop up.
+enum Event {
+    Leave {
+        handover: BoxFuture<'static, ()>,
+        deadline: Instant,
+        done: oneshot::Sender<LeaveReport>,
+    },
+    Stop,
+    News,
+}
+
 pub(crate) struct Driver<S> {
     identity: Identity,
     timing: Timing,
@@ -84,17 +133,24 @@ pub(crate) struct Driver<S> {
     store: S,
     me: MemberKey,
     started: Instant,
-    /// The record last read from the store (the base of every CAS), if any.
+    /// The record with a table last read from the store (the base of every CAS), if any.
     stored: Option<Stored>,
-    /// The store answered that no record exists.
-    absent: bool,
-    /// The latest table, from the store or from a peer (highest version wins).
+    /// What the store held when last read.
+    lease: LeaseState,
+    /// The latest table of our cluster, from the store or from a peer.
     table: MemberTable,
+    /// This node follows a cluster: it adopted a stored table (of `table.cluster`).
+    following: bool,
+    /// Send times of the first and of the latest read that found the Lease absent or
+    /// stripped, since the last read that found a table.
+    lost: Option<(Instant, Instant)>,
+    /// After adopting a later epoch, serving waits until then.
+    epoch_hold: Option<Instant>,
     observer: LeaseObserver,
     fd: FailureDetector,
     pods: watch::Receiver<PodSet>,
     pods_open: bool,
-    /// Last store contact, direct or through a peer.
+    /// Last store contact, direct or through a peer (when the confirming call was sent).
     store_contact: Option<Instant>,
     last_direct_contact: Option<Instant>,
     last_read_attempt: Option<Instant>,
@@ -104,11 +160,15 @@ pub(crate) struct Driver<S> {
     formed: bool,
     up_after: Option<Duration>,
     leaving: Option<BootstrapState>,
+    forbidden_warned: bool,
+    waiting_for_restore_logged: bool,
     health: Health,
     metrics: Metrics,
     view: watch::Sender<MembershipView>,
     table_tx: watch::Sender<MemberTable>,
     probes: mpsc::Receiver<ProbeResult>,
+    changes: Option<ChangeStream>,
+    resubscribe_at: Instant,
 }
 
 impl<S: MemberStore> Driver<S> {
@@ -136,8 +196,11 @@ impl<S: MemberStore> Driver<S> {
             me,
             started: now,
             stored: None,
-            absent: false,
+            lease: LeaseState::Unknown,
             table: MemberTable::default(),
+            following: false,
+            lost: None,
+            epoch_hold: None,
             observer: LeaseObserver::new(now),
             fd: FailureDetector::default(),
             pods,
@@ -151,11 +214,15 @@ impl<S: MemberStore> Driver<S> {
             formed: false,
             up_after: None,
             leaving: None,
+            forbidden_warned: false,
+            waiting_for_restore_logged: false,
             health,
             metrics,
             view,
             table_tx,
             probes,
+            changes: None,
+            resubscribe_at: now,
         }
     }
 
@@ -167,74 +234,163 @@ impl<S: MemberStore> Driver<S> {
     pub(crate) async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         let mut tick = tokio::time::interval(self.timing.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut changes: Option<ChangeStream> = None;
-        let mut resubscribe_at = seams::now();
         loop {
-            if changes.is_none() && seams::now() >= resubscribe_at {
-                changes = Some(self.store.changes());
-            }
-            tokio::select! {
-                biased;
-                cmd = commands.recv() => match cmd {
-                    Some(Command::Leave { handover, deadline, done }) => {
-                        let report = self.leave(handover, deadline).await;
-                        let _ = done.send(report);
-                        return;
-                    }
-                    None => return,
-                },
-                ev = next_change(&mut changes) => match ev {
-                    Some(Ok(Some(stored))) => self.on_stored(stored, seams::now()),
-                    Some(Ok(None)) => self.on_absent(seams::now()),
-                    Some(Err(e)) => {
-                        tracing::debug!(error = %e, "member store watch broke; re-reading");
-                        self.metrics.store_error(e.metric_label());
-                        changes = None;
-                        resubscribe_at = seams::now() + self.timing.store_refresh;
-                        self.need_read = true;
-                    }
-                    None => {
-                        changes = None;
-                        resubscribe_at = seams::now() + self.timing.store_refresh;
-                        self.need_read = true;
-                    }
-                },
-                Some(r) = self.probes.recv() => {
-                    self.on_probe(r);
-                    while let Ok(r) = self.probes.try_recv() {
-                        self.on_probe(r);
-                    }
+            match self.next_event(Some(&mut commands), &mut tick).await {
+                Event::Leave {
+                    handover,
+                    deadline,
+                    done,
+                } => {
+                    let report = self.leave(handover, deadline, &mut tick).await;
+                    let _ = done.send(report);
+                    return;
                 }
-                changed = self.pods.changed(), if self.pods_open => {
-                    if changed.is_err() {
-                        self.pods_open = false;
-                    }
-                }
-                _ = tick.tick() => {}
+                Event::Stop => return,
+                Event::News => {}
             }
             self.step().await;
         }
     }
 
-    fn on_stored(&mut self, stored: Stored, now: Instant) {
-        self.store_contact = Some(now);
-        self.last_direct_contact = Some(now);
-        self.absent = false;
-        self.observer.observe(&stored.record, now);
+    /// Waits for the next thing to react to and takes in what it says.
+    async fn next_event(
+        &mut self,
+        commands: Option<&mut mpsc::Receiver<Command>>,
+        tick: &mut tokio::time::Interval,
+    ) -> Event {
+        if self.changes.is_none() && seams::now() >= self.resubscribe_at {
+            self.changes = Some(self.store.changes());
+        }
+        tokio::select! {
+            biased;
+            cmd = next_command(commands) => match cmd {
+                Some(Command::Leave { handover, deadline, done }) => {
+                    Event::Leave { handover, deadline, done }
+                }
+                None => Event::Stop,
+            },
+            ev = next_change(&mut self.changes) => {
+                self.on_change(ev);
+                Event::News
+            }
+            Some(r) = self.probes.recv() => {
+                self.on_probe(r);
+                while let Ok(r) = self.probes.try_recv() {
+                    self.on_probe(r);
+                }
+                Event::News
+            }
+            changed = self.pods.changed(), if self.pods_open => {
+                if changed.is_err() {
+                    self.pods_open = false;
+                }
+                Event::News
+            }
+            _ = tick.tick() => Event::News,
+        }
+    }
+
+    /// A watch event: news, never store contact (it may lag). A missing table is a
+    /// reason to read, not yet a fact to act on.
+    fn on_change(&mut self, ev: Option<Result<Found, StoreError>>) {
+        match ev {
+            Some(Ok(Found::Table(stored))) => self.on_table(stored, None),
+            Some(Ok(Found::Absent | Found::Stripped(_))) => self.need_read = true,
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "member store watch broke; re-reading");
+                self.metrics.store_error(e.metric_label());
+                self.changes = None;
+                self.resubscribe_at = seams::now() + self.timing.store_refresh;
+                self.need_read = true;
+            }
+            None => {
+                self.changes = None;
+                self.resubscribe_at = seams::now() + self.timing.store_refresh;
+                self.need_read = true;
+            }
+        }
+    }
+
+    /// The answer to a read sent at `sent`.
+    fn on_read(&mut self, found: Found, sent: Instant) {
+        match found {
+            Found::Table(stored) => self.on_table(stored, Some(sent)),
+            Found::Absent => self.on_lost(LeaseState::Absent, sent),
+            Found::Stripped(stored) => self.on_lost(LeaseState::Stripped(stored), sent),
+        }
+    }
+
+    /// A record with a table. `contact` is when the call that returned it was sent (a
+    /// read or a write), `None` for a watch event.
+    fn on_table(&mut self, stored: Stored, contact: Option<Instant>) {
+        let now = seams::now();
         let table = stored.record.table.clone();
-        self.stored = Some(stored);
-        if table.version >= self.table.version {
+        if self.following && table.compare(&self.table).is_none() {
+            self.switch_cluster(&table);
+        }
+        let order = if self.following {
+            table.compare(&self.table)
+        } else {
+            Some(Ordering::Greater)
+        };
+        let not_older = order.is_some_and(|o| o != Ordering::Less);
+        if let Some(sent) = contact
+            && not_older
+        {
+            self.store_contact = self.store_contact.max(Some(sent));
+            self.last_direct_contact = self.last_direct_contact.max(Some(sent));
+        }
+        let base_older = self
+            .stored
+            .as_ref()
+            .is_none_or(|b| stored.record.table.compare(&b.record.table) != Some(Ordering::Less));
+        if base_older || contact.is_some() {
+            self.observer.observe(&stored.record, now);
+            self.stored = Some(stored);
+        }
+        if self.lost.take().is_some() && self.following {
+            tracing::info!(cluster = %table.cluster, epoch = table.epoch, "the member table is back in the Lease");
+        }
+        self.lease = LeaseState::Table;
+        if not_older {
             self.adopt(table, now);
         }
         self.publish(now);
     }
 
-    fn on_absent(&mut self, now: Instant) {
-        self.store_contact = Some(now);
-        self.last_direct_contact = Some(now);
+    /// The Lease was found absent or stripped by a read sent at `sent`: not store contact.
+    fn on_lost(&mut self, state: LeaseState, sent: Instant) {
+        if self.lost.is_none() && self.following {
+            let what = match state {
+                LeaseState::Absent => "deleted",
+                _ => "stripped of its member table",
+            };
+            tracing::warn!(cluster = %self.table.cluster, epoch = self.table.epoch, version = self.table.version, "the member Lease was {what}; not serving until this node's table is restored into it");
+        }
+        let first = self.lost.map_or(sent, |(first, _)| first);
+        self.lost = Some((first, sent));
         self.stored = None;
-        self.absent = true;
-        self.publish(now);
+        self.lease = state;
+        self.publish(seams::now());
+    }
+
+    /// Our cluster's Lease now holds another cluster: stop serving, drop everything we
+    /// knew, and join that cluster as a new node.
+    fn switch_cluster(&mut self, theirs: &MemberTable) {
+        tracing::warn!(ours = %self.table.cluster, theirs = %theirs.cluster, "the member Lease holds another cluster's table; dropping ours and joining it as a new incarnation");
+        let old = self.me.clone();
+        if self.leaving.is_none() {
+            self.me = MemberKey::new(self.identity.pod.clone(), self.sources.id());
+            tracing::warn!(old = %old, new = %self.me, "rejoining as a new incarnation");
+        }
+        self.table = MemberTable::default();
+        self.following = false;
+        self.was_member = false;
+        self.stored = None;
+        self.store_contact = None;
+        self.epoch_hold = None;
+        self.fd = FailureDetector::default();
+        self.last_renew = None;
     }
 
     fn on_probe(&mut self, r: ProbeResult) {
@@ -243,22 +399,43 @@ impl<S: MemberStore> Driver<S> {
             self.fd.record(&r.key, false, r.sent_at);
             return;
         };
+        let Some(order) = reply.table.compare(&self.table) else {
+            // Another cluster's node (or one that dropped its table): it tells us nothing
+            // about ours, and does not count towards a majority.
+            tracing::debug!(from = %r.key, cluster = %reply.table.cluster, "a peer follows another cluster");
+            self.fd.record(&r.key, false, r.sent_at);
+            return;
+        };
         self.fd.record(&r.key, true, r.sent_at);
-        if let Some(age) = reply.store_age_ms {
+        if order != Ordering::Less
+            && let Some(age) = reply.store_age_ms
+        {
             let contact = r.sent_at.checked_sub(Duration::from_millis(age));
             if contact > self.store_contact {
                 self.store_contact = contact;
             }
         }
-        if reply.table.version > self.table.version {
-            tracing::debug!(from = %r.key, version = reply.table.version, "newer member table from a peer");
+        if order == Ordering::Greater {
+            tracing::debug!(from = %r.key, epoch = reply.table.epoch, version = reply.table.version, "newer member table from a peer");
+            if reply.table.epoch > self.table.epoch && self.lost.is_some() {
+                // Somebody restored the Lease: read it before writing.
+                self.lost = None;
+                self.lease = LeaseState::Unknown;
+                self.need_read = true;
+            }
             self.adopt(reply.table, now);
         }
         self.publish(now);
     }
 
-    /// Makes `table` the node's table, and notices whether this incarnation was evicted.
+    /// Makes `table` (of our cluster, not older) the node's table, and notices whether
+    /// this incarnation was evicted.
     fn adopt(&mut self, table: MemberTable, now: Instant) {
+        if self.following && table.epoch > self.table.epoch {
+            tracing::info!(cluster = %table.cluster, epoch = table.epoch, version = table.version, "following a restored member table");
+            self.epoch_hold = Some(now + self.timing.isolation_timeout);
+        }
+        self.following = true;
         self.table = table;
         self.fd.track(&self.table, now);
         let mine = self.table.members.iter().find(|m| self.me.is(m));
@@ -282,6 +459,11 @@ impl<S: MemberStore> Driver<S> {
         tracing::warn!(old = %old, new = %self.me, how, "this node was taken out of the cluster; rejoining as a new incarnation");
     }
 
+    /// The Lease is gone or stripped while this node follows a cluster.
+    fn lease_lost(&self) -> bool {
+        self.following && matches!(self.lease, LeaseState::Absent | LeaseState::Stripped(_))
+    }
+
     fn publish(&mut self, now: Instant) {
         let status = self
             .table
@@ -289,7 +471,8 @@ impl<S: MemberStore> Driver<S> {
             .iter()
             .find(|m| self.me.is(m))
             .map(|m| m.status);
-        let serving_until = if self.leaving.is_none() {
+        let held = self.lease_lost() || self.epoch_hold.is_some_and(|h| now < h);
+        let serving_until = if self.leaving.is_none() && !held {
             serving_until(
                 &self.table,
                 &self.me,
@@ -309,7 +492,9 @@ impl<S: MemberStore> Driver<S> {
             (Some(s), _) => s,
             (None, _) if is_serving => BootstrapState::Up,
             (None, Some(MemberStatus::Up)) => BootstrapState::Isolated,
-            (None, _) if self.stored.is_none() && !self.absent => BootstrapState::Starting,
+            (None, _) if self.lease == LeaseState::Unknown && !self.following => {
+                BootstrapState::Starting
+            }
             (None, _) => BootstrapState::Joining,
         };
         if is_serving && self.up_after.is_none() {
@@ -342,16 +527,7 @@ impl<S: MemberStore> Driver<S> {
             started_at_ms: self.view.borrow().started_at_ms,
         };
         self.view.send_if_modified(|v| {
-            if v.serving != view.serving
-                || v.serving_until != view.serving_until
-                || v.state != view.state
-                || v.table != view.table
-                || v.me != view.me
-                || v.coordinator != view.coordinator
-                || v.status != view.status
-                || v.store_contact != view.store_contact
-                || v.up_after != view.up_after
-            {
+            if *v != view {
                 *v = view;
                 true
             } else {
@@ -370,24 +546,16 @@ impl<S: MemberStore> Driver<S> {
     }
 
     async fn read(&mut self) -> bool {
-        let now = seams::now();
-        self.last_read_attempt = Some(now);
+        let sent = seams::now();
+        self.last_read_attempt = Some(sent);
         self.need_read = false;
-        match tokio::time::timeout(self.timing.store_timeout(), self.store.read()).await {
-            Ok(Ok(Some(stored))) => {
-                self.on_stored(stored, seams::now());
+        match timed(self.timing.store_timeout(), self.store.read()).await {
+            Ok(found) => {
+                self.on_read(found, sent);
                 true
             }
-            Ok(Ok(None)) => {
-                self.on_absent(seams::now());
-                true
-            }
-            Ok(Err(e)) => {
+            Err(e) => {
                 self.store_failed(&e);
-                false
-            }
-            Err(_) => {
-                self.store_failed(&StoreError::Unavailable("timed out".into()));
                 false
             }
         }
@@ -395,11 +563,17 @@ impl<S: MemberStore> Driver<S> {
 
     fn store_failed(&mut self, e: &StoreError) {
         self.metrics.store_error(e.metric_label());
-        tracing::debug!(error = %e, "member store call failed; keeping what we know");
+        match e {
+            StoreError::Forbidden { .. } if !self.forbidden_warned => {
+                self.forbidden_warned = true;
+                tracing::warn!(error = %e, "the node may not use its member Lease");
+            }
+            _ => tracing::debug!(error = %e, "member store call failed; keeping what we know"),
+        }
     }
 
-    /// One round: refresh from the store when due, then make at most a few CAS writes.
-    async fn step(&mut self) {
+    /// Reads the store when asked to or when nothing was heard from it for a while.
+    async fn read_if_due(&mut self) {
         let now = seams::now();
         let due = self
             .last_direct_contact
@@ -410,6 +584,11 @@ impl<S: MemberStore> Driver<S> {
         if self.need_read || (due && !attempted_recently) {
             self.read().await;
         }
+    }
+
+    /// One round: refresh from the store when due, then make at most a few CAS writes.
+    async fn step(&mut self) {
+        self.read_if_due().await;
         if self.leaving.is_none() {
             for _ in 0..4 {
                 match self.write_once().await {
@@ -428,46 +607,60 @@ impl<S: MemberStore> Driver<S> {
     /// Decides the next write and makes it.
     async fn write_once(&mut self) -> WriteOutcome {
         let now = seams::now();
-        let Some(stored) = self.stored.clone() else {
-            if !self.absent {
-                return WriteOutcome::Nothing;
+        match self.lease.clone() {
+            LeaseState::Unknown => WriteOutcome::Nothing,
+            LeaseState::Absent if self.following => self.restore(None, now).await,
+            LeaseState::Stripped(s) if self.following => {
+                self.restore(Some(s.resource_version), now).await
             }
-            return self.create(now).await;
-        };
-        let Some((record, applied)) = self.desired(&stored, now) else {
-            return WriteOutcome::Nothing;
-        };
-        let res = tokio::time::timeout(
-            self.timing.store_timeout(),
-            self.store.replace(&stored.resource_version, &record),
-        )
-        .await
-        .unwrap_or_else(|_| Err(StoreError::Unavailable("timed out".into())));
-        match res {
-            Ok(new) => {
-                if new.record.holder.as_deref() == Some(self.my_id().as_str()) {
-                    self.last_renew = Some(now);
-                }
-                for c in &applied {
-                    match c {
-                        Change::Down(k, reason) => {
-                            self.metrics.failure_detected(*reason);
-                            tracing::warn!(member = %k, reason = reason.as_str(), "member downed");
+            LeaseState::Absent => self.form(None, now).await,
+            LeaseState::Stripped(s) => self.form(Some(s.resource_version), now).await,
+            LeaseState::Table => {
+                let Some(stored) = self.stored.clone() else {
+                    return WriteOutcome::Nothing;
+                };
+                let Some((record, applied)) = self.desired(&stored, now) else {
+                    return WriteOutcome::Nothing;
+                };
+                let sent = seams::now();
+                match timed(
+                    self.timing.store_timeout(),
+                    self.store.replace(&stored.resource_version, &record),
+                )
+                .await
+                {
+                    Ok(new) => {
+                        if new.record.holder.as_deref() == Some(self.my_id().as_str()) {
+                            self.last_renew = Some(now);
                         }
-                        Change::Promote(k) => tracing::info!(member = %k, "member promoted to Up"),
-                        Change::Remove(k) => tracing::info!(member = %k, "member removed"),
+                        for c in &applied {
+                            match c {
+                                Change::Down(k, reason) => {
+                                    self.metrics.failure_detected(*reason);
+                                    tracing::warn!(member = %k, reason = reason.as_str(), "member downed");
+                                }
+                                Change::Promote(k) => {
+                                    tracing::info!(member = %k, "member promoted to Up")
+                                }
+                                Change::Remove(k) => tracing::info!(member = %k, "member removed"),
+                            }
+                        }
+                        if stored.record.holder != new.record.holder {
+                            if self.is_holder(&new.record) {
+                                tracing::info!(me = %self.me, "took over the coordinator lease");
+                            } else if self.is_holder(&stored.record) {
+                                tracing::info!(me = %self.me, "released the coordinator lease: no majority reachable");
+                            }
+                        }
+                        self.on_table(new, Some(sent));
+                        WriteOutcome::Wrote
+                    }
+                    Err(StoreError::Conflict) => WriteOutcome::Conflict,
+                    Err(e) => {
+                        self.store_failed(&e);
+                        WriteOutcome::Failed
                     }
                 }
-                if stored.record.holder != new.record.holder && self.is_holder(&new.record) {
-                    tracing::info!(me = %self.me, "took over the coordinator lease");
-                }
-                self.on_stored(new, seams::now());
-                WriteOutcome::Wrote
-            }
-            Err(StoreError::Conflict) => WriteOutcome::Conflict,
-            Err(e) => {
-                self.store_failed(&e);
-                WriteOutcome::Failed
             }
         }
     }
@@ -492,6 +685,23 @@ impl<S: MemberStore> Driver<S> {
             .iter()
             .find(|m| self.me.is(m))
             .map(|m| m.status);
+        let pods = self.pods.borrow().clone();
+        let table_has_no_up = record
+            .table
+            .up_members()
+            .all(|m| coordinator::pod_gone(m, &pods, &self.fd, now, &self.timing));
+        // A coordinator must reach a majority of the live Up members (itself counted), or
+        // the table must have no live Up member at all: otherwise it changes nothing and
+        // only keeps the majority from electing one that can (M5).
+        let live = coordinator::live_members(&self.table, &pods, &self.fd, now, &self.timing);
+        let may_coordinate = table_has_no_up
+            || quorum(
+                &live,
+                &self.me,
+                &self.fd,
+                now,
+                self.timing.isolation_timeout,
+            );
         let eligibility = Eligibility {
             up_with_quorum: my_status == Some(MemberStatus::Up)
                 && quorum(
@@ -501,13 +711,7 @@ impl<S: MemberStore> Driver<S> {
                     now,
                     self.timing.isolation_timeout,
                 ),
-            table_has_no_up: {
-                let pods = self.pods.borrow();
-                record
-                    .table
-                    .up_members()
-                    .all(|m| coordinator::pod_gone(m, &pods, &self.fd, now, &self.timing))
-            },
+            table_has_no_up,
         };
         let my_id = self.my_id();
         let role = election::decide(
@@ -517,8 +721,12 @@ impl<S: MemberStore> Driver<S> {
             eligibility,
         );
         let mut applied = Vec::new();
-        if role != Role::Follower {
-            let pods = self.pods.borrow().clone();
+        if role == Role::Coordinator && !may_coordinate {
+            record.holder = None;
+            record.renew_ms = self.sources.wall().max(record.renew_ms.saturating_add(1));
+            return Some((record, applied));
+        }
+        if role != Role::Follower && may_coordinate {
             let changes = coordinator::plan(coordinator::Inputs {
                 table: &record.table,
                 me: &self.me,
@@ -541,13 +749,97 @@ impl<S: MemberStore> Driver<S> {
         dirty.then_some((record, applied))
     }
 
-    async fn create(&mut self, now: Instant) -> WriteOutcome {
+    /// How long a fresh node waits for the followers of a cluster to restore a missing
+    /// table before it forms a new cluster: time for them to read the loss and write.
+    fn restore_grace(&self) -> Duration {
+        self.timing.store_refresh + self.timing.store_timeout()
+    }
+
+    /// A fresh node may form a new cluster on a missing table at once on a cold start (no
+    /// other pod's node started clearly before this one), otherwise only once the table
+    /// stayed missing for the restore grace.
+    fn may_form(&mut self) -> bool {
+        let grace = self.restore_grace();
+        let cold = {
+            let pods = self.pods.borrow();
+            let mine = pods
+                .pods
+                .get(&self.identity.pod)
+                .and_then(|p| p.started_at_ms)
+                .unwrap_or(self.view.borrow().started_at_ms);
+            let margin = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
+            !pods.peer_started_before(&self.identity.pod, mine, margin)
+        };
+        if cold {
+            return true;
+        }
+        let waited = self
+            .lost
+            .is_some_and(|(first, last)| last.saturating_duration_since(first) >= grace);
+        if !waited && !self.waiting_for_restore_logged {
+            self.waiting_for_restore_logged = true;
+            tracing::info!(
+                grace_ms = grace.as_millis() as u64,
+                "no member table in the Lease, and other pods ran before this one: waiting for them to restore it"
+            );
+        }
+        waited
+    }
+
+    /// Writes `record` as a new record (`base` `None`) or over the stripped record `base`.
+    async fn put(
+        &mut self,
+        base: Option<String>,
+        record: &LeaseRecord,
+    ) -> Result<Stored, StoreError> {
+        match base {
+            None => timed(self.timing.store_timeout(), self.store.create(record)).await,
+            Some(rv) => timed(self.timing.store_timeout(), self.store.replace(&rv, record)).await,
+        }
+    }
+
+    /// Restores this node's last table into a deleted (`base` `None`) or stripped Lease,
+    /// one epoch later.
+    async fn restore(&mut self, base: Option<String>, now: Instant) -> WriteOutcome {
+        let table = MemberTable {
+            epoch: self.table.epoch + 1,
+            version: self.table.version + 1,
+            ..self.table.clone()
+        };
+        let record = LeaseRecord {
+            holder: None,
+            renew_ms: self.sources.wall(),
+            lease_duration_s: lease_seconds(self.timing.lease_duration),
+            table,
+        };
+        let sent = seams::now();
+        match self.put(base, &record).await {
+            Ok(stored) => {
+                tracing::warn!(me = %self.me, cluster = %record.table.cluster, epoch = record.table.epoch, version = record.table.version, "restored the member table into the Lease");
+                self.on_table(stored, Some(sent));
+                let _ = now;
+                WriteOutcome::Wrote
+            }
+            Err(StoreError::Conflict) => WriteOutcome::Conflict,
+            Err(e) => {
+                self.store_failed(&e);
+                WriteOutcome::Failed
+            }
+        }
+    }
+
+    /// Forms a new cluster (a new random id, epoch 0) with this node Up and holding the
+    /// coordinator lease.
+    async fn form(&mut self, base: Option<String>, now: Instant) -> WriteOutcome {
+        if !self.may_form() {
+            return WriteOutcome::Nothing;
+        }
         let mut table = MemberTable {
             // A new cluster gets a new random id, so that its versions are never compared
             // with those of another life of the Lease.
             cluster: self.sources.id(),
             epoch: 0,
-            version: self.table.version,
+            version: 0,
             members: Vec::new(),
         };
         table.join(&self.me.pod, &self.me.incarnation, &self.identity.address);
@@ -560,15 +852,13 @@ impl<S: MemberStore> Driver<S> {
             lease_duration_s: lease_seconds(self.timing.lease_duration),
             table,
         };
-        let res = tokio::time::timeout(self.timing.store_timeout(), self.store.create(&record))
-            .await
-            .unwrap_or_else(|_| Err(StoreError::Unavailable("timed out".into())));
-        match res {
+        let sent = seams::now();
+        match self.put(base, &record).await {
             Ok(stored) => {
-                tracing::info!(me = %self.me, "formed a new cluster");
+                tracing::info!(me = %self.me, cluster = %record.table.cluster, "formed a new cluster");
                 self.formed = true;
                 self.last_renew = Some(now);
-                self.on_stored(stored, seams::now());
+                self.on_table(stored, Some(sent));
                 WriteOutcome::Wrote
             }
             Err(StoreError::Conflict) => WriteOutcome::Conflict,
@@ -579,8 +869,14 @@ impl<S: MemberStore> Driver<S> {
         }
     }
 
-    /// Graceful leave: Leaving (and release the lease), hand over, remove, done.
-    async fn leave(&mut self, handover: BoxFuture<'static, ()>, deadline: Instant) -> LeaveReport {
+    /// Graceful leave: Leaving (and release the lease), hand over while still following
+    /// the table, remove, done.
+    async fn leave(
+        &mut self,
+        mut handover: BoxFuture<'static, ()>,
+        deadline: Instant,
+        tick: &mut tokio::time::Interval,
+    ) -> LeaveReport {
         let start = seams::now();
         self.health.set_draining(true);
         self.leaving = Some(BootstrapState::Leaving);
@@ -608,9 +904,22 @@ impl<S: MemberStore> Driver<S> {
                 dirty
             })
             .await;
-        let remaining = deadline.saturating_duration_since(seams::now());
-        if tokio::time::timeout(remaining, handover).await.is_err() {
-            tracing::warn!("actor handover did not finish before the leave deadline");
+        // The handover runs beside the loop: the node keeps following the store, the
+        // watch and its peers, so the table it publishes stays current (M4).
+        let out_of_time = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline));
+        tokio::pin!(out_of_time);
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut handover => break,
+                () = &mut out_of_time => {
+                    tracing::warn!("actor handover did not finish before the leave deadline");
+                    break;
+                }
+                _ = self.next_event(None, tick) => {}
+            }
+            self.read_if_due().await;
+            self.publish(seams::now());
         }
         let removed = self
             .cas_until(deadline, |record| {
@@ -657,15 +966,15 @@ impl<S: MemberStore> Driver<S> {
             if !change(&mut record) {
                 return true;
             }
-            let res = tokio::time::timeout(
+            let sent = seams::now();
+            match timed(
                 self.timing.store_timeout(),
                 self.store.replace(&stored.resource_version, &record),
             )
             .await
-            .unwrap_or_else(|_| Err(StoreError::Unavailable("timed out".into())));
-            match res {
+            {
                 Ok(new) => {
-                    self.on_stored(new, seams::now());
+                    self.on_table(new, Some(sent));
                     return true;
                 }
                 Err(StoreError::Conflict) => self.need_read = true,
@@ -691,11 +1000,26 @@ fn lease_seconds(d: Duration) -> i32 {
     i32::try_from(d.as_secs().max(1)).unwrap_or(i32::MAX)
 }
 
-async fn next_change(
-    changes: &mut Option<ChangeStream>,
-) -> Option<Result<Option<Stored>, StoreError>> {
+/// Runs one store call within `timeout`; a timeout is a failure like any other.
+async fn timed<T>(
+    timeout: Duration,
+    call: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(timeout, call)
+        .await
+        .unwrap_or_else(|_| Err(StoreError::Unavailable("timed out".into())))
+}
+
+async fn next_change(changes: &mut Option<ChangeStream>) -> Option<Result<Found, StoreError>> {
     match changes {
         Some(s) => s.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_command(commands: Option<&mut mpsc::Receiver<Command>>) -> Option<Command> {
+    match commands {
+        Some(c) => c.recv().await,
         None => std::future::pending().await,
     }
 }
