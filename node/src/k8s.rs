@@ -5,6 +5,8 @@
 //!   `renewTime` and `leaseDurationSeconds` carry the coordinator lease (so `kubectl get
 //!   lease` shows the coordinator), the annotation `troupe.dev/member-table` the table.
 //!   Writes are `replace` with the read `resourceVersion` (409 → [`StoreError::Conflict`]).
+//!   A Lease without the annotation reads as [`Found::Stripped`] (never as an empty table);
+//!   a 403 is [`StoreError::Forbidden`], naming the Role `<cluster>-node`.
 //! * [`watch_pods`]: a watch on the cluster's pods by label, in the node's namespace. On
 //!   errors the watcher backs off and resumes; the snapshot stays as it was.
 //!

@@ -1108,3 +1108,81 @@ async fn nodes_leaving_together_follow_the_table_during_their_handover() -> anyh
     .await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_clusters_table_in_the_lease_is_joined_as_new_nodes() -> anyhow::Result<()> {
+    // H1: the Lease is replaced by another life of it (another cluster id). The followers
+    // never compare versions across ids: they stop serving and join it as new nodes.
+    let c = formed(&FIVE[..3]).await?;
+    let incs = incarnations(&c);
+    let mut other = MemberTable {
+        cluster: "another-life".into(),
+        epoch: 0,
+        version: 0,
+        members: Vec::new(),
+    };
+    other.join("ghost", "g1", "127.0.0.1:9");
+    other.transition("ghost", "g1", MemberStatus::Up)?;
+    let record = LeaseRecord {
+        holder: None,
+        renew_ms: 1,
+        lease_duration_s: 1,
+        table: other,
+    };
+    let mut replaced = false;
+    for _ in 0..20 {
+        let Some(s) = c.store.snapshot() else { break };
+        if c.store.replace(&s.resource_version, &record).await.is_ok() {
+            replaced = true;
+            break;
+        }
+    }
+    anyhow::ensure!(replaced, "could not replace the record");
+    // Nobody can stop serving before it hears of the replacement; it must stop as soon as
+    // it does. Then the invariants hold again, every moment.
+    let start = Instant::now();
+    while c.nodes.iter().any(|n| {
+        n.node.as_ref().is_some_and(|x| {
+            let v = x.view().borrow().clone();
+            v.serving && v.table.cluster != "another-life"
+        })
+    }) {
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(2),
+            "a node still serves the old cluster"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let took = until(
+        "a, b, c Up in the other cluster",
+        Duration::from_secs(15),
+        &c,
+        |c| c.all_up(&FIVE[..3]) && c.table().cluster == "another-life",
+    )
+    .await?;
+    let now = incarnations(&c);
+    for ((pod, before), (_, after)) in incs.iter().zip(&now) {
+        assert_ne!(before, after, "{pod} kept its incarnation across clusters");
+    }
+    println!("[membership] Lease replaced by another cluster: all joined it in {took:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_nodes_on_a_stripped_lease_form_a_cluster() -> anyhow::Result<()> {
+    // Cold start over a Lease whose annotation was removed while nothing ran.
+    let mut c = formed(&FIVE[..3]).await?;
+    for p in &FIVE[..3] {
+        c.kill(p, true);
+    }
+    c.nodes.clear();
+    c.store.strip();
+    for p in &FIVE[..3] {
+        c.start(p).await?;
+    }
+    until("3 Up", Duration::from_secs(10), &c, |c| {
+        c.all_up(&FIVE[..3])
+    })
+    .await?;
+    Ok(())
+}
