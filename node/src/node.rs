@@ -27,9 +27,9 @@ use tokio::task::JoinHandle;
 use troupe_contract::MemberTable;
 
 use crate::discovery::PodSet;
-use crate::failure_detector::MemberKey;
 use crate::health::Health;
 use crate::http::{self, Management};
+use crate::member_key::MemberKey;
 use crate::membership::{self, Command, Driver, Identity, LeaveReport};
 use crate::metrics::Metrics;
 use crate::probe::Prober;
