@@ -114,6 +114,7 @@ impl Node {
         let (table_tx, table_rx) = watch::channel(MemberTable::default());
         let (probe_tx, probe_rx) = mpsc::channel(1024);
         let (cmd_tx, cmd_rx) = mpsc::channel(4);
+        let (survey_tx, survey_rx) = watch::channel(Vec::new());
         let driver = Driver::new(
             identity,
             timing,
@@ -125,12 +126,14 @@ impl Node {
             view_tx,
             table_tx,
             probe_rx,
+            survey_tx,
         );
         let tasks = vec![
             tokio::spawn(driver.run(cmd_rx)),
             tokio::spawn(membership::probe_loop(
                 prober,
                 view_rx.clone(),
+                survey_rx,
                 probe_tx,
                 timing,
             )),

@@ -1186,3 +1186,40 @@ async fn fresh_nodes_on_a_stripped_lease_form_a_cluster() -> anyhow::Result<()> 
     .await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_node_does_not_form_beside_followers_cut_from_the_store() -> anyhow::Result<()> {
+    // H1, the restore grace's blind spot: the Lease is deleted while its followers cannot
+    // reach the store (they keep serving on their peers' answers). A node started later
+    // must not form a second cluster beside them.
+    let mut c = formed(&FIVE[..3]).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = c.table();
+    for p in &FIVE[..3] {
+        if let Some(n) = c.get(p) {
+            n.store.set_cut(true);
+        }
+    }
+    c.store.delete();
+    c.start("node-d").await?;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(3) {
+        c.check_no_serving_outside_the_table()
+            .map_err(anyhow::Error::msg)?;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    for p in &FIVE[..3] {
+        if let Some(n) = c.get(p) {
+            n.store.set_cut(false);
+        }
+    }
+    until(
+        "a, b, c, d Up in one table",
+        Duration::from_secs(15),
+        &c,
+        |c| c.all_up(&["node-a", "node-b", "node-c", "node-d"]),
+    )
+    .await?;
+    assert_eq!(c.table().cluster, before.cluster, "{:?}", c.table());
+    Ok(())
+}

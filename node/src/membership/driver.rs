@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
-use troupe_contract::{MemberStatus, MemberTable};
+use troupe_contract::{Member, MemberStatus, MemberTable};
 
 use super::state::{MemberState, Write};
 use super::{Command, Identity, ProbeResult};
@@ -45,6 +45,7 @@ pub(crate) struct Driver<S> {
     view: watch::Sender<MembershipView>,
     table_tx: watch::Sender<MemberTable>,
     probes: mpsc::Receiver<ProbeResult>,
+    survey: watch::Sender<Vec<Member>>,
     changes: Option<ChangeStream>,
     resubscribe_at: Instant,
 }
@@ -62,6 +63,7 @@ impl<S: MemberStore> Driver<S> {
         view: watch::Sender<MembershipView>,
         table_tx: watch::Sender<MemberTable>,
         probes: mpsc::Receiver<ProbeResult>,
+        survey: watch::Sender<Vec<Member>>,
     ) -> Self {
         let now = seams::now();
         let (me, started_at_ms) = {
@@ -80,6 +82,7 @@ impl<S: MemberStore> Driver<S> {
             view,
             table_tx,
             probes,
+            survey,
             changes: None,
             resubscribe_at: now,
         }
@@ -134,9 +137,9 @@ impl<S: MemberStore> Driver<S> {
             }
             Some(r) = self.probes.recv() => {
                 let now = seams::now();
-                self.state.on_probe(r, now);
+                self.on_probe(r, now);
                 while let Ok(r) = self.probes.try_recv() {
-                    self.state.on_probe(r, now);
+                    self.on_probe(r, now);
                 }
                 self.publish();
                 Event::News
@@ -148,6 +151,14 @@ impl<S: MemberStore> Driver<S> {
                 Event::News
             }
             _ = tick.tick() => Event::News,
+        }
+    }
+
+    fn on_probe(&mut self, r: ProbeResult, now: Instant) {
+        if r.survey {
+            self.state.on_survey(r.reply.as_ref(), r.sent_at);
+        } else {
+            self.state.on_probe(r, now);
         }
     }
 
@@ -277,6 +288,15 @@ impl<S: MemberStore> Driver<S> {
                 }
             }
         }
+        let targets = self.state.survey(&self.pods.borrow());
+        self.survey.send_if_modified(|t| {
+            if *t != targets {
+                *t = targets;
+                true
+            } else {
+                false
+            }
+        });
         self.publish();
     }
 
@@ -400,6 +420,7 @@ async fn next_command(commands: Option<&mut mpsc::Receiver<Command>>) -> Option<
 pub(crate) async fn probe_loop<P: Prober>(
     prober: P,
     mut view: watch::Receiver<MembershipView>,
+    survey: watch::Receiver<Vec<Member>>,
     tx: mpsc::Sender<ProbeResult>,
     timing: Timing,
 ) {
@@ -422,6 +443,25 @@ pub(crate) async fn probe_loop<P: Prober>(
             (v.me.clone(), v.table.clone())
         };
         probed.retain(|k| table.members.iter().any(|m| k.is(m)));
+        if all {
+            let targets = survey.borrow().clone();
+            for member in targets {
+                let prober = prober.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let sent_at = seams::now();
+                    let reply = prober.probe(&member).await.ok();
+                    let _ = tx
+                        .send(ProbeResult {
+                            key: MemberKey::new(member.pod, String::new()),
+                            sent_at,
+                            reply,
+                            survey: true,
+                        })
+                        .await;
+                });
+            }
+        }
         for m in &table.members {
             let key = MemberKey::of(m);
             if me.is(m) || m.status == MemberStatus::Down || (!all && probed.contains(&key)) {
@@ -449,6 +489,7 @@ pub(crate) async fn probe_loop<P: Prober>(
                         key,
                         sent_at,
                         reply,
+                        survey: false,
                     })
                     .await;
             });

@@ -24,8 +24,9 @@
 //! * a Lease found **absent** (deleted) or **stripped** (no table) is not store contact:
 //!   a node that follows a cluster stops serving and **restores** its last table into it
 //!   with `epoch + 1` (create, or CAS over the stripped record: one restorer wins, the
-//!   others adopt the higher epoch); a fresh node forms a new cluster only on a cold start,
-//!   or after a restore grace with the Lease still missing;
+//!   others adopt the higher epoch); a fresh node never forms a new cluster while a peer
+//!   pod answers that it follows one, and otherwise only on a cold start, or after a
+//!   restore grace with the Lease still missing;
 //! * after adopting a later epoch a node waits `isolation_timeout` before serving it, so
 //!   that whoever still served the previous epoch has stopped.
 //!
@@ -93,4 +94,7 @@ pub(crate) struct ProbeResult {
     pub(crate) key: MemberKey,
     pub(crate) sent_at: Instant,
     pub(crate) reply: Option<PingReply>,
+    /// A probe of a pod outside the table (a fresh node asking whether anybody follows
+    /// a cluster), answered by whatever incarnation runs there.
+    pub(crate) survey: bool,
 }

@@ -11,7 +11,7 @@
 use std::cmp::Ordering;
 use std::time::{Duration, Instant};
 
-use troupe_contract::{MemberStatus, MemberTable};
+use troupe_contract::{Member, MemberStatus, MemberTable};
 
 use crate::coordinator::{self, Change};
 use crate::discovery::PodSet;
@@ -19,6 +19,7 @@ use crate::election::{self, Eligibility, LeaseObserver, Role};
 use crate::failure_detector::{FailureDetector, quorum};
 use crate::member_key::MemberKey;
 use crate::membership::{Identity, ProbeResult};
+use crate::probe::PingReply;
 use crate::seams::Sources;
 use crate::store::{LeaseRecord, Stored};
 use crate::timing::Timing;
@@ -83,6 +84,8 @@ pub(crate) struct MemberState {
     lost: Option<(Instant, Instant)>,
     /// After adopting a later epoch, serving waits until then.
     epoch_hold: Option<Instant>,
+    /// When a peer pod last answered (a fresh node's survey) that it follows a cluster.
+    follower_seen: Option<Instant>,
     observer: LeaseObserver,
     fd: FailureDetector,
     /// Last store contact, direct or through a peer (when the confirming call was sent).
@@ -122,6 +125,7 @@ impl MemberState {
             following: false,
             lost: None,
             epoch_hold: None,
+            follower_seen: None,
             observer: LeaseObserver::new(now),
             fd: FailureDetector::default(),
             store_contact: None,
@@ -270,10 +274,39 @@ impl MemberState {
         }
     }
 
+    /// The pods a fresh node asks, while the Lease holds no table, whether they follow a
+    /// cluster: every peer pod but itself. Empty otherwise.
+    pub(crate) fn survey(&self, pods: &PodSet) -> Vec<Member> {
+        if self.following || !matches!(self.lease, LeaseState::Absent | LeaseState::Stripped(_)) {
+            return Vec::new();
+        }
+        pods.peers()
+            .filter(|(name, _)| *name != self.identity.pod)
+            .map(|(name, ip)| Member {
+                pod: name.to_owned(),
+                incarnation: String::new(),
+                address: ip.to_owned(),
+                status: MemberStatus::Up,
+                since_version: 0,
+            })
+            .collect()
+    }
+
+    /// A survey answer (see [`MemberState::survey`]) to a probe sent at `sent_at`.
+    pub(crate) fn on_survey(&mut self, reply: Option<&PingReply>, sent_at: Instant) {
+        let follows =
+            reply.is_some_and(|r| !r.table.cluster.is_empty() && !r.table.members.is_empty());
+        if follows {
+            self.follower_seen = self.follower_seen.max(Some(sent_at));
+        }
+    }
+
     /// Makes `table` (of our cluster, not older) the node's table, and notices whether
     /// this incarnation was evicted.
     fn adopt(&mut self, table: MemberTable, now: Instant) {
-        if self.following && table.epoch > self.table.epoch {
+        if table.epoch > self.table.epoch {
+            // A later epoch (also the first table of a fresh node, if restored): whoever
+            // still serves the previous epoch stops within the isolation timeout.
             tracing::info!(cluster = %table.cluster, epoch = table.epoch, version = table.version, "following a restored member table");
             self.epoch_hold = Some(now + self.timing.isolation_timeout);
         }
@@ -492,8 +525,22 @@ impl MemberState {
     /// A fresh node may form a new cluster on a missing table at once on a cold start (no
     /// other pod's node started clearly before this one), otherwise only once the table
     /// stayed missing for the restore grace.
-    fn may_form(&mut self, pods: &PodSet) -> bool {
+    fn may_form(&mut self, now: Instant, pods: &PodSet) -> bool {
         let grace = self.restore_grace();
+        if self
+            .follower_seen
+            .is_some_and(|t| now.saturating_duration_since(t) < grace)
+        {
+            // Somebody still follows a cluster (it cannot reach the store, or has not yet
+            // read the loss): it will restore the table; forming now would split.
+            if !self.waiting_for_restore_logged {
+                self.waiting_for_restore_logged = true;
+                tracing::info!(
+                    "no member table in the Lease, but a peer follows a cluster: waiting for it to restore the table"
+                );
+            }
+            return false;
+        }
         let mine = pods
             .pods
             .get(&self.identity.pod)
@@ -518,8 +565,8 @@ impl MemberState {
 
     /// A new cluster (a new random id, epoch 0) with this node Up and holding the
     /// coordinator lease — if this node may form one now.
-    fn form(&mut self, base: Option<String>, _now: Instant, pods: &PodSet) -> Write {
-        if !self.may_form(pods) {
+    fn form(&mut self, base: Option<String>, now: Instant, pods: &PodSet) -> Write {
+        if !self.may_form(now, pods) {
             return Write::Nothing;
         }
         let mut table = MemberTable {
@@ -554,7 +601,6 @@ pub(crate) fn lease_seconds(d: Duration) -> i32 {
 mod tests {
     use super::*;
     use crate::discovery::PodInfo;
-    use crate::probe::PingReply;
 
     const MS: Duration = Duration::from_millis(1);
 
@@ -608,6 +654,7 @@ mod tests {
                 table,
                 store_age_ms: Some(0),
             }),
+            survey: false,
         }
     }
 
@@ -745,6 +792,30 @@ mod tests {
             late.desired(t0 + grace, &pods),
             Write::Form { .. }
         ));
+    }
+
+    #[test]
+    fn a_fresh_node_never_forms_while_a_peer_follows_a_cluster() {
+        let t0 = Instant::now();
+        let pods = PodSet::from_list([("d", "10.0.0.4"), ("a", "10.0.0.1")]);
+        let mut s = state("d", t0);
+        s.on_absent(None, t0);
+        let targets = s.survey(&pods);
+        let asked: Vec<&str> = targets.iter().map(|m| m.pod.as_str()).collect();
+        assert_eq!(asked, ["a"]);
+        let answer = reply("a", table(0, &["a"]), t0);
+        s.on_survey(answer.reply.as_ref(), t0);
+        assert_eq!(
+            s.desired(t0, &pods),
+            Write::Nothing,
+            "formed beside a follower"
+        );
+
+        let mut s = state("d", t0);
+        s.on_absent(None, t0);
+        let fresh = reply("a", MemberTable::default(), t0);
+        s.on_survey(fresh.reply.as_ref(), t0);
+        assert!(matches!(s.desired(t0, &pods), Write::Form { .. }));
     }
 
     #[test]
