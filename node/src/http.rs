@@ -8,8 +8,6 @@
 //! | `GET /cluster/ping` | [`crate::probe::PingReply`]: what peers probe |
 //! | `GET /cluster/self` | this node's [`crate::view::MembershipView`] summary |
 
-use std::time::Instant;
-
 use axum::Json;
 use axum::Router;
 use axum::extract::State;
@@ -68,7 +66,7 @@ async fn members(State(s): State<Management>) -> Response {
 }
 
 async fn ping(State(s): State<Management>) -> Json<PingReply> {
-    let now = Instant::now();
+    let now = crate::seams::now();
     let v = s.view.borrow();
     Json(PingReply {
         pod: v.me.pod.clone(),
@@ -96,7 +94,7 @@ async fn self_view(State(s): State<Management>) -> Json<serde_json::Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::failure_detector::MemberKey;
+    use crate::member_key::MemberKey;
     use crate::metrics::Metrics;
     use axum::body::Body;
     use axum::http::Request;
@@ -132,9 +130,9 @@ mod tests {
         if let Some(m) = &metrics {
             m.set_table(&table);
         }
-        let mut view = MembershipView::starting(MemberKey::new("a", "i1"));
+        let mut view = MembershipView::starting(MemberKey::new("a", "i1"), 0);
         view.table = table.clone();
-        view.store_contact = Some(Instant::now());
+        view.store_contact = Some(std::time::Instant::now());
         let (_tx, rx) = watch::channel(view);
         let app = router(Management {
             health: Health::default(),
