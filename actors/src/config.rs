@@ -107,8 +107,14 @@ pub struct RuntimeConfig {
     pub ask_timeout: Duration,
     /// Largest client request body (bytes); larger ones get 413.
     pub max_body_bytes: usize,
-    /// Largest node-to-node frame (bytes); larger ones close the connection.
+    /// Largest node-to-node frame (bytes); larger ones close the connection. Actor
+    /// states and replies must stay [`crate::wire::FRAME_OVERHEAD`] below it.
     pub max_frame_bytes: usize,
+    /// How long a claimant waits, after it first sees a previous owner Down, before it
+    /// activates the actor without that owner's state when the owner does not answer.
+    /// Must cover the time a downed node may still serve before it notices (the
+    /// membership's isolation timeout plus the feed delay).
+    pub down_grace: Duration,
     /// Port peers listen on when a member's address carries no port.
     pub transport_port: u16,
     /// Base URL of the sidecar application (`TROUPE_APP_URL`), if any.
@@ -157,6 +163,7 @@ impl RuntimeConfig {
             passivate_after: Duration::from_secs(120),
             supervision: SupervisionConfig::default(),
             ask_timeout: Duration::from_secs(5),
+            down_grace: Duration::from_secs(3),
             max_body_bytes: 1 << 20,
             max_frame_bytes: 8 << 20,
             transport_port: troupe_contract::ports::TRANSPORT,

@@ -52,6 +52,9 @@ pub struct TypeStats {
     pub dropped_newest: IntCounter,
     /// Lost with a failed hand-over or an unreachable owner.
     pub undeliverable: IntCounter,
+    /// Accepted tells dropped because their activation was stopped at once (the node
+    /// stopped serving or was downed).
+    pub aborted: IntCounter,
     /// Refused: reject policy.
     pub rejected_full: IntCounter,
     /// Refused: backpressure timeout.
@@ -201,6 +204,9 @@ impl RuntimeMetrics {
             undeliverable: self
                 .dead_letters
                 .with_label_values(&[actor_type, "undeliverable"]),
+            aborted: self
+                .dead_letters
+                .with_label_values(&[actor_type, "aborted"]),
             rejected_full: self
                 .rejected
                 .with_label_values(&[actor_type, "mailbox_full"]),

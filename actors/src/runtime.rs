@@ -44,10 +44,13 @@ use std::{
 
 use bytes::Bytes;
 use tokio::sync::watch;
-use troupe_contract::MemberTable;
+use troupe_contract::{MemberStatus, MemberTable};
 
 use crate::{
-    activation::{self, Activation, Claimed, HandOffOutcome, RunSettings, TypeEntry, newest},
+    activation::{
+        self, Activation, Claimed, Generation, HandOffOutcome, RunSettings, State, TypeEntry,
+        newest,
+    },
     behavior::ActorType,
     builtin::{CounterType, EchoType, KvType, LoadType},
     config::RuntimeConfig,
@@ -55,7 +58,7 @@ use crate::{
     mailbox::{Envelope, Push, retry_after},
     message::{Answer, Message, valid_name},
     metrics::RuntimeMetrics,
-    placement::{PlacedMember, Placement, PlacementHistory},
+    placement::{PlacedMember, Placement, PlacementHistory, Pushed, TableOrder},
     sidecar::{SidecarApp, SidecarType},
     transport::{self, Peers, TransportError},
     wire::{Request, Response},
@@ -69,6 +72,10 @@ const MAX_ATTEMPTS: usize = 64;
 const MAX_TYPES: usize = 256;
 /// How long a routing decision waits for a newer member table.
 const TABLE_WAIT: Duration = Duration::from_secs(2);
+/// Most owners one claim asks, following [`Response::Moved`] answers included.
+const MAX_CLAIM_CHAIN: usize = 16;
+/// Most tombstones a node keeps (one per actor claimed away from it).
+const MAX_TOMBSTONES: usize = 64 * 1024;
 
 /// The result of [`ActorRuntime::drain`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -97,9 +104,77 @@ pub struct ActorRuntime {
     pub(crate) inner: Arc<Inner>,
 }
 
-/// `(type, id)` → (table version, pod) of a claim from a node with a newer table: until
-/// this node's table catches up, messages for that actor go to that pod.
-type Tombstones = Mutex<HashMap<(Arc<str>, Box<str>), (u64, Arc<str>)>>;
+/// Where an actor went when it was claimed away from this node.
+#[derive(Clone, Debug)]
+struct Tombstone {
+    /// The claimant's table order.
+    order: TableOrder,
+    /// The claimant.
+    pod: Arc<str>,
+    /// Its transport address.
+    address: Arc<str>,
+}
+
+/// `(type, id)` → the claim that took the actor away. While the claim's table is newer
+/// than this node's, messages for that actor go to the claimant; and a later claimant is
+/// told where the actor went ([`Response::Moved`]), so claims follow the actor even when
+/// a node skipped table versions.
+type Tombstones = Mutex<HashMap<(Arc<str>, Box<str>), Tombstone>>;
+
+/// What a claimant does about a previous owner that does not answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Unanswered {
+    /// Keep trying (it may still run the actor): never activate without its state.
+    Wait,
+    /// It holds nothing any more (gone from the table, or Down for longer than the grace
+    /// period): activate without its state, counted as a missed hand-over.
+    Gone,
+}
+
+/// The fail-open rule of a claim, as a pure function: `status` is the previous owner's
+/// status in the claimant's current table (`None`: not in it, or another incarnation),
+/// `down_for` how long the claimant has seen it Down.
+pub(crate) fn unanswered(
+    status: Option<MemberStatus>,
+    down_for: Option<Duration>,
+    grace: Duration,
+) -> Unanswered {
+    match status {
+        None => Unanswered::Gone,
+        Some(MemberStatus::Down) if down_for.is_some_and(|d| d >= grace) => Unanswered::Gone,
+        Some(_) => Unanswered::Wait,
+    }
+}
+
+/// How a node stands in a new table compared with the one before.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Standing {
+    /// Nothing changed for what it may hold.
+    Member,
+    /// Downed, replaced by a new incarnation, removed without leaving, or the table is
+    /// of another cluster: its activations and states are stale; stop at once.
+    Evicted,
+}
+
+/// Pure: `before`/`after` are this pod's (incarnation, status) in the previous and the
+/// new table; `other_cluster` whether the new table has another cluster id.
+pub(crate) fn standing(
+    before: Option<(&str, MemberStatus)>,
+    after: Option<(&str, MemberStatus)>,
+    other_cluster: bool,
+) -> Standing {
+    if other_cluster && before.is_some() {
+        return Standing::Evicted;
+    }
+    match (before, after) {
+        (Some((_, MemberStatus::Down)), _) | (None, _) => Standing::Member,
+        (Some(_), Some((_, MemberStatus::Down))) => Standing::Evicted,
+        (Some((a, _)), Some((b, _))) if a != b => Standing::Evicted,
+        (Some((_, MemberStatus::Leaving)), None) => Standing::Member,
+        (Some(_), None) => Standing::Evicted,
+        _ => Standing::Member,
+    }
+}
 
 #[derive(Debug)]
 pub(crate) struct Inner {
@@ -108,11 +183,15 @@ pub(crate) struct Inner {
     types: RwLock<HashMap<Arc<str>, Arc<TypeEntry>, foldhash::fast::RandomState>>,
     sidecar: Option<SidecarApp>,
     view: RwLock<PlacementHistory>,
-    version: watch::Sender<u64>,
-    accepting: AtomicBool,
+    /// The cluster id and table order routed by; bumped on every recorded table.
+    order: watch::Sender<(Arc<str>, TableOrder)>,
+    /// Until when this node may own and run actors ([`ActorRuntime::set_serving_until`]).
+    serving_until: watch::Sender<Option<Instant>>,
     draining: AtomicBool,
     peers: Peers,
     tombstones: Tombstones,
+    /// `(pod, incarnation)` → when this node first saw it Down.
+    down_since: Mutex<HashMap<(Arc<str>, Arc<str>), Instant>>,
     inflight: AtomicUsize,
     settings: RunSettings,
 }
@@ -147,16 +226,32 @@ impl Drop for InFlight<'_> {
 
 enum Decision {
     Local,
-    Forward(PlacedMember, u64),
-    NoOwner(u64),
+    Forward(PlacedMember, TableOrder),
+    NoOwner,
+}
+
+/// What one previous owner answered to a claim.
+enum Grant {
+    /// Released, with its state if it had one.
+    State(Option<State>),
+    /// It does not hold the actor: it went to this member; claim from it too.
+    Moved(PlacedMember),
+}
+
+/// A deadline "for ever" for [`ActorRuntime::set_accepting`].
+fn far_future() -> Instant {
+    let now = Instant::now();
+    now.checked_add(Duration::from_secs(10 * 365 * 86_400))
+        .unwrap_or(now + Duration::from_secs(86_400))
 }
 
 impl ActorRuntime {
     /// A runtime with the built-in types (`counter`, `kv`, `echo`, `load`), the types in
     /// `config.actor_types`, and the sidecar's types when `config.app_url` is set. Its
     /// metrics are registered in `registry`. It owns no actor until
-    /// [`update_members`](Self::update_members) makes it an Up member, and its client API
-    /// answers 503 until [`set_accepting(true)`](Self::set_accepting).
+    /// [`update_members`](Self::update_members) makes it an Up member, and it serves
+    /// nothing (503) until [`set_serving_until`](Self::set_serving_until) (or
+    /// [`set_accepting(true)`](Self::set_accepting)).
     ///
     /// Must be called inside a Tokio runtime.
     pub fn new(config: RuntimeConfig, registry: &prometheus::Registry) -> Result<Self, Error> {
@@ -165,7 +260,11 @@ impl ActorRuntime {
         let sidecar = config.app_url.as_deref().map(SidecarApp::new);
         let mut factories: Vec<Arc<dyn ActorType>> = vec![
             Arc::new(CounterType),
-            Arc::new(KvType),
+            Arc::new(KvType {
+                max_state_bytes: config
+                    .max_frame_bytes
+                    .saturating_sub(crate::wire::FRAME_OVERHEAD),
+            }),
             Arc::new(EchoType),
             Arc::new(LoadType {
                 sleep_us: config.load_work.0,
@@ -202,11 +301,12 @@ impl ActorRuntime {
                 types: RwLock::new(types),
                 sidecar,
                 view: RwLock::new(PlacementHistory::default()),
-                version: watch::Sender::new(0),
-                accepting: AtomicBool::new(false),
+                order: watch::Sender::new(("".into(), (0, 0))),
+                serving_until: watch::Sender::new(None),
                 draining: AtomicBool::new(false),
                 peers,
                 tombstones: Mutex::default(),
+                down_since: Mutex::default(),
                 inflight: AtomicUsize::new(0),
                 settings,
             }),
@@ -223,6 +323,10 @@ impl ActorRuntime {
                 })
                 .unwrap_or_default()
         }));
+        tokio::spawn(stop_when_serving_lapses(
+            Arc::downgrade(&rt.inner),
+            rt.inner.serving_until.subscribe(),
+        ));
         Ok(rt)
     }
 
@@ -252,29 +356,97 @@ impl ActorRuntime {
         Ok(())
     }
 
-    /// Feeds a new member table (call on every change). Older or equal versions are
-    /// ignored. Actors this node no longer owns are closed and their state handed over.
+    /// Feeds a new member table (call on every change). Tables are ordered with
+    /// [`MemberTable::compare`]: older or equal ones of the same cluster are ignored; one of
+    /// another cluster id replaces the history. Actors this node no longer owns are closed
+    /// and their state handed over. When the table downs this node, replaces its
+    /// incarnation, removes it without a leave, or belongs to another cluster, every
+    /// activation stops at once and every kept state is dropped (they are stale: other
+    /// nodes activate those actors without them).
     pub fn update_members(&self, table: &MemberTable) {
         let port = self.inner.config.transport_port;
-        let placement = Placement::from_table(table, |a| transport_addr(a, port));
-        let version = placement.version;
-        if !write(&self.inner.view).push(Arc::new(placement)) {
+        let placement = Arc::new(Placement::from_table(table, |a| transport_addr(a, port)));
+        let pod = self.inner.config.pod.clone();
+        let (pushed, before) = {
+            let mut view = write(&self.inner.view);
+            let before = view
+                .current()
+                .and_then(|p| p.member(&pod).map(|(m, s)| (m.incarnation.clone(), *s)));
+            (view.push(placement.clone()), before)
+        };
+        if !pushed.recorded() {
             return;
         }
-        lock(&self.inner.tombstones).retain(|_, (v, _)| *v > version);
-        self.inner.version.send_replace(version);
+        let after = placement
+            .member(&pod)
+            .map(|(m, s)| (m.incarnation.clone(), *s));
+        let verdict = standing(
+            before.as_ref().map(|(i, s)| (&**i, *s)),
+            after.as_ref().map(|(i, s)| (&**i, *s)),
+            pushed == Pushed::OtherCluster,
+        );
+        {
+            let now = Instant::now();
+            let mut down = lock(&self.inner.down_since);
+            down.retain(|(p, i), _| placement.status_of(p, i) == Some(MemberStatus::Down));
+            for (m, s) in &placement.members {
+                if *s == MemberStatus::Down {
+                    down.entry((m.pod.clone(), m.incarnation.clone()))
+                        .or_insert(now);
+                }
+            }
+        }
+        {
+            let mut t = lock(&self.inner.tombstones);
+            if pushed == Pushed::OtherCluster {
+                t.clear();
+            } else {
+                // Claimants gone from the table hold nothing to follow.
+                t.retain(|_, s| placement.member(&s.pod).is_some());
+            }
+        }
+        if verdict == Standing::Evicted {
+            self.inner.evict(&placement);
+        }
+        self.inner
+            .order
+            .send_replace((placement.cluster.clone(), placement.order));
         let inner = self.inner.clone();
         tokio::spawn(async move { inner.rebalance().await });
     }
 
-    /// Whether the client API takes work (the node is Ready). Starts `false`.
-    pub fn set_accepting(&self, accepting: bool) {
-        self.inner.accepting.store(accepting, Ordering::Release);
+    /// Until when this node may own and run actors: feed it from the membership view's
+    /// serving deadline on every change. Every delivery (client API, in-process `ask`,
+    /// `tell`, [`ActorRef`], and transport `Deliver` from peers) is refused with
+    /// [`DeliveryError::NotAccepting`] once it passed, and when it passes every activation
+    /// stops at once (queued asks answer 503, queued tells are counted as aborted), keeping
+    /// its state. While draining, a lapse does not stop activations (they finish their
+    /// mailboxes and hand over) and peers' `Deliver` is still taken.
+    pub fn set_serving_until(&self, until: Option<Instant>) {
+        self.inner.serving_until.send_replace(until);
     }
 
-    /// See [`set_accepting`](Self::set_accepting).
+    /// Tests and standalone mode: `true` serves with no deadline (and ends a drain),
+    /// `false` stops taking client work like a leaving node ([`set_draining`](Self::set_draining)).
+    pub fn set_accepting(&self, accepting: bool) {
+        if accepting {
+            self.inner.draining.store(false, Ordering::Release);
+            self.set_serving_until(Some(far_future()));
+        } else {
+            self.set_draining(true);
+        }
+    }
+
+    /// Marks the node as leaving: the client API and in-process calls answer 503, peers'
+    /// forwards are still taken, and activations finish their mailboxes even after the
+    /// serving deadline. Call it before the member table marks this node Leaving.
+    pub fn set_draining(&self, draining: bool) {
+        self.inner.draining.store(draining, Ordering::Release);
+    }
+
+    /// Whether the client API takes work: serving now and not draining.
     pub fn is_accepting(&self) -> bool {
-        self.inner.accepting.load(Ordering::Acquire) && !self.inner.draining.load(Ordering::Acquire)
+        self.inner.accepting_clients()
     }
 
     /// Graceful leave. Call after the member table marks this node Leaving (or removes it)
@@ -288,6 +460,9 @@ impl ActorRuntime {
 
     /// Sends `message` to `(actor_type, id)` and waits for the reply.
     pub async fn ask(&self, actor_type: &str, id: &str, message: Message) -> Answer {
+        if !self.inner.accepting_clients() {
+            return Err(DeliveryError::NotAccepting);
+        }
         self.inner.deliver(actor_type, id, message, true, 0).await
     }
 
@@ -298,6 +473,9 @@ impl ActorRuntime {
         id: &str,
         message: Message,
     ) -> Result<(), DeliveryError> {
+        if !self.inner.accepting_clients() {
+            return Err(DeliveryError::NotAccepting);
+        }
         self.inner
             .deliver(actor_type, id, message, false, 0)
             .await
@@ -347,9 +525,14 @@ impl ActorRuntime {
         self.inner.metrics.total_depth()
     }
 
-    /// The member-table version this runtime routes by.
+    /// The member-table version this runtime routes by (within its epoch).
     pub fn members_version(&self) -> u64 {
-        *self.inner.version.borrow()
+        self.inner.order.borrow().1.1
+    }
+
+    /// The `(epoch, version)` of the member table this runtime routes by.
+    pub fn members_order(&self) -> TableOrder {
+        self.inner.order.borrow().1
     }
 
     /// Names of the actor types known now (sidecar types appear on first use unless listed).
@@ -434,6 +617,9 @@ impl ActorRef {
     }
 
     async fn send(&mut self, mut env: Envelope) -> Result<(), DeliveryError> {
+        if !self.inner.accepting_clients() {
+            return Err(DeliveryError::NotAccepting);
+        }
         if let Some(act) = &self.cached {
             match settle(&self.entry, &self.id, act, act.mailbox.push(env).await) {
                 Ok(done) => return done,
@@ -475,9 +661,85 @@ impl ActorRef {
     }
 }
 
+/// Stops every activation at once whenever the serving deadline passes (not while
+/// draining). Ends with the runtime.
+async fn stop_when_serving_lapses(
+    inner: std::sync::Weak<Inner>,
+    mut rx: watch::Receiver<Option<Instant>>,
+) {
+    loop {
+        let until = *rx.borrow_and_update();
+        let lapse = async {
+            if let Some(t) = until {
+                tokio::time::sleep_until(t.into()).await;
+            }
+        };
+        tokio::select! {
+            () = lapse => {
+                let Some(inner) = inner.upgrade() else { return };
+                if !inner.serving_now() && !inner.draining.load(Ordering::Acquire) {
+                    let n = inner.stop_all(true);
+                    if n > 0 {
+                        tracing::warn!(actors = n, "serving lapsed: every activation stopped at once");
+                    }
+                }
+                drop(inner);
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+            r = rx.changed() => if r.is_err() { return },
+        }
+    }
+}
+
 impl Inner {
     pub(crate) fn inflight(&self) -> InFlight<'_> {
         InFlight::new(&self.inflight)
+    }
+
+    /// Whether the serving deadline has not passed.
+    fn serving_now(&self) -> bool {
+        self.serving_until
+            .borrow()
+            .is_some_and(|u| Instant::now() <= u)
+    }
+
+    /// Whether client and in-process work is taken.
+    pub(crate) fn accepting_clients(&self) -> bool {
+        self.serving_now() && !self.draining.load(Ordering::Acquire)
+    }
+
+    /// Whether peers' forwarded messages are taken.
+    fn accepting_peers(&self) -> bool {
+        self.serving_now() || self.draining.load(Ordering::Acquire)
+    }
+
+    /// Stops every activation at once; returns how many.
+    fn stop_all(&self, keep_state: bool) -> usize {
+        let mut n = 0;
+        for entry in self.entries() {
+            for (_, act) in entry.activations() {
+                act.stop_now(keep_state);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// This node was downed, replaced or removed (or the cluster changed): stop every
+    /// activation at once and drop every kept state.
+    fn evict(&self, placement: &Placement) {
+        let stopped = self.stop_all(false);
+        let dropped: usize = self.entries().iter().map(|e| e.drop_parked()).sum();
+        lock(&self.tombstones).clear();
+        tracing::warn!(
+            order = ?placement.order,
+            cluster = %placement.cluster,
+            stopped,
+            dropped,
+            "this node is no longer a member of the cluster it ran actors for: activations stopped at once, kept states dropped"
+        );
     }
 
     fn current(&self) -> Option<Arc<Placement>> {
@@ -510,31 +772,42 @@ impl Inner {
         Ok(entry)
     }
 
-    async fn wait_for_version(&self, version: u64, timeout: Duration) -> bool {
-        let mut rx = self.version.subscribe();
-        tokio::time::timeout(timeout, rx.wait_for(|v| *v >= version))
+    /// Waits until the table order reaches `order` (or the cluster id changes).
+    async fn wait_for_order(&self, order: TableOrder, timeout: Duration) -> bool {
+        let mut rx = self.order.subscribe();
+        let cluster = rx.borrow().0.clone();
+        tokio::time::timeout(timeout, rx.wait_for(|(c, o)| *c != cluster || *o >= order))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Waits for any newer table.
+    async fn wait_for_newer_table(&self, timeout: Duration) -> bool {
+        let mut rx = self.order.subscribe();
+        rx.borrow_and_update();
+        tokio::time::timeout(timeout, rx.changed())
             .await
             .is_ok_and(|r| r.is_ok())
     }
 
     fn decide(&self, entry: &TypeEntry, id: &str) -> Decision {
         let Some(p) = self.current() else {
-            return Decision::NoOwner(0);
+            return Decision::NoOwner;
         };
         {
             let tombstones = lock(&self.tombstones);
             if !tombstones.is_empty()
-                && let Some((v, pod)) = tombstones.get(&(entry.name.clone(), Box::from(id)))
-                && *v > p.version
-                && let Some(m) = p.alive_member(pod)
+                && let Some(t) = tombstones.get(&(entry.name.clone(), Box::from(id)))
+                && t.order > p.order
+                && let Some(m) = p.alive_member(&t.pod)
             {
-                return Decision::Forward(m.clone(), *v);
+                return Decision::Forward(m.clone(), t.order);
             }
         }
         match p.owner(&entry.name, id) {
-            None => Decision::NoOwner(p.version),
+            None => Decision::NoOwner,
             Some(m) if *m.pod == *self.config.pod => Decision::Local,
-            Some(m) => Decision::Forward(m.clone(), p.version),
+            Some(m) => Decision::Forward(m.clone(), p.order),
         }
     }
 
@@ -602,11 +875,11 @@ impl Inner {
                         self.spawn_activation(entry.clone(), id.into(), act);
                     }
                 }
-                Decision::Forward(member, version) => {
-                    return self.forward(&member, entry, id, env, version, hops).await;
+                Decision::Forward(member, order) => {
+                    return self.forward(&member, entry, id, env, order, hops).await;
                 }
-                Decision::NoOwner(version) => {
-                    if !self.wait_for_version(version + 1, TABLE_WAIT).await {
+                Decision::NoOwner => {
+                    if !self.wait_for_newer_table(TABLE_WAIT).await {
                         return Err(DeliveryError::Unavailable(
                             "no Up member owns actors yet".into(),
                         ));
@@ -626,7 +899,7 @@ impl Inner {
         entry: &TypeEntry,
         id: &str,
         env: Envelope,
-        version: u64,
+        order: TableOrder,
         hops: u8,
     ) -> Result<(), DeliveryError> {
         if hops >= MAX_HOPS {
@@ -643,7 +916,7 @@ impl Inner {
         let ask = env.reply.is_some();
         let request = Request::Deliver {
             ask,
-            version,
+            order,
             hops: hops + 1,
             actor_type: entry.name.to_string(),
             id: id.to_owned(),
@@ -663,6 +936,7 @@ impl Inner {
                 member.pod
             ))),
             Err(TransportError::Timeout(_)) => Err(DeliveryError::Timeout(timeout)),
+            Err(e @ TransportError::TooLarge(..)) => Err(DeliveryError::TooLarge(e.to_string())),
             Err(e) => Err(DeliveryError::Unavailable(e.to_string())),
         };
         match env.reply {
@@ -711,33 +985,60 @@ impl Inner {
         ));
     }
 
-    /// The claim protocol, run by a new activation before it handles anything.
+    /// The claim protocol, run by a new activation before it handles anything: claim from
+    /// every previous owner in the history, and from every member a claimed node says the
+    /// actor went to ([`Response::Moved`]), so the chain is followed even when this node
+    /// skipped table versions.
     async fn claim(self: &Arc<Self>, entry: &TypeEntry, id: &str, act: &Activation) -> Claimed {
-        let (candidates, version) = {
+        let (mut queue, current) = {
             let view = read(&self.view);
+            let Some(current) = view.current().cloned() else {
+                return Claimed::Abort;
+            };
             (
-                view.previous_owners(&entry.name, id, &self.config.pod),
-                view.current().map_or(0, |p| p.version),
+                std::collections::VecDeque::from(view.previous_owners(
+                    &entry.name,
+                    id,
+                    &self.config.pod,
+                )),
+                current,
             )
         };
+        let me_addr = current
+            .member(&self.config.pod)
+            .map(|(m, _)| m.transport_addr.to_string())
+            .unwrap_or_default();
+        let mut asked: Vec<Arc<str>> = Vec::new();
         let mut best = None;
         let mut abort = false;
-        if !candidates.is_empty() {
-            let results = futures::future::join_all(
-                candidates
-                    .iter()
-                    .map(|c| self.claim_from(c, version, entry, id)),
-            )
-            .await;
-            for r in results {
-                match r {
-                    Ok(state) => {
-                        if state.is_some() {
-                            self.metrics.handovers_in.inc();
-                        }
-                        best = newest(best, state);
+        while let Some(member) = queue.pop_front() {
+            if asked.len() >= MAX_CLAIM_CHAIN {
+                tracing::warn!(actor_type = %entry.name, id, "claim chain too long; not activating");
+                abort = true;
+                break;
+            }
+            asked.push(member.pod.clone());
+            match self
+                .claim_from(&member, &current, &me_addr, entry, id)
+                .await
+            {
+                Ok(Grant::State(state)) => {
+                    if state.is_some() {
+                        self.metrics.handovers_in.inc();
                     }
-                    Err(()) => abort = true,
+                    best = newest(best, state);
+                }
+                Ok(Grant::Moved(next)) => {
+                    if *next.pod != *self.config.pod
+                        && !asked.contains(&next.pod)
+                        && !queue.iter().any(|q| q.pod == next.pod)
+                    {
+                        queue.push_back(next);
+                    }
+                }
+                Err(()) => {
+                    abort = true;
+                    break;
                 }
             }
         }
@@ -747,55 +1048,80 @@ impl Inner {
             }
             return Claimed::Abort;
         }
-        Claimed::Activate(best)
+        // The actor is here again: nothing to forward to, nobody to point claimants at.
+        lock(&self.tombstones).remove(&(entry.name.clone(), Box::from(id)));
+        Claimed::Activate(best, current.order)
     }
 
     async fn claim_from(
         &self,
         member: &PlacedMember,
-        version: u64,
+        current: &Placement,
+        me_addr: &str,
         entry: &TypeEntry,
         id: &str,
-    ) -> Result<Option<(u64, Bytes)>, ()> {
+    ) -> Result<Grant, ()> {
         let give_up = Instant::now() + Duration::from_secs(10);
         loop {
             let request = Request::Claim {
-                version,
+                cluster: current.cluster.to_string(),
+                order: current.order,
                 claimant: self.config.pod.clone(),
+                claimant_addr: me_addr.to_owned(),
                 actor_type: entry.name.to_string(),
                 id: id.to_owned(),
             };
-            match self
+            let error = match self
                 .peers
                 .request(&member.transport_addr, request, self.config.ask_timeout * 3)
                 .await
             {
-                Ok(Response::Claimed(state)) => return Ok(state),
-                Ok(Response::Conflict { version: theirs }) => {
-                    self.wait_for_version(theirs, TABLE_WAIT).await;
+                Ok(Response::Claimed(state)) => return Ok(Grant::State(state)),
+                Ok(Response::Moved {
+                    order,
+                    pod,
+                    address,
+                }) => {
+                    // Resolve through our own table; a pod not in it is gone and holds nothing.
+                    let Some((next, _)) = self.current().and_then(|p| p.member(&pod).cloned())
+                    else {
+                        tracing::debug!(%pod, %address, ?order, "claimed actor went to a pod that is gone");
+                        return Ok(Grant::State(None));
+                    };
+                    return Ok(Grant::Moved(next));
+                }
+                Ok(Response::Conflict { order: theirs }) => {
+                    self.wait_for_order(theirs, TABLE_WAIT).await;
                     return Err(());
                 }
                 Ok(other) => {
                     tracing::debug!(peer = %member.pod, answer = ?other, "claim not granted");
                     return Err(());
                 }
-                Err(TransportError::Refused(_)) => {
-                    self.metrics.handovers_missed.inc();
-                    tracing::warn!(peer = %member.pod, actor_type = %entry.name, id, "previous owner is gone; activating without its state");
-                    return Ok(None);
+                Err(e) => e,
+            };
+            // No answer. Fail open only when it cannot hold the actor any more.
+            let (status, down_for) = match self.current() {
+                Some(p) => {
+                    let status = p.status_of(&member.pod, &member.incarnation);
+                    let since = lock(&self.down_since)
+                        .get(&(member.pod.clone(), member.incarnation.clone()))
+                        .copied();
+                    (status, since.map(|t| t.elapsed()))
                 }
-                Err(e) => {
-                    let alive = self
-                        .current()
-                        .is_some_and(|p| p.is_alive(&member.pod, &member.incarnation));
-                    if !alive {
-                        self.metrics.handovers_missed.inc();
-                        return Ok(None);
-                    }
-                    if Instant::now() > give_up {
-                        tracing::warn!(peer = %member.pod, error = %e, "previous owner unreachable; not activating");
-                        return Err(());
-                    }
+                None => (None, None),
+            };
+            match unanswered(status, down_for, self.config.down_grace) {
+                Unanswered::Gone => {
+                    self.metrics.handovers_missed.inc();
+                    tracing::warn!(peer = %member.pod, ?status, error = %error, actor_type = %entry.name, id, "previous owner is gone; activating without its state");
+                    return Ok(Grant::State(None));
+                }
+                Unanswered::Wait if Instant::now() > give_up => {
+                    tracing::warn!(peer = %member.pod, ?status, error = %error, "previous owner unreachable; not activating");
+                    return Err(());
+                }
+                Unanswered::Wait => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
@@ -807,7 +1133,7 @@ impl Inner {
     fn try_answer_now(&self, request: Request) -> Result<Response, Request> {
         let Request::Deliver {
             ask: false,
-            version,
+            order,
             hops,
             actor_type,
             id,
@@ -819,7 +1145,7 @@ impl Inner {
         };
         let rebuild = |message: Message, actor_type: String, id: String| Request::Deliver {
             ask: false,
-            version,
+            order,
             hops,
             actor_type,
             id,
@@ -827,7 +1153,7 @@ impl Inner {
             payload: message.payload,
         };
         let message = Message::owned(method, payload);
-        let active = if version <= *self.version.borrow() {
+        let active = if self.accepting_peers() && order <= self.order.borrow().1 {
             read(&self.types)
                 .get(actor_type.as_str())
                 .and_then(|e| e.get(&id).map(|a| (e.clone(), a)))
@@ -859,16 +1185,19 @@ impl Inner {
         match request {
             Request::Deliver {
                 ask,
-                version,
+                order,
                 hops,
                 actor_type,
                 id,
                 method,
                 payload,
             } => {
+                if !self.accepting_peers() {
+                    return Response::Failed(DeliveryError::NotAccepting);
+                }
                 let _inflight = self.inflight();
-                if version > *self.version.borrow() {
-                    self.wait_for_version(version, TABLE_WAIT).await;
+                if order > self.order.borrow().1 {
+                    self.wait_for_order(order, TABLE_WAIT).await;
                 }
                 match self
                     .deliver(&actor_type, &id, Message::owned(method, payload), ask, hops)
@@ -879,11 +1208,16 @@ impl Inner {
                 }
             }
             Request::Claim {
-                version,
+                cluster,
+                order,
                 claimant,
+                claimant_addr,
                 actor_type,
                 id,
-            } => self.handle_claim(version, claimant, &actor_type, &id).await,
+            } => {
+                self.handle_claim(&cluster, order, claimant, claimant_addr, &actor_type, &id)
+                    .await
+            }
             Request::HandOff {
                 generation,
                 actor_type,
@@ -895,8 +1229,10 @@ impl Inner {
 
     async fn handle_claim(
         &self,
-        version: u64,
+        cluster: &str,
+        order: TableOrder,
         claimant: String,
+        claimant_addr: String,
         actor_type: &str,
         id: &str,
     ) -> Response {
@@ -904,19 +1240,50 @@ impl Inner {
             return Response::Claimed(None);
         };
         let (mine, owner_is_claimant) = match self.current() {
-            Some(p) => (
-                p.version,
-                p.owner(actor_type, id).is_some_and(|m| *m.pod == *claimant),
-            ),
-            None => (0, false),
+            Some(p) => {
+                if *p.cluster != *cluster {
+                    // Orders of two clusters say nothing about each other: never grant.
+                    return Response::Failed(DeliveryError::Unavailable(format!(
+                        "claim from another cluster ({cluster:?}; this node follows {:?})",
+                        p.cluster
+                    )));
+                }
+                (
+                    p.order,
+                    p.owner(actor_type, id).is_some_and(|m| *m.pod == *claimant),
+                )
+            }
+            None => ((0, 0), false),
         };
-        if version < mine && !owner_is_claimant {
-            return Response::Conflict { version: mine };
+        if order < mine && !owner_is_claimant {
+            return Response::Conflict { order: mine };
         }
-        if version > mine {
-            lock(&self.tombstones)
-                .insert((entry.name.clone(), id.into()), (version, claimant.into()));
-        }
+        let key = (entry.name.clone(), Box::<str>::from(id));
+        let before = {
+            let mut t = lock(&self.tombstones);
+            if let Some(b) = t.get(&key)
+                && b.order > order
+                && *b.pod != *claimant
+            {
+                // A claim under a newer table already took it: this claimant is behind.
+                return Response::Conflict { order: b.order };
+            }
+            if t.len() >= MAX_TOMBSTONES && !t.contains_key(&key) {
+                // Keep the ones that still route; forget the older pointers.
+                t.retain(|_, s| s.order > mine);
+                if t.len() >= MAX_TOMBSTONES {
+                    t.clear();
+                }
+            }
+            t.insert(
+                key,
+                Tombstone {
+                    order,
+                    pod: claimant.as_str().into(),
+                    address: claimant_addr.into(),
+                },
+            )
+        };
         if let Some(act) = entry.get(id) {
             act.close();
             if !act.wait_gone(self.config.ask_timeout * 2).await {
@@ -925,16 +1292,37 @@ impl Inner {
                 )));
             }
         }
-        let state = entry.take_parked(id);
-        if state.is_some() {
-            self.metrics.handovers_out.inc();
+        // Never take a state out before it is known to fit in the answer.
+        if let Some(len) = entry.parked_len(id)
+            && len + crate::wire::FRAME_OVERHEAD > self.config.max_frame_bytes
+        {
+            tracing::error!(
+                actor_type,
+                id,
+                len,
+                "state too large to hand over; kept here"
+            );
+            return Response::Failed(DeliveryError::TooLarge(format!(
+                "state of {actor_type}/{id} is {len} bytes, above the frame limit"
+            )));
         }
-        Response::Claimed(state)
+        if let Some(state) = entry.take_parked(id) {
+            self.metrics.handovers_out.inc();
+            return Response::Claimed(Some(state));
+        }
+        match before {
+            Some(b) if *b.pod != *claimant => Response::Moved {
+                order: b.order,
+                pod: b.pod.to_string(),
+                address: b.address.to_string(),
+            },
+            _ => Response::Claimed(None),
+        }
     }
 
     fn handle_handoff(
         self: &Arc<Self>,
-        generation: u64,
+        generation: Generation,
         actor_type: &str,
         id: &str,
         state: Bytes,
@@ -946,14 +1334,17 @@ impl Inner {
             // Kept even when this node does not own the actor under its (maybe older)
             // table: pushing it on at once would bounce it between nodes whose tables
             // disagree. The next table change pushes it on if needed.
-            HandOffOutcome::Kept => self.metrics.handovers_in.inc(),
+            HandOffOutcome::Kept => {
+                lock(&self.tombstones).remove(&(entry.name.clone(), Box::from(id)));
+                self.metrics.handovers_in.inc();
+            }
             HandOffOutcome::Superseded => {}
             HandOffOutcome::Conflict => {
                 entry.stats.undeliverable.inc();
                 tracing::error!(
                     actor_type,
                     id,
-                    generation,
+                    ?generation,
                     "handed-over state arrived after the actor started on an older state; it is dropped"
                 );
             }
@@ -982,7 +1373,7 @@ impl Inner {
         }
         if !closing.is_empty() {
             tracing::info!(
-                version = p.version,
+                order = ?p.order,
                 actors = closing.len(),
                 "handing over actors after a membership change"
             );
@@ -1007,6 +1398,11 @@ impl Inner {
                     continue;
                 };
                 if *owner.pod == *self.config.pod {
+                    continue;
+                }
+                if state.len() + crate::wire::FRAME_OVERHEAD > self.config.max_frame_bytes {
+                    tracing::error!(actor_type = %entry.name, id = %id, len = state.len(), "state too large to hand over; kept here");
+                    left += 1;
                     continue;
                 }
                 let request = Request::HandOff {
@@ -1046,7 +1442,7 @@ impl Inner {
         self.draining.store(true, Ordering::Release);
         let mut report = DrainReport::default();
         // 1. The member table must stop making this node an owner, or actors would come back.
-        let mut rx = self.version.subscribe();
+        let mut rx = self.order.subscribe();
         while self.owns_any() {
             if tokio::time::timeout_at(until, rx.changed()).await.is_err() {
                 break;
@@ -1092,5 +1488,49 @@ impl Inner {
             && report.requests_left == 0;
         tracing::info!(?report, "drain finished");
         report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use MemberStatus::*;
+
+    #[test]
+    fn claims_fail_open_only_for_members_that_cannot_hold_the_actor() {
+        let grace = Duration::from_secs(3);
+        let s = Duration::from_secs;
+        // Refusing connections or silent while Up or Leaving: wait, never activate empty.
+        assert_eq!(unanswered(Some(Up), None, grace), Unanswered::Wait);
+        assert_eq!(unanswered(Some(Leaving), None, grace), Unanswered::Wait);
+        assert_eq!(unanswered(Some(Joining), None, grace), Unanswered::Wait);
+        // Down by unreachability may still run: wait out the grace period.
+        assert_eq!(unanswered(Some(Down), Some(s(1)), grace), Unanswered::Wait);
+        assert_eq!(unanswered(Some(Down), None, grace), Unanswered::Wait);
+        assert_eq!(unanswered(Some(Down), Some(s(3)), grace), Unanswered::Gone);
+        // Removed from the table, or replaced by a new incarnation: gone.
+        assert_eq!(unanswered(None, None, grace), Unanswered::Gone);
+    }
+
+    #[test]
+    fn a_node_is_evicted_when_downed_replaced_removed_or_moved_to_another_cluster() {
+        let e = Standing::Evicted;
+        let m = Standing::Member;
+        assert_eq!(standing(Some(("i1", Up)), Some(("i1", Down)), false), e);
+        assert_eq!(
+            standing(Some(("i1", Leaving)), Some(("i1", Down)), false),
+            e
+        );
+        assert_eq!(standing(Some(("i1", Up)), Some(("i2", Joining)), false), e);
+        assert_eq!(standing(Some(("i1", Up)), None, false), e);
+        assert_eq!(standing(Some(("i1", Up)), Some(("i1", Up)), true), e);
+        // A graceful leave ends with removal: not an eviction (the drain finishes).
+        assert_eq!(standing(Some(("i1", Leaving)), None, false), m);
+        assert_eq!(standing(Some(("i1", Joining)), Some(("i1", Up)), false), m);
+        assert_eq!(standing(Some(("i1", Up)), Some(("i1", Leaving)), false), m);
+        assert_eq!(standing(None, Some(("i1", Joining)), false), m);
+        assert_eq!(standing(None, Some(("i1", Joining)), true), m);
+        // Already Down: handled when it was downed.
+        assert_eq!(standing(Some(("i1", Down)), None, false), m);
     }
 }

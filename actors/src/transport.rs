@@ -53,6 +53,30 @@ pub enum TransportError {
     /// No response in time.
     #[error("no response from {0} in time")]
     Timeout(String),
+    /// The request would be a frame above the limit; it was not sent.
+    #[error("request of {0} bytes exceeds the frame limit of {1}")]
+    TooLarge(usize, usize),
+}
+
+/// Encodes a response; one above the frame limit becomes a `TooLarge` failure instead (the
+/// peer would refuse the frame and close the link).
+fn encode_response(corr: u64, resp: Response, max_frame: usize) -> Bytes {
+    let mut buf = BytesMut::with_capacity(32);
+    wire::encode(&Frame::Response(corr, resp), &mut buf);
+    if buf.len() - 4 > max_frame {
+        let len = buf.len() - 4;
+        buf.clear();
+        wire::encode(
+            &Frame::Response(
+                corr,
+                Response::Failed(crate::error::DeliveryError::TooLarge(format!(
+                    "answer of {len} bytes exceeds the frame limit of {max_frame}"
+                ))),
+            ),
+            &mut buf,
+        );
+    }
+    buf.freeze()
 }
 
 type Pending = Mutex<HashMap<u64, oneshot::Sender<Response>>>;
@@ -184,8 +208,13 @@ impl Peers {
         request: Request,
         timeout: Duration,
     ) -> Result<Response, TransportError> {
-        let link = self.link(addr).await?;
         let corr = self.next_corr.fetch_add(1, Ordering::Relaxed);
+        let mut buf = BytesMut::with_capacity(64);
+        wire::encode(&Frame::Request(corr, request), &mut buf);
+        if buf.len() - 4 > self.max_frame {
+            return Err(TransportError::TooLarge(buf.len() - 4, self.max_frame));
+        }
+        let link = self.link(addr).await?;
         let (tx, rx) = oneshot::channel();
         lock(&link.pending).insert(corr, tx);
         if !link.alive.load(Ordering::Acquire) {
@@ -195,8 +224,6 @@ impl Peers {
                 "link closed".into(),
             ));
         }
-        let mut buf = BytesMut::with_capacity(64);
-        wire::encode(&Frame::Request(corr, request), &mut buf);
         if link.tx.send(buf.freeze()).await.is_err() {
             lock(&link.pending).remove(&corr);
             link.alive.store(false, Ordering::Release);
@@ -260,9 +287,11 @@ pub async fn serve(
                         // answered inline, in order, without a task per request.
                         let req = match fast(req) {
                             Ok(resp) => {
-                                let mut buf = BytesMut::with_capacity(32);
-                                wire::encode(&Frame::Response(corr, resp), &mut buf);
-                                if tx.send(buf.freeze()).await.is_err() {
+                                if tx
+                                    .send(encode_response(corr, resp, max_frame))
+                                    .await
+                                    .is_err()
+                                {
                                     break;
                                 }
                                 continue;
@@ -273,9 +302,7 @@ pub async fn serve(
                         let tx = tx.clone();
                         tokio::spawn(async move {
                             let resp = handler(req).await;
-                            let mut buf = BytesMut::with_capacity(32);
-                            wire::encode(&Frame::Response(corr, resp), &mut buf);
-                            let _ = tx.send(buf.freeze()).await;
+                            let _ = tx.send(encode_response(corr, resp, max_frame)).await;
                         });
                     }
                     Ok(Some(Ok(Frame::Response(..)))) | Ok(Some(Err(_))) => {

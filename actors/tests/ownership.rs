@@ -1,0 +1,255 @@
+//! The ownership protocol under faults, on loopback runtimes: claims that follow an actor
+//! across skipped table versions, downed owners that stop at once and never bring a stale
+//! state back, the serving deadline, and states too large for one frame.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use troupe_actors::{ActorError, DeliveryError, Message};
+use troupe_contract::MemberStatus::{self, Down, Joining, Leaving, Up};
+
+use common::{Proxy, TestNode, Tracker, int, table};
+
+/// The table at `version` with `(node, address, status)`.
+fn at(version: u64, members: &[(&TestNode, &str, MemberStatus)]) -> troupe_contract::MemberTable {
+    let spec: Vec<(&str, &str, MemberStatus)> = members
+        .iter()
+        .map(|(n, addr, s)| (n.pod.as_str(), *addr, *s))
+        .collect();
+    table(version, &spec)
+}
+
+fn metric(node: &TestNode, series: &str) -> i64 {
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&node.registry.gather())
+        .unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).map(str::trim))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn add(node: &TestNode, id: &str) -> i64 {
+    let r = node.rt.ask("tracked", id, Message::new("add", "")).await;
+    r.as_ref()
+        .map(int)
+        .unwrap_or_else(|e| panic!("add via {}: {e}", node.pod))
+}
+
+/// H2: X moves A → B → C; B sees V, V+1 and C sees V, V+2 (V+1 skipped). C's claim must
+/// reach B (A says where X went), so X never runs on both and B's increments survive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_follows_the_actor_when_a_table_version_was_skipped() {
+    let tracker = Tracker::default();
+    let a = TestNode::start("a", &tracker, |_| {}).await;
+    let b = TestNode::start("b", &tracker, |_| {}).await;
+    let c = TestNode::start("c", &tracker, |_| {}).await;
+    let v = at(
+        1,
+        &[
+            (&a, &a.addr, Up),
+            (&b, &b.addr, Joining),
+            (&c, &c.addr, Joining),
+        ],
+    );
+    let v1 = at(
+        2,
+        &[
+            (&a, &a.addr, Leaving),
+            (&b, &b.addr, Up),
+            (&c, &c.addr, Joining),
+        ],
+    );
+    let v2 = at(
+        3,
+        &[
+            (&a, &a.addr, Leaving),
+            (&b, &b.addr, Leaving),
+            (&c, &c.addr, Up),
+        ],
+    );
+    for n in [&a, &b, &c] {
+        n.rt.update_members(&v);
+    }
+    for _ in 0..5 {
+        add(&a, "x").await;
+    }
+    a.rt.update_members(&v1);
+    b.rt.update_members(&v1);
+    for _ in 0..3 {
+        add(&b, "x").await;
+    }
+    assert_eq!(b.rt.active_ids("tracked"), vec!["x".to_owned()]);
+    c.rt.update_members(&v2); // V+1 skipped
+    let at_c = c.rt.ask("tracked", "x", Message::new("get", "")).await;
+    let on_b = b.rt.active_ids("tracked").contains(&"x".to_owned());
+    let on_c = c.rt.active_ids("tracked").contains(&"x".to_owned());
+    assert!(!(on_b && on_c), "x is active on both B and C");
+    assert_eq!(
+        at_c.as_ref().map(int).ok(),
+        Some(8),
+        "C lost B's increments: {at_c:?}"
+    );
+    assert_eq!(
+        tracker.violations.load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+}
+
+/// H3: A is downed while alive and cut off; B activates X without A's state (after the
+/// grace period) and moves on. When A comes back and learns it is Down, its old state of X
+/// must not overwrite B's newer one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_downed_owner_that_comes_back_never_overwrites_newer_state() {
+    let tracker = Tracker::default();
+    let passivate = |c: &mut troupe_actors::RuntimeConfig| {
+        c.passivate_after = Duration::from_millis(100);
+    };
+    let a = TestNode::start("a", &tracker, passivate).await;
+    let b = TestNode::start("b", &tracker, passivate).await;
+    let to_a = Proxy::start(&a.addr).await;
+    let v1 = at(1, &[(&a, &to_a.addr, Up), (&b, &b.addr, Joining)]);
+    let v2 = at(2, &[(&a, &to_a.addr, Down), (&b, &b.addr, Up)]);
+    a.rt.update_members(&v1);
+    b.rt.update_members(&v1);
+    // Three activations of X on A (generation above 1), value 9.
+    for _ in 0..3 {
+        for _ in 0..3 {
+            add(&a, "x").await;
+        }
+        tokio::time::sleep(Duration::from_millis(350)).await;
+    }
+    assert!(a.rt.active_ids("tracked").is_empty(), "x passivated on A");
+    to_a.blackhole();
+    b.rt.update_members(&v2);
+    for _ in 0..3 {
+        add(&b, "x").await;
+    }
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert!(b.rt.active_ids("tracked").is_empty(), "x passivated on B");
+    // A comes back and learns it is Down; whatever it still keeps must not win.
+    a.rt.update_members(&v2);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let v = b.rt.ask("tracked", "x", Message::new("get", "")).await;
+    assert_eq!(
+        v.as_ref().map(int).ok(),
+        Some(3),
+        "B's state was overwritten: {v:?}"
+    );
+}
+
+/// H3: a node that learns it is Down stops at once: it does not finish its mailbox. The
+/// queued ask answers 503, the queued tells are counted as aborted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_learns_it_is_down_stops_processing_at_once() {
+    let tracker = Tracker::default();
+    let a = TestNode::start("a", &tracker, |_| {}).await;
+    let b = TestNode::start("b", &tracker, |_| {}).await;
+    a.rt.update_members(&at(1, &[(&a, &a.addr, Up), (&b, &b.addr, Joining)]));
+    // 40 tells of 20 ms each: 800 ms of work, then an ask behind them.
+    for _ in 0..40 {
+        a.rt.tell("tracked", "x", Message::new("sleep", ""))
+            .await
+            .expect("tell accepted");
+    }
+    let ask = tokio::spawn({
+        let rt = a.rt.clone();
+        async move { rt.ask("tracked", "x", Message::new("handled", "")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    a.rt.update_members(&at(2, &[(&a, &a.addr, Down), (&b, &b.addr, Up)]));
+    let answer = ask.await.expect("ask task");
+    assert!(
+        matches!(answer, Err(DeliveryError::Unavailable(_))),
+        "the queued ask was handled after the node learned it is Down: {answer:?}"
+    );
+    let aborted = metric(
+        &a,
+        "troupe_dead_letters_total{actor_type=\"tracked\",reason=\"aborted\"}",
+    );
+    assert!(aborted > 0, "queued tells were finished, not aborted");
+    for _ in 0..50 {
+        if a.rt.active_ids("tracked").is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(a.rt.active_ids("tracked").is_empty());
+}
+
+/// M1: a `kv` map may not grow above the frame limit (the put is refused with 413), and
+/// every acknowledged put is still there after the map moves to another owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_states_are_refused_at_the_source_and_survive_an_ownership_move() {
+    let tracker = Tracker::default();
+    let a = TestNode::start("a", &tracker, |_| {}).await;
+    let b = TestNode::start("b", &tracker, |_| {}).await;
+    let v1 = at(1, &[(&a, &a.addr, Up), (&b, &b.addr, Joining)]);
+    let v2 = at(2, &[(&a, &a.addr, Leaving), (&b, &b.addr, Up)]);
+    a.rt.update_members(&v1);
+    b.rt.update_members(&v1);
+    let mib = "v".repeat(1 << 20);
+    let mut acked = Vec::new();
+    let mut refused = 0;
+    for i in 0..9 {
+        let body = format!(r#"{{"key":"k{i}","value":"{mib}"}}"#);
+        match a.rt.ask("kv", "big", Message::new("put", body)).await {
+            Ok(_) => acked.push(format!("k{i}")),
+            Err(DeliveryError::Actor(ActorError::TooLarge(_))) => refused += 1,
+            Err(e) => panic!("put k{i}: {e}"),
+        }
+    }
+    a.rt.update_members(&v2);
+    b.rt.update_members(&v2);
+    let keys = b.rt.ask("kv", "big", Message::new("keys", "")).await;
+    let keys: Vec<String> = keys
+        .ok()
+        .and_then(|k| serde_json::from_slice::<serde_json::Value>(&k).ok())
+        .and_then(|v| serde_json::from_value(v["keys"].clone()).ok())
+        .unwrap_or_default();
+    assert_eq!(
+        keys, acked,
+        "acknowledged puts lost in the move ({refused} refused)"
+    );
+    assert!(refused > 0, "a put beyond the frame limit was acknowledged");
+}
+
+/// M3: the serving deadline gates every delivery path at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passed_serving_deadline_refuses_clients_and_peers_at_once() {
+    let tracker = Tracker::default();
+    let a = TestNode::start("a", &tracker, |_| {}).await;
+    let b = TestNode::start("b", &tracker, |_| {}).await;
+    let v = at(1, &[(&a, &a.addr, Up), (&b, &b.addr, Joining)]);
+    a.rt.update_members(&v);
+    b.rt.update_members(&v);
+    add(&a, "x").await;
+    let past = Instant::now()
+        .checked_sub(Duration::from_millis(10))
+        .unwrap_or_else(Instant::now);
+    a.rt.set_serving_until(Some(past));
+    // In-process and client API: 503 at once.
+    let r = a.rt.ask("tracked", "x", Message::new("get", "")).await;
+    assert_eq!(r, Err(DeliveryError::NotAccepting));
+    let api = a.rt.client_router();
+    let req = axum::http::Request::post("/actors/tracked/x/ask/get")
+        .body(axum::body::Body::empty())
+        .expect("request");
+    let resp = tower::ServiceExt::oneshot(api, req)
+        .await
+        .expect("response");
+    assert_eq!(resp.status().as_u16(), 503);
+    // A forward from a peer (b owns nothing, so it forwards to a): refused.
+    let r = b.rt.ask("tracked", "x", Message::new("get", "")).await;
+    assert_eq!(
+        r,
+        Err(DeliveryError::NotAccepting),
+        "a peer's Deliver was served"
+    );
+    let mut r = a.rt.actor_ref("tracked", "x").expect("ref");
+    assert_eq!(
+        r.ask(Message::new("get", "")).await,
+        Err(DeliveryError::NotAccepting)
+    );
+}
