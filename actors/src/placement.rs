@@ -160,6 +160,8 @@ impl Placement {
 #[derive(Clone, Debug, Default)]
 pub struct PlacementHistory {
     placements: VecDeque<Arc<Placement>>,
+    /// Whether older placements were forgotten (more than [`HISTORY_LEN`] seen).
+    truncated: bool,
 }
 
 /// How many placements a node remembers.
@@ -176,11 +178,13 @@ impl PlacementHistory {
             Some(Some(_)) => return Pushed::Ignored,
             Some(None) => {
                 self.placements.clear();
+                self.truncated = false;
                 Pushed::OtherCluster
             }
         };
         if self.placements.len() == HISTORY_LEN {
             self.placements.pop_front();
+            self.truncated = true;
         }
         self.placements.push_back(p);
         pushed
@@ -218,6 +222,37 @@ impl PlacementHistory {
             }
         }
         out
+    }
+}
+
+impl PlacementHistory {
+    /// When the first placement this node ever saw (of this cluster) already made
+    /// `self_pod` the owner of `(actor_type, id)`, the history cannot say who had it
+    /// before (the tables in between were never fed here): the member that would own it in
+    /// that placement without `self_pod`, among its members that may have owned actors
+    /// (all but Joining), if it is still in the current table with the same incarnation.
+    pub fn owner_before_history(
+        &self,
+        actor_type: &str,
+        id: &str,
+        self_pod: &str,
+    ) -> Option<PlacedMember> {
+        if self.truncated {
+            return None;
+        }
+        let oldest = self.placements.front()?;
+        let current = self.current()?;
+        let key = key_hash(actor_type, id);
+        if oldest.owner_of_hash(key).map(|o| &*o.pod) != Some(self_pod) {
+            return None;
+        }
+        let (m, _) = oldest
+            .members
+            .iter()
+            .filter(|(m, s)| *s != MemberStatus::Joining && &*m.pod != self_pod)
+            .max_by_key(|(m, _)| (mix(key ^ m.seed), m.seed))?;
+        current.status_of(&m.pod, &m.incarnation)?;
+        current.member(&m.pod).map(|(now, _)| now.clone())
     }
 }
 
@@ -377,5 +412,27 @@ mod tests {
             })
             .unwrap_or_default();
         assert!(h.previous_owners("t", &id, "b").is_empty());
+    }
+
+    #[test]
+    fn a_node_whose_first_table_made_it_the_owner_asks_the_member_before_it() {
+        let mut h = PlacementHistory::default();
+        h.push(Arc::new(placement(5, &["a", "c"])));
+        let id = (0..1000)
+            .map(|i| format!("k{i}"))
+            .find(|id| {
+                placement(1, &["a", "c"])
+                    .owner("t", id)
+                    .is_some_and(|o| &*o.pod == "c")
+            })
+            .unwrap_or_default();
+        assert!(h.previous_owners("t", &id, "c").is_empty());
+        let before = h.owner_before_history("t", &id, "c");
+        assert_eq!(before.map(|m| m.pod.to_string()).as_deref(), Some("a"));
+        // Once more than HISTORY_LEN tables were seen, the history itself covers it.
+        for v in 6..6 + HISTORY_LEN as u64 {
+            h.push(Arc::new(placement(v, &["a", "c"])));
+        }
+        assert!(h.owner_before_history("t", &id, "c").is_none());
     }
 }

@@ -996,11 +996,19 @@ impl Inner {
                 return Claimed::Abort;
             };
             (
-                std::collections::VecDeque::from(view.previous_owners(
-                    &entry.name,
-                    id,
-                    &self.config.pod,
-                )),
+                {
+                    let mut q = std::collections::VecDeque::from(view.previous_owners(
+                        &entry.name,
+                        id,
+                        &self.config.pod,
+                    ));
+                    if let Some(m) = view.owner_before_history(&entry.name, id, &self.config.pod)
+                        && !q.iter().any(|x| x.pod == m.pod)
+                    {
+                        q.push_back(m);
+                    }
+                    q
+                },
                 current,
             )
         };
@@ -1008,6 +1016,17 @@ impl Inner {
             .member(&self.config.pod)
             .map(|(m, _)| m.transport_addr.to_string())
             .unwrap_or_default();
+        // This node gave the actor away before: the claim that took it is a holder too.
+        let pointer = lock(&self.tombstones)
+            .get(&(entry.name.clone(), Box::from(id)))
+            .map(|t| t.pod.clone());
+        if let Some(pod) = pointer
+            && *pod != *self.config.pod
+            && !queue.iter().any(|q| q.pod == pod)
+            && let Some((m, _)) = current.member(&pod)
+        {
+            queue.push_back(m.clone());
+        }
         let mut asked: Vec<Arc<str>> = Vec::new();
         let mut best = None;
         let mut abort = false;

@@ -253,3 +253,34 @@ async fn a_passed_serving_deadline_refuses_clients_and_peers_at_once() {
         Err(DeliveryError::NotAccepting)
     );
 }
+
+/// H2, the history-independent part: a node whose very first table already makes it the
+/// owner (the Joining table was coalesced away) still claims from the member before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_first_table_makes_it_the_owner_still_claims() {
+    let tracker = Tracker::default();
+    let a = TestNode::start("a", &tracker, |_| {}).await;
+    let c = TestNode::start("c", &tracker, |_| {}).await;
+    let v1 = at(1, &[(&a, &a.addr, Up), (&c, &c.addr, Joining)]);
+    let v2 = at(2, &[(&a, &a.addr, Up), (&c, &c.addr, Up)]);
+    let placed = troupe_actors::placement::Placement::from_table(&v2, str::to_owned);
+    let id = (0..1000)
+        .map(|i| format!("x{i}"))
+        .find(|id| placed.owner("tracked", id).is_some_and(|o| &*o.pod == "c"))
+        .expect("an id that c owns");
+    a.rt.update_members(&v1);
+    for _ in 0..4 {
+        add(&a, &id).await;
+    }
+    c.rt.update_members(&v2); // c never saw v1
+    let v = c.rt.ask("tracked", &id, Message::new("get", "")).await;
+    assert_eq!(
+        v.as_ref().map(int).ok(),
+        Some(4),
+        "c started without a's state: {v:?}"
+    );
+    assert_eq!(
+        tracker.violations.load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+}
