@@ -7,7 +7,7 @@
 //! | `troupe_messages_processed_total` | counter | `actor_type` |
 //! | `troupe_processing_seconds` | histogram (sampled) | `actor_type` |
 //! | `troupe_mailbox_wait_seconds` | histogram (sampled) | `actor_type` |
-//! | `troupe_dead_letters_total` | counter | `actor_type`, `reason` |
+//! | `troupe_dead_letters_total` | counter | `actor_type`, `reason` (`dropped_oldest`, `dropped_newest`, `undeliverable`, `aborted`: accepted, then its activation was stopped at once) |
 //! | `troupe_rejected_total` | counter | `actor_type`, `reason` |
 //! | `troupe_active_actors` | gauge | `actor_type` |
 //! | `troupe_actor_restarts_total` | counter | `actor_type` |

@@ -3,34 +3,79 @@
 //! ```text
 //!  client API / in-process ask, tell ─┐        ┌─ transport: Deliver from a peer
 //!                                     ▼        ▼
+//!                       serving deadline passed? ──yes──► 503 (NotAccepting)
 //!                                  deliver(type, id, message)
 //!                                     │ active here? ──yes──► push into its mailbox
 //!                                     │ owner (rendezvous over Up members) is me?
-//!                                     │   yes ─► activate: claim from previous owners, then run
-//!                                     │   no  ─► forward to the owner (hop count, table version)
+//!                                     │   yes ─► activate: claim from previous holders, then run
+//!                                     │   no  ─► forward to the owner (hop count, table order)
 //! ```
 //!
-//! **One activation at a time.** A node activates an actor only when it owns it under its
-//! member table, and first *claims* it from every alive member that owned it under the
-//! tables it remembers ([`PlacementHistory`]). A claimed node closes its activation, lets
-//! it finish every queued message, parks its state and answers with it; it then forwards
-//! new messages to the claimant (a tombstone covers the time until its own table catches
-//! up). A claim from a node with an older table is refused (`Conflict`): the claimant
-//! drops its pending activation and routes its messages again once its table is newer.
-//! Messages that reach an activation while it is being claimed queue in its mailbox.
+//! **Tables.** Member tables are ordered with [`MemberTable::compare`]: by `(epoch,
+//! version)` within one cluster id. A table of another cluster id replaces the placement
+//! history (its versions say nothing about ours); a node that held actors under the old
+//! cluster is *evicted* (below), and a claim carrying another cluster id is refused, so no
+//! claim ever crosses cluster ids.
 //!
-//! **State follows the actor.** States carry a generation (bumped per activation), so that
-//! copies that travel twice (claimed, and pushed by a leaving node) are told apart and a
-//! stale copy never overwrites a newer one. On every table change a node closes the actors
-//! it no longer owns and pushes their parked states to the new owners (`HandOff`).
+//! **One activation at a time.** A node activates an actor only when it owns it under its
+//! member table, and first *claims* it from every member that may hold it:
+//! - every member that owned it under the tables it remembers ([`PlacementHistory`]) and
+//!   is still in the current table with the same incarnation (Down ones included);
+//! - the member its own tombstone points at (it gave the actor away before);
+//! - when its first table already made it the owner (it never saw the table before), the
+//!   member that would own the actor in that table without it;
+//! - and every member a claimed node names in a `Moved` answer: a node that no longer
+//!   holds the actor answers where it went (the `(order, pod)` of the claim that took it),
+//!   so the claim follows the chain A → B → C even when this node skipped the table in
+//!   which B owned it (at most [`MAX_CLAIM_CHAIN`] members).
+//!
+//! A claimed node closes its activation, lets it finish every queued message, parks its
+//! state and answers with it; it records a tombstone (the claim's order, pod, address) and
+//! forwards new messages to the claimant while its own table is older than the claim's. A
+//! claim from a node with an older table than the claimed node's, or than a claim it
+//! already granted, is refused (`Conflict`): the claimant drops its pending activation and
+//! routes its messages again once its table is newer. Messages that reach an activation
+//! while it is being claimed queue in its mailbox.
+//!
+//! **Claims fail closed.** A previous holder that does not answer (connection refused,
+//! timeout, broken link) is waited for while it is Joining, Up or Leaving in the
+//! claimant's table; after about 10 s the claim is abandoned and the messages rerouted,
+//! never activated without it. Only a holder gone from the table (or replaced by another
+//! incarnation), or one Down for at least `down_grace` (the time a downed node may still
+//! serve before it notices: isolation timeout plus feed delay), is given up: the actor
+//! activates without its state, counted in `troupe_handovers_missed_total`.
+//!
+//! **Eviction.** A node that learns it is Down, replaced by a new incarnation, removed
+//! without a graceful leave, or that gets a table of another cluster, stops every
+//! activation at once (the message in hand finishes; queued asks answer 503, queued
+//! tells are counted as `aborted` dead letters), drops every kept state and tombstone:
+//! other nodes activate its actors without them, and a stale copy must not come back.
+//!
+//! **Serving deadline.** The host feeds the deadline until which this node may serve
+//! ([`ActorRuntime::set_serving_until`]). Every client, in-process, [`ActorRef`] and peer
+//! delivery checks it; when it passes every activation stops at once like above, but keeps
+//! its state (the node may come back without being downed). A draining node is not
+//! stopped by the deadline (it is Leaving, so it has none); its peers' forwards are taken.
+//!
+//! **State follows the actor.** A state carries a [`Generation`] `(epoch, version,
+//! counter)`: an activation under table order O runs on the successor of max(its state,
+//! (O, 0)). Copies that travel twice (claimed, and pushed by a leaving node) are told
+//! apart, and a state of a lineage that forked off under an older table (an owner downed
+//! while alive) is older than any activation started after the fork: a stale copy never
+//! overwrites a newer one ([`TypeEntry::park`], [`TypeEntry::offer_handoff`],
+//! [`TypeEntry::begin`]). On every table change a node closes the actors it no longer
+//! owns and pushes their parked states to the new owners (`HandOff`). A state or reply
+//! that would not fit in one frame is refused at the source (`kv` puts answer 413) or
+//! never sent (the claimed node keeps it and answers `TooLarge`).
 //!
 //! **Draining** (graceful leave): stop taking client work, wait until the member table no
 //! longer makes this node an owner, close every actor (each finishes its mailbox), push
 //! every parked state to its new owner, and wait for in-flight requests to finish.
 //!
-//! Assumption: every node sees every member-table version (they may lag, not skip more
-//! than [`crate::placement::HISTORY_LEN`] versions), and a member that cannot be reached is
-//! waited for until it answers, refuses connections (process gone) or leaves the table.
+//! Assumptions: a node that is cut off stops serving (its deadline passes) before the
+//! coordinator may down it, and `down_grace` covers the time until it notices; clocks are
+//! monotonic per node. Not covered: a chain of holders longer than [`MAX_CLAIM_CHAIN`], and
+//! tombstones forgotten under pressure ([`MAX_TOMBSTONES`]).
 
 use std::{
     collections::HashMap,
