@@ -284,3 +284,35 @@ async fn a_node_whose_first_table_makes_it_the_owner_still_claims() {
         0
     );
 }
+
+/// M10: the pooled link to a peer goes silent (packets dropped, e.g. a flushed conntrack
+/// entry) while new connections work. Forwards must recover on a new link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwards_recover_when_the_pooled_link_is_wedged() {
+    let tracker = Tracker::default();
+    let a = TestNode::start("a", &tracker, |_| {}).await;
+    let b = TestNode::start("b", &tracker, |c| {
+        c.ask_timeout = Duration::from_millis(500)
+    })
+    .await;
+    let to_a = Proxy::start(&a.addr).await;
+    let v = at(1, &[(&a, &to_a.addr, Up), (&b, &b.addr, Joining)]);
+    a.rt.update_members(&v);
+    b.rt.update_members(&v);
+    assert_eq!(add(&b, "x").await, 1, "b forwards to a through the proxy");
+    to_a.wedge();
+    let mut answers = Vec::new();
+    // Bounded: each attempt ends within the forward timeout.
+    for _ in 0..8 {
+        let r = b.rt.ask("tracked", "x", Message::new("get", "")).await;
+        let ok = r.is_ok();
+        answers.push(r);
+        if ok {
+            break;
+        }
+    }
+    assert!(
+        answers.last().is_some_and(|r| r.is_ok()),
+        "forwards never recovered: {answers:?}"
+    );
+}
