@@ -310,6 +310,11 @@ impl TypeEntry {
         lock(&self.parked).remove(id)
     }
 
+    /// Generation of the kept state of `id`, if any.
+    pub fn parked_generation(&self, id: &str) -> Option<Generation> {
+        lock(&self.parked).get(id).map(|(g, _)| *g)
+    }
+
     /// Size in bytes of the kept state of `id`, if any.
     pub fn parked_len(&self, id: &str) -> Option<usize> {
         lock(&self.parked).get(id).map(|(_, s)| s.len())

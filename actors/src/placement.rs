@@ -143,6 +143,16 @@ impl Placement {
             .max_by_key(|m| (mix(key ^ m.seed), m.seed))
     }
 
+    /// The *witness* of `(actor_type, id)` for `holder`: the Up member other than `holder`
+    /// that scores highest for it (the owner if `holder` were gone), if any.
+    pub fn witness(&self, actor_type: &str, id: &str, holder: &str) -> Option<&PlacedMember> {
+        let key = key_hash(actor_type, id);
+        self.owners
+            .iter()
+            .filter(|m| &*m.pod != holder)
+            .max_by_key(|m| (mix(key ^ m.seed), m.seed))
+    }
+
     /// Whether `pod` (with `incarnation`) is alive in this placement.
     pub fn is_alive(&self, pod: &str, incarnation: &str) -> bool {
         self.alive

@@ -106,7 +106,7 @@ use crate::{
     placement::{PlacedMember, Placement, PlacementHistory, Pushed, TableOrder},
     sidecar::{SidecarApp, SidecarType},
     transport::{self, Peers, TransportError},
-    wire::{Request, Response},
+    wire::{Marker, Request, Response},
 };
 
 /// Most nodes a message may visit before it is refused as a routing loop.
@@ -121,6 +121,8 @@ const TABLE_WAIT: Duration = Duration::from_secs(2);
 const MAX_CLAIM_CHAIN: usize = 16;
 /// Most tombstones a node keeps (one per actor claimed away from it).
 const MAX_TOMBSTONES: usize = 64 * 1024;
+/// Most witness markers a node keeps (one per actor it witnesses).
+const MAX_MARKERS: usize = 1 << 20;
 
 /// The result of [`ActorRuntime::drain`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -191,6 +193,23 @@ pub(crate) fn unanswered(
     }
 }
 
+/// Whether an activation lost a state, as a pure function: `previous` is the marker its
+/// witness had (the last holder and the generation it ran), `me` this node's `(pod,
+/// incarnation)`, `alive` whether a `(pod, incarnation)` is Joining, Up or Leaving in the
+/// current table, `state` the generation of the state the activation starts on.
+pub(crate) fn state_lost(
+    previous: Option<&Marker>,
+    me: (&str, &str),
+    alive: impl Fn(&str, &str) -> bool,
+    state: Option<Generation>,
+) -> bool {
+    let Some(m) = previous else { return false };
+    if (m.holder.as_str(), m.incarnation.as_str()) == me || alive(&m.holder, &m.incarnation) {
+        return false;
+    }
+    state.is_none_or(|g| g < m.generation)
+}
+
 /// How a node stands in a new table compared with the one before.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Standing {
@@ -237,6 +256,8 @@ pub(crate) struct Inner {
     tombstones: Tombstones,
     /// `(pod, incarnation)` → when this node first saw it Down.
     down_since: Mutex<HashMap<(Arc<str>, Arc<str>), Instant>>,
+    /// Markers of the actors this node witnesses: who holds each, at which generation.
+    markers: Mutex<HashMap<(Arc<str>, Box<str>), Marker>>,
     inflight: AtomicUsize,
     settings: RunSettings,
 }
@@ -352,6 +373,7 @@ impl ActorRuntime {
                 peers,
                 tombstones: Mutex::default(),
                 down_since: Mutex::default(),
+                markers: Mutex::default(),
                 inflight: AtomicUsize::new(0),
                 settings,
             }),
@@ -778,6 +800,7 @@ impl Inner {
         let stopped = self.stop_all(false);
         let dropped: usize = self.entries().iter().map(|e| e.drop_parked()).sum();
         lock(&self.tombstones).clear();
+        lock(&self.markers).clear();
         tracing::warn!(
             order = ?placement.order,
             cluster = %placement.cluster,
@@ -1114,7 +1137,103 @@ impl Inner {
         }
         // The actor is here again: nothing to forward to, nobody to point claimants at.
         lock(&self.tombstones).remove(&(entry.name.clone(), Box::from(id)));
-        Claimed::Activate(best, current.order)
+        let start = best
+            .as_ref()
+            .map(|(g, _)| *g)
+            .max(entry.parked_generation(id));
+        let order = current.order;
+        if let Ok(entry) = self.type_entry(&entry.name) {
+            let (rt, id) = (self.clone(), Arc::<str>::from(id));
+            tokio::spawn(async move { rt.account(entry, id, start, current).await });
+        }
+        Claimed::Activate(best, order)
+    }
+
+    /// Tells the actor's witness that this node now holds it, and counts the state lost
+    /// if the marker it had names a dead holder with a newer state than the one this
+    /// activation starts on (`start`). Each marker is swapped atomically at its witness,
+    /// so one lost state is counted once.
+    async fn account(
+        self: Arc<Self>,
+        entry: Arc<TypeEntry>,
+        id: Arc<str>,
+        start: Option<Generation>,
+        current: Arc<Placement>,
+    ) {
+        let Some((me, _)) = current.member(&self.config.pod) else {
+            return;
+        };
+        let mine = Marker {
+            holder: self.config.pod.clone(),
+            incarnation: me.incarnation.to_string(),
+            generation: Generation::next(start, current.order),
+        };
+        let key = (entry.name.clone(), Box::<str>::from(&*id));
+        // This node may have been the witness under the holder's table.
+        let local = lock(&self.markers).remove(&key);
+        let remote = match current.witness(&entry.name, &id, &self.config.pod) {
+            Some(w) => {
+                let request = Request::Witness {
+                    actor_type: entry.name.to_string(),
+                    id: id.to_string(),
+                    marker: Some(mine.clone()),
+                };
+                match self
+                    .peers
+                    .request(&w.transport_addr, request, Duration::from_secs(5))
+                    .await
+                {
+                    Ok(Response::Witnessed(m)) => m,
+                    other => {
+                        tracing::debug!(witness = %w.pod, answer = ?other, "witness not updated");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        let previous = match (local, remote) {
+            (Some(a), Some(b)) => Some(if b.generation > a.generation { b } else { a }),
+            (a, b) => a.or(b),
+        };
+        let alive = |pod: &str, inc: &str| {
+            matches!(
+                current.status_of(pod, inc),
+                Some(MemberStatus::Joining | MemberStatus::Up | MemberStatus::Leaving)
+            )
+        };
+        if state_lost(
+            previous.as_ref(),
+            (&mine.holder, &mine.incarnation),
+            alive,
+            start,
+        ) {
+            entry.stats.states_lost.inc();
+            tracing::warn!(actor_type = %entry.name, id = %id, previous = ?previous, "actor activated without the state its last holder had: the holder died, its state is lost");
+        }
+    }
+
+    /// Keeps `marker` for `(actor_type, id)` and returns the one kept before.
+    fn swap_marker(&self, actor_type: &str, id: &str, marker: Option<Marker>) -> Option<Marker> {
+        let Ok(entry) = self.type_entry(actor_type) else {
+            return None;
+        };
+        let key = (entry.name.clone(), Box::<str>::from(id));
+        let mut markers = lock(&self.markers);
+        match marker {
+            Some(m) => {
+                if markers.len() >= MAX_MARKERS && !markers.contains_key(&key) {
+                    tracing::warn!(
+                        actor_type,
+                        id,
+                        "too many witness markers; this one is not kept"
+                    );
+                    return None;
+                }
+                markers.insert(key, m)
+            }
+            None => markers.remove(&key),
+        }
     }
 
     async fn claim_from(
@@ -1288,6 +1407,11 @@ impl Inner {
                 id,
                 state,
             } => self.handle_handoff(generation, &actor_type, &id, state),
+            Request::Witness {
+                actor_type,
+                id,
+                marker,
+            } => Response::Witnessed(self.swap_marker(&actor_type, &id, marker)),
         }
     }
 
@@ -1574,6 +1698,40 @@ mod tests {
         assert_eq!(unanswered(Some(Down), Some(s(3)), grace), Unanswered::Gone);
         // Removed from the table, or replaced by a new incarnation: gone.
         assert_eq!(unanswered(None, None, grace), Unanswered::Gone);
+    }
+
+    #[test]
+    fn a_state_is_lost_only_when_a_dead_holder_had_a_newer_one() {
+        let g = |version, counter| Generation {
+            epoch: 0,
+            version,
+            counter,
+        };
+        let marker = |holder: &str, inc: &str| Marker {
+            holder: holder.into(),
+            incarnation: inc.into(),
+            generation: g(3, 2),
+        };
+        let dead = |_: &str, _: &str| false;
+        let alive = |_: &str, _: &str| true;
+        let me = ("p", "p-2");
+        assert!(!state_lost(None, me, dead, None), "nobody held it");
+        assert!(state_lost(Some(&marker("p", "p-1")), me, dead, None));
+        assert!(state_lost(
+            Some(&marker("p", "p-1")),
+            me,
+            dead,
+            Some(g(3, 1))
+        ));
+        assert!(
+            !state_lost(Some(&marker("p", "p-1")), me, dead, Some(g(3, 2))),
+            "its state arrived (handed over before it died)"
+        );
+        assert!(!state_lost(Some(&marker("w", "w-1")), me, alive, None));
+        assert!(
+            !state_lost(Some(&marker("p", "p-2")), me, dead, None),
+            "our own"
+        );
     }
 
     #[test]

@@ -7,10 +7,12 @@
 //!  Deliver  (0x01) flags:u8(bit0 ask) order hops:u8 type id method payload:bytes
 //!  Claim    (0x02) cluster:string order claimant:string claimant_addr:string type id
 //!  HandOff  (0x03) generation type id state:bytes
+//!  Witness  (0x04) type id present:u8 [marker]   marker = holder:string incarnation:string generation
 //!  Reply    (0x81) payload:bytes              Failed (0x82) code:u8 text:string extra:u64
 //!  Claimed  (0x83) present:u8 [generation state:bytes]
 //!  Conflict (0x84) order                     HandOffAck (0x85)
 //!  Moved    (0x86) order pod:string address:string
+//!  Witnessed (0x87) present:u8 [marker]
 //! ```
 //!
 //! Decoding never panics: every read is bounds-checked and a malformed frame is a
@@ -45,6 +47,18 @@ pub enum WireError {
     /// Bytes were left after the body.
     #[error("{0} trailing bytes after the frame body")]
     Trailing(usize),
+}
+
+/// "`holder` (with `incarnation`) runs this actor at `generation`": kept by the actor's
+/// witness so that a state lost with a dead holder can be counted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Marker {
+    /// The holder's pod.
+    pub holder: String,
+    /// Its incarnation.
+    pub incarnation: String,
+    /// The generation of its activation.
+    pub generation: Generation,
 }
 
 /// A request from one node to another.
@@ -83,6 +97,15 @@ pub enum Request {
         /// Actor id.
         id: String,
     },
+    /// "Keep this marker for the actor (or none) and give me the one you had."
+    Witness {
+        /// Actor type.
+        actor_type: String,
+        /// Actor id.
+        id: String,
+        /// The new marker.
+        marker: Option<Marker>,
+    },
     /// "Here is the state of an actor you own" (sent by a leaving or former owner).
     HandOff {
         /// Generation of the state (higher is newer).
@@ -113,6 +136,8 @@ pub enum Response {
     },
     /// The hand-off is stored (or was already superseded).
     HandOffAck,
+    /// The marker a witness had for the actor.
+    Witnessed(Option<Marker>),
     /// Neither the actor nor its state is here: it was handed to `pod` (claimed under
     /// `order`); claim it from there.
     Moved {
@@ -142,6 +167,18 @@ fn put_str(b: &mut BytesMut, s: &str) {
 fn put_bytes(b: &mut BytesMut, s: &[u8]) {
     b.put_u32(s.len() as u32);
     b.put_slice(s);
+}
+
+fn put_marker(b: &mut BytesMut, m: &Option<Marker>) {
+    match m {
+        None => b.put_u8(0),
+        Some(m) => {
+            b.put_u8(1);
+            put_str(b, &m.holder);
+            put_str(b, &m.incarnation);
+            put_generation(b, m.generation);
+        }
+    }
 }
 
 fn put_order(b: &mut BytesMut, o: TableOrder) {
@@ -209,6 +246,17 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
                 put_str(out, actor_type);
                 put_str(out, id);
             }
+            Request::Witness {
+                actor_type,
+                id,
+                marker,
+            } => {
+                out.put_u8(0x04);
+                out.put_u64(*corr);
+                put_str(out, actor_type);
+                put_str(out, id);
+                put_marker(out, marker);
+            }
             Request::HandOff {
                 generation,
                 actor_type,
@@ -257,6 +305,11 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
             Response::HandOffAck => {
                 out.put_u8(0x85);
                 out.put_u64(*corr);
+            }
+            Response::Witnessed(marker) => {
+                out.put_u8(0x87);
+                out.put_u64(*corr);
+                put_marker(out, marker);
             }
             Response::Moved {
                 order,
@@ -347,6 +400,16 @@ impl Reader {
     fn order(&mut self) -> Result<TableOrder, WireError> {
         Ok((self.u64()?, self.u64()?))
     }
+    fn marker(&mut self) -> Result<Option<Marker>, WireError> {
+        Ok(match self.u8()? {
+            0 => None,
+            _ => Some(Marker {
+                holder: self.string()?,
+                incarnation: self.string()?,
+                generation: self.generation()?,
+            }),
+        })
+    }
     fn generation(&mut self) -> Result<Generation, WireError> {
         Ok(Generation {
             epoch: self.u64()?,
@@ -394,7 +457,16 @@ pub fn decode(body: Bytes) -> Result<Frame, WireError> {
                 state: r.bytes()?,
             },
         ),
+        0x04 => Frame::Request(
+            corr,
+            Request::Witness {
+                actor_type: r.string()?,
+                id: r.string()?,
+                marker: r.marker()?,
+            },
+        ),
         0x81 => Frame::Response(corr, Response::Reply(r.bytes()?)),
+        0x87 => Frame::Response(corr, Response::Witnessed(r.marker()?)),
         0x82 => {
             let code = r.u8()?;
             let text = r.string()?;
@@ -529,6 +601,23 @@ mod tests {
                 },
             ),
             Frame::Response(9, Response::Failed(DeliveryError::TooLarge("kv/x".into()))),
+            Frame::Request(
+                10,
+                Request::Witness {
+                    actor_type: "counter".into(),
+                    id: "c".into(),
+                    marker: Some(Marker {
+                        holder: "pod-a".into(),
+                        incarnation: "i-1".into(),
+                        generation: Generation {
+                            epoch: 0,
+                            version: 3,
+                            counter: 2,
+                        },
+                    }),
+                },
+            ),
+            Frame::Response(11, Response::Witnessed(None)),
         ]
     }
 

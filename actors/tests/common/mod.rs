@@ -159,11 +159,21 @@ impl TestNode {
         tracker: &Tracker,
         tune: impl FnOnce(&mut RuntimeConfig),
     ) -> Self {
+        Self::start_as(pod, &format!("{pod}-1"), tracker, tune).await
+    }
+
+    /// A node of `pod` with its own incarnation (a restarted process).
+    pub async fn start_as(
+        pod: &str,
+        incarnation: &str,
+        tracker: &Tracker,
+        tune: impl FnOnce(&mut RuntimeConfig),
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr").to_string();
-        let mut config = RuntimeConfig::new(pod, format!("{pod}-1"));
+        let mut config = RuntimeConfig::new(pod, incarnation);
         config.actor_types.push(Arc::new(TrackedType {
             node: pod.to_owned(),
             tracker: tracker.clone(),
