@@ -68,6 +68,22 @@
 //! that would not fit in one frame is refused at the source (`kv` puts answer 413) or
 //! never sent (the claimed node keeps it and answers `TooLarge`).
 //!
+//! **Lost states are counted once.** Without a durable store a killed node's states are
+//! gone. Every activation swaps a marker `(holder, incarnation, generation)` at the actor's
+//! *witness* (the Up member that would own it without the holder) and takes the one the
+//! witness had (and any it keeps itself: it may have been the witness before). When that
+//! marker names a holder that is not alive in the current table and a generation newer
+//! than the state the activation starts on, the state is lost:
+//! `troupe_actor_states_lost_total{actor_type}` rises by one on the activating node. The
+//! swap is atomic at the witness, and a lineage restarted under a later table has a higher
+//! generation than any older marker, so one loss is never counted twice. Exact for a
+//! killed pod that restarts with the same name or is replaced while the other members
+//! stay. Not counted (under-count): a cluster of one member (no witness); a witness that
+//! died too, or that changed between the holder's activation and the next one (members
+//! joined or left meanwhile: markers do not move with rebalancing); a marker swap that
+//! failed (best effort, after activation). Counted although nothing was lost (over-count):
+//! an actor whose state was empty when its holder died (the marker is set at activation).
+//!
 //! **Draining** (graceful leave): stop taking client work, wait until the member table no
 //! longer makes this node an owner, close every actor (each finishes its mailbox), push
 //! every parked state to its new owner, and wait for in-flight requests to finish.
@@ -166,7 +182,12 @@ struct Tombstone {
 /// than this node's, messages for that actor go to the claimant; and a later claimant is
 /// told where the actor went ([`Response::Moved`]), so claims follow the actor even when
 /// a node skipped table versions.
-type Tombstones = Mutex<HashMap<(Arc<str>, Box<str>), Tombstone>>;
+type Tombstones = Mutex<HashMap<ActorKey, Tombstone>>;
+
+/// `(actor type, id)`.
+type ActorKey = (Arc<str>, Box<str>);
+/// `(pod, incarnation)`.
+type PodKey = (Arc<str>, Arc<str>);
 
 /// What a claimant does about a previous owner that does not answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -255,9 +276,9 @@ pub(crate) struct Inner {
     peers: Peers,
     tombstones: Tombstones,
     /// `(pod, incarnation)` → when this node first saw it Down.
-    down_since: Mutex<HashMap<(Arc<str>, Arc<str>), Instant>>,
+    down_since: Mutex<HashMap<PodKey, Instant>>,
     /// Markers of the actors this node witnesses: who holds each, at which generation.
-    markers: Mutex<HashMap<(Arc<str>, Box<str>), Marker>>,
+    markers: Mutex<HashMap<ActorKey, Marker>>,
     inflight: AtomicUsize,
     settings: RunSettings,
 }
@@ -406,6 +427,8 @@ impl ActorRuntime {
     /// `0.0.0.0:`[`troupe_contract::ports::TRANSPORT`]); runs until the task is dropped.
     pub async fn serve_transport(&self, listener: tokio::net::TcpListener) -> Result<(), Error> {
         let fast_inner = self.inner.clone();
+        // The request comes back by value (no allocation on the fast path).
+        #[allow(clippy::result_large_err)]
         let fast: transport::FastPath = Arc::new(move |req| fast_inner.try_answer_now(req));
         let inner = self.inner.clone();
         let handler: transport::Handler = Arc::new(move |req| {
@@ -1313,6 +1336,7 @@ impl Inner {
 
     /// Answers a forwarded tell to an actor active here without waiting; anything else is
     /// given back for [`Inner::handle_request`].
+    #[allow(clippy::result_large_err)] // gives the request back by value, unallocated
     fn try_answer_now(&self, request: Request) -> Result<Response, Request> {
         let Request::Deliver {
             ask: false,
