@@ -471,3 +471,43 @@ async fn killed_node_loses_k_states(replaced: bool) {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(lost(&alive), k, "a lost state is counted once");
 }
+
+/// Epochs: a restored table (epoch + 1) is newer than every version of the epoch before; a
+/// higher version of the old epoch is older; a table of another cluster id replaces the
+/// history and evicts what ran under the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_are_ordered_by_epoch_and_another_cluster_replaces_the_history() {
+    let tracker = Tracker::default();
+    let a = TestNode::start("a", &tracker, |_| {}).await;
+    let mut t = at(40, &[(&a, &a.addr, Up)]);
+    a.rt.update_members(&t);
+    for _ in 0..3 {
+        add(&a, "x").await;
+    }
+    t.epoch = 1;
+    t.version = 1;
+    a.rt.update_members(&t);
+    assert_eq!(a.rt.members_version(), 1, "the restored table was ignored");
+    t.epoch = 0;
+    t.version = 41;
+    a.rt.update_members(&t);
+    assert_eq!(
+        a.rt.members_version(),
+        1,
+        "an older epoch's table was taken"
+    );
+    assert_eq!(add(&a, "x").await, 4, "a restored table keeps the actors");
+    t.cluster = "another".into();
+    t.version = 2;
+    a.rt.update_members(&t);
+    assert_eq!(
+        a.rt.members_version(),
+        2,
+        "another cluster's table was ignored"
+    );
+    assert_eq!(
+        add(&a, "x").await,
+        1,
+        "state kept under the old cluster came back in another"
+    );
+}
