@@ -1471,32 +1471,41 @@ impl Inner {
             return Response::Conflict { order: mine };
         }
         let key = (entry.name.clone(), Box::<str>::from(id));
+        let act = entry.get(id);
+        let holds = act.is_some() || entry.parked_len(id).is_some();
         let before = {
             let mut t = lock(&self.tombstones);
-            if let Some(b) = t.get(&key)
+            let before = t.get(&key).cloned();
+            if let Some(b) = &before
                 && b.order > order
                 && *b.pod != *claimant
             {
                 // A claim under a newer table already took it: this claimant is behind.
                 return Response::Conflict { order: b.order };
             }
-            if t.len() >= MAX_TOMBSTONES && !t.contains_key(&key) {
-                // Keep the ones that still route; forget the older pointers.
-                t.retain(|_, s| s.order > mine);
-                if t.len() >= MAX_TOMBSTONES {
-                    t.clear();
+            // Point at the claimant when it takes something from here, or when there is
+            // no other holder to point at; a pointer to where the actor went is kept
+            // until that holder is claimed (the claimant is sent there: `Moved`).
+            if holds || before.as_ref().is_none_or(|b| *b.pod == *claimant) {
+                if t.len() >= MAX_TOMBSTONES && !t.contains_key(&key) {
+                    // Keep the ones that still route; forget the older pointers.
+                    t.retain(|_, s| s.order > mine);
+                    if t.len() >= MAX_TOMBSTONES {
+                        t.clear();
+                    }
                 }
+                t.insert(
+                    key,
+                    Tombstone {
+                        order,
+                        pod: claimant.as_str().into(),
+                        address: claimant_addr.into(),
+                    },
+                );
             }
-            t.insert(
-                key,
-                Tombstone {
-                    order,
-                    pod: claimant.as_str().into(),
-                    address: claimant_addr.into(),
-                },
-            )
+            before
         };
-        if let Some(act) = entry.get(id) {
+        if let Some(act) = act {
             act.close();
             if !act.wait_gone(self.config.ask_timeout * 2).await {
                 return Response::Failed(DeliveryError::Unavailable(format!(
@@ -1523,7 +1532,7 @@ impl Inner {
             return Response::Claimed(Some(state));
         }
         match before {
-            Some(b) if *b.pod != *claimant => Response::Moved {
+            Some(b) if !holds && *b.pod != *claimant => Response::Moved {
                 order: b.order,
                 pod: b.pod.to_string(),
                 address: b.address.to_string(),
