@@ -449,7 +449,14 @@ pub async fn run(
             }
             let queued = act.mailbox.close_and_take_all();
             finish(&entry, &id, &act);
-            reroute(queued);
+            if act.stop.load(Ordering::Acquire) == STOP_NONE {
+                reroute(queued);
+            } else {
+                // Stopped at once while claiming: nothing of it may run anywhere from here.
+                for env in queued {
+                    abort_envelope(&entry, &id, env);
+                }
+            }
             return;
         }
     };

@@ -511,3 +511,40 @@ async fn tables_are_ordered_by_epoch_and_another_cluster_replaces_the_history() 
         "state kept under the old cluster came back in another"
     );
 }
+
+/// M3: when the serving deadline passes, running activations stop at once (no finishing
+/// the mailbox) and keep their state for when the node serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activations_stop_at_once_when_serving_lapses_and_keep_their_state() {
+    let tracker = Tracker::default();
+    let a = TestNode::start("a", &tracker, |_| {}).await;
+    a.rt.update_members(&at(1, &[(&a, &a.addr, Up)]));
+    a.rt.set_serving_until(Some(Instant::now() + Duration::from_millis(300)));
+    for _ in 0..3 {
+        add(&a, "x").await;
+    }
+    for _ in 0..40 {
+        a.rt.tell("tracked", "x", Message::new("sleep", ""))
+            .await
+            .expect("tell accepted");
+    }
+    let ask = tokio::spawn({
+        let rt = a.rt.clone();
+        async move { rt.ask("tracked", "x", Message::new("get", "")).await }
+    });
+    let answer = ask.await.expect("ask task");
+    assert!(
+        matches!(answer, Err(DeliveryError::Unavailable(_))),
+        "the mailbox was finished after serving lapsed: {answer:?}"
+    );
+    for _ in 0..50 {
+        if a.rt.active_ids("tracked").is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(a.rt.active_ids("tracked").is_empty());
+    a.rt.set_accepting(true);
+    let v = a.rt.ask("tracked", "x", Message::new("get", "")).await;
+    assert_eq!(v.as_ref().map(int).ok(), Some(3), "state kept: {v:?}");
+}

@@ -162,6 +162,10 @@ impl Inner {
             }
             match self.decide(entry, id) {
                 Decision::Local => {
+                    if !self.accepting_peers() {
+                        // Not serving (and not draining): no new activation here.
+                        return Err(DeliveryError::NotAccepting);
+                    }
                     let (act, new) = entry.get_or_insert(id);
                     if new {
                         self.spawn_activation(entry.clone(), id.into(), act);
