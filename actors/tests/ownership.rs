@@ -548,3 +548,58 @@ async fn activations_stop_at_once_when_serving_lapses_and_keep_their_state() {
     let v = a.rt.ask("tracked", "x", Message::new("get", "")).await;
     assert_eq!(v.as_ref().map(int).ok(), Some(3), "state kept: {v:?}");
 }
+
+/// H2: A answered C "X went to B", and C cannot reach B (B Leaving, silent). C must keep
+/// failing closed on every retry: A keeps pointing at B instead of at C.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claimant_that_cannot_reach_the_holder_never_activates_without_it() {
+    let tracker = Tracker::default();
+    let short = |c: &mut troupe_actors::RuntimeConfig| c.ask_timeout = Duration::from_millis(300);
+    let a = TestNode::start("a", &tracker, short).await;
+    let b = TestNode::start("b", &tracker, short).await;
+    let c = TestNode::start("c", &tracker, short).await;
+    let to_b = Proxy::start(&b.addr).await;
+    let v = at(
+        1,
+        &[
+            (&a, &a.addr, Up),
+            (&b, &to_b.addr, Joining),
+            (&c, &c.addr, Joining),
+        ],
+    );
+    let v1 = at(
+        2,
+        &[
+            (&a, &a.addr, Leaving),
+            (&b, &to_b.addr, Up),
+            (&c, &c.addr, Joining),
+        ],
+    );
+    let v2 = at(
+        3,
+        &[
+            (&a, &a.addr, Leaving),
+            (&b, &to_b.addr, Leaving),
+            (&c, &c.addr, Up),
+        ],
+    );
+    for n in [&a, &b, &c] {
+        n.rt.update_members(&v);
+    }
+    add(&a, "x").await;
+    a.rt.update_members(&v1);
+    b.rt.update_members(&v1);
+    add(&b, "x").await;
+    to_b.blackhole();
+    c.rt.update_members(&v2);
+    let r = c.rt.ask("tracked", "x", Message::new("get", "")).await;
+    assert!(r.is_err(), "c answered without b's state: {r:?}");
+    // Let c retry its claim a few times (each gives up after 2 × 300 ms).
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    // (c keeps a pending activation that is still claiming; it never runs.)
+    assert_eq!(
+        tracker.violations.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "x ran on both b and c"
+    );
+}

@@ -44,7 +44,7 @@
 //!
 //! **Claims fail closed.** A previous holder that does not answer (connection refused,
 //! timeout, broken link) is waited for while it is Joining, Up or Leaving in the
-//! claimant's table; after about 10 s the claim is abandoned and the messages rerouted,
+//! claimant's table; after twice the ask timeout (10 s) the claim is abandoned and the messages rerouted,
 //! never activated without it. Only a holder gone from the table (or replaced by another
 //! incarnation), or one Down for at least `down_grace` (the time a downed node may still
 //! serve before it notices: isolation timeout plus feed delay), is given up: the actor

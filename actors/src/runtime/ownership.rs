@@ -322,7 +322,7 @@ impl Inner {
         entry: &TypeEntry,
         id: &str,
     ) -> Result<Grant, ()> {
-        let give_up = Instant::now() + Duration::from_secs(10);
+        let give_up = Instant::now() + self.config.ask_timeout * 2;
         loop {
             let request = Request::Claim {
                 cluster: current.cluster.to_string(),
