@@ -44,11 +44,12 @@
 //!
 //! **Claims fail closed.** A previous holder that does not answer (connection refused,
 //! timeout, broken link) is waited for while it is Joining, Up or Leaving in the
-//! claimant's table; after twice the ask timeout (10 s) the claim is abandoned and the messages rerouted,
-//! never activated without it. Only a holder gone from the table (or replaced by another
-//! incarnation), or one Down for at least `down_grace` (the time a downed node may still
-//! serve before it notices: isolation timeout plus feed delay), is given up: the actor
-//! activates without its state, counted in `troupe_handovers_missed_total`.
+//! claimant's table; after twice the ask timeout (10 s) the claim is abandoned and the
+//! messages rerouted, never activated without it. Only a holder gone from the table (or
+//! replaced by another incarnation), or one Down for at least `down_grace` (the time a
+//! downed node may still serve before it notices: isolation timeout plus feed delay), is
+//! given up: the actor activates without its state, counted in
+//! `troupe_handovers_missed_total` (and in `troupe_actor_states_lost_total` if it had one).
 //!
 //! **Eviction.** A node that learns it is Down, replaced by a new incarnation, removed
 //! without a graceful leave, or that gets a table of another cluster, stops every
