@@ -37,6 +37,8 @@
 //! A claimed node closes its activation, lets it finish every queued message, parks its
 //! state and answers with it; it records a tombstone (the claim's order, pod, address) and
 //! forwards new messages to the claimant while its own table is older than the claim's. A
+//! node that holds nothing and already points elsewhere answers `Moved` and keeps its
+//! pointer (a claimant that cannot reach that holder must not erase the chain). A
 //! claim from a node with an older table than the claimed node's, or than a claim it
 //! already granted, is refused (`Conflict`): the claimant drops its pending activation and
 //! routes its messages again once its table is newer. Messages that reach an activation
