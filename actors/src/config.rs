@@ -138,6 +138,8 @@ impl fmt::Debug for RuntimeConfig {
             .field("mailbox_overrides", &self.mailbox_overrides)
             .field("passivate_after", &self.passivate_after)
             .field("ask_timeout", &self.ask_timeout)
+            .field("max_frame_bytes", &self.max_frame_bytes)
+            .field("down_grace", &self.down_grace)
             .field("app_url", &self.app_url)
             .field("app_types", &self.app_types)
             .field(
@@ -225,6 +227,13 @@ impl RuntimeConfig {
             return Err(Error::Config(
                 "pod and incarnation must not be empty".into(),
             ));
+        }
+        if self.max_frame_bytes <= 2 * crate::wire::FRAME_OVERHEAD {
+            return Err(Error::Config(format!(
+                "max_frame_bytes ({}) must leave room for states and replies above the frame overhead of {} bytes",
+                self.max_frame_bytes,
+                crate::wire::FRAME_OVERHEAD
+            )));
         }
         if let Some(u) = &self.app_url
             && !u.starts_with("http://")
