@@ -30,6 +30,16 @@ fn metric(node: &TestNode, series: &str) -> i64 {
         .unwrap_or(0)
 }
 
+/// Waits (bounded) until `id` is no longer active on `node`.
+async fn wait_passivated(node: &TestNode, id: &str) {
+    for _ in 0..150 {
+        if !node.rt.active_ids("tracked").contains(&id.to_owned()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn add(node: &TestNode, id: &str) -> i64 {
     let r = node.rt.ask("tracked", id, Message::new("add", "")).await;
     r.as_ref()
@@ -118,7 +128,7 @@ async fn a_downed_owner_that_comes_back_never_overwrites_newer_state() {
         for _ in 0..3 {
             add(&a, "x").await;
         }
-        tokio::time::sleep(Duration::from_millis(350)).await;
+        wait_passivated(&a, "x").await;
     }
     assert!(a.rt.active_ids("tracked").is_empty(), "x passivated on A");
     to_a.blackhole();
@@ -126,7 +136,7 @@ async fn a_downed_owner_that_comes_back_never_overwrites_newer_state() {
     for _ in 0..3 {
         add(&b, "x").await;
     }
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    wait_passivated(&b, "x").await;
     assert!(b.rt.active_ids("tracked").is_empty(), "x passivated on B");
     // A comes back and learns it is Down; whatever it still keeps must not win.
     a.rt.update_members(&v2);
@@ -519,11 +529,12 @@ async fn activations_stop_at_once_when_serving_lapses_and_keep_their_state() {
     let tracker = Tracker::default();
     let a = TestNode::start("a", &tracker, |_| {}).await;
     a.rt.update_members(&at(1, &[(&a, &a.addr, Up)]));
-    a.rt.set_serving_until(Some(Instant::now() + Duration::from_millis(300)));
+    a.rt.set_serving_until(Some(Instant::now() + Duration::from_secs(1)));
     for _ in 0..3 {
         add(&a, "x").await;
     }
-    for _ in 0..40 {
+    // 150 × 20 ms: far more work than fits before the deadline.
+    for _ in 0..150 {
         a.rt.tell("tracked", "x", Message::new("sleep", ""))
             .await
             .expect("tell accepted");
