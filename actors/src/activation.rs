@@ -7,6 +7,12 @@
 //!   │                                   id can never miss that state)
 //!   └─ parked: id → (generation, state) state of actors that passivated or moved away
 //!
+//!  Generation = (epoch, version, counter): the table order at which its lineage was
+//!  activated, then a counter bumped per activation on the same lineage. An activation
+//!  started under table order O gets the successor of max(its state, (O, 0)), so a state
+//!  that forked off under an older table (its owner was downed while alive) is always older
+//!  than one activated later without it: a stale lineage never silently wins.
+//!
 //!  Activation lifecycle (one task each):
 //!   Claiming ──claimed──► Active ──idle / handed over / drained──► Closing ──► Gone
 //!      └──────── aborted (a newer owner claimed it) ──────────────────────────► Gone
@@ -23,7 +29,7 @@ use std::{
     panic::AssertUnwindSafe,
     sync::{
         Arc, Mutex, RwLock,
-        atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU8, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -39,9 +45,39 @@ use crate::{
     mailbox::{Envelope, Mailbox},
     message::Reply,
     metrics::TypeStats,
-    placement::key_hash,
+    placement::{TableOrder, key_hash},
     supervision::Backoff,
 };
+
+/// The generation of an actor state, ordered across forks (see the module docs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Generation {
+    /// Epoch of the table under which its lineage was activated.
+    pub epoch: u64,
+    /// Version of that table.
+    pub version: u64,
+    /// Activations on that lineage since.
+    pub counter: u64,
+}
+
+impl Generation {
+    /// The generation of an activation started under `order` on `state`'s generation.
+    pub fn next(state: Option<Generation>, order: TableOrder) -> Generation {
+        let floor = Generation {
+            epoch: order.0,
+            version: order.1,
+            counter: 0,
+        };
+        let base = state.filter(|g| *g >= floor).unwrap_or(floor);
+        Generation {
+            counter: base.counter.saturating_add(1),
+            ..base
+        }
+    }
+}
+
+/// A state with its generation.
+pub type State = (Generation, Bytes);
 
 /// Phase of an activation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,20 +99,29 @@ pub struct Activation {
     /// Its mailbox.
     pub mailbox: Mailbox,
     phase: AtomicU8,
-    /// Generation of the state it runs on (state generation + 1).
-    pub generation: AtomicU64,
+    /// Generation of this activation ([`Generation::next`] of the state it started on).
+    generation: Mutex<Generation>,
     /// Set when a newer owner claimed the actor while it was still claiming.
     pub aborted: AtomicBool,
+    /// Set by [`Activation::stop_now`]: [`STOP_KEEP`] or [`STOP_DROP`].
+    stop: AtomicU8,
     gone: Notify,
 }
+
+const STOP_NONE: u8 = 0;
+/// Stop at once and park the state (serving lapsed: the node may come back).
+const STOP_KEEP: u8 = 1;
+/// Stop at once and drop the state (the node was downed or evicted: the state is stale).
+const STOP_DROP: u8 = 2;
 
 impl Activation {
     fn new(config: MailboxConfig) -> Self {
         Self {
             mailbox: Mailbox::new(config),
             phase: AtomicU8::new(Phase::Claiming as u8),
-            generation: AtomicU64::new(0),
+            generation: Mutex::new(Generation::default()),
             aborted: AtomicBool::new(false),
+            stop: AtomicU8::new(STOP_NONE),
             gone: Notify::new(),
         }
     }
@@ -93,6 +138,28 @@ impl Activation {
 
     fn set_phase(&self, p: Phase) {
         self.phase.store(p as u8, Ordering::Release);
+    }
+
+    /// The generation this activation runs on (default while claiming).
+    pub fn generation(&self) -> Generation {
+        *lock(&self.generation)
+    }
+
+    /// Stops the actor at once: the message being handled finishes, queued asks are
+    /// answered `Unavailable` (503), queued tells are counted as aborted dead letters. Its
+    /// state is parked when `keep_state`, dropped otherwise.
+    pub fn stop_now(&self, keep_state: bool) {
+        let how = if keep_state { STOP_KEEP } else { STOP_DROP };
+        let _ = self
+            .stop
+            .compare_exchange(STOP_NONE, how, Ordering::AcqRel, Ordering::Acquire);
+        if how == STOP_DROP {
+            self.stop.store(STOP_DROP, Ordering::Release);
+        }
+        if self.phase() == Phase::Claiming {
+            self.aborted.store(true, Ordering::Release);
+        }
+        self.mailbox.close();
     }
 
     /// Asks the actor to finish its queued messages, park its state and go.
@@ -135,7 +202,7 @@ pub struct TypeEntry {
     /// Its metrics.
     pub stats: TypeStats,
     shards: Box<[Shard]>,
-    parked: Mutex<HashMap<Box<str>, (u64, Bytes), foldhash::fast::RandomState>>,
+    parked: Mutex<HashMap<Box<str>, State, foldhash::fast::RandomState>>,
 }
 
 impl std::fmt::Debug for TypeEntry {
@@ -227,7 +294,7 @@ impl TypeEntry {
     }
 
     /// Keeps `state` of `id` unless a newer generation is already kept; returns whether kept.
-    pub fn park(&self, id: &str, generation: u64, state: Bytes) -> bool {
+    pub fn park(&self, id: &str, generation: Generation, state: Bytes) -> bool {
         let mut p = lock(&self.parked);
         match p.get(id) {
             Some((g, _)) if *g >= generation => false,
@@ -239,12 +306,30 @@ impl TypeEntry {
     }
 
     /// Takes the kept state of `id`.
-    pub fn take_parked(&self, id: &str) -> Option<(u64, Bytes)> {
+    pub fn take_parked(&self, id: &str) -> Option<State> {
         lock(&self.parked).remove(id)
     }
 
+    /// Generation of the kept state of `id`, if any.
+    pub fn parked_generation(&self, id: &str) -> Option<Generation> {
+        lock(&self.parked).get(id).map(|(g, _)| *g)
+    }
+
+    /// Size in bytes of the kept state of `id`, if any.
+    pub fn parked_len(&self, id: &str) -> Option<usize> {
+        lock(&self.parked).get(id).map(|(_, s)| s.len())
+    }
+
+    /// Drops every kept state; returns how many there were.
+    pub fn drop_parked(&self) -> usize {
+        let mut p = lock(&self.parked);
+        let n = p.len();
+        p.clear();
+        n
+    }
+
     /// Removes the kept state of `id` if it still is `generation` (after a hand-off).
-    pub fn remove_parked_if(&self, id: &str, generation: u64) {
+    pub fn remove_parked_if(&self, id: &str, generation: Generation) {
         let mut p = lock(&self.parked);
         if p.get(id).is_some_and(|(g, _)| *g == generation) {
             p.remove(id);
@@ -253,29 +338,31 @@ impl TypeEntry {
 
     /// Starts `act` on `state` merged with any state parked meanwhile (a hand-off that
     /// arrived during the claim), atomically with respect to [`TypeEntry::offer_handoff`].
-    /// Returns the state to activate with and the activation's generation.
+    /// Returns the state to activate with and the activation's generation, which is
+    /// [`Generation::next`] of that state under `order` (the table order it activates at).
     pub fn begin(
         &self,
         id: &str,
         act: &Activation,
-        state: Option<(u64, Bytes)>,
-    ) -> (Option<Bytes>, u64) {
+        state: Option<State>,
+        order: TableOrder,
+    ) -> (Option<Bytes>, Generation) {
         let mut p = lock(&self.parked);
         let state = newest(state, p.remove(id));
-        let generation = state.as_ref().map_or(0, |(g, _)| *g) + 1;
-        act.generation.store(generation, Ordering::Release);
+        let generation = Generation::next(state.as_ref().map(|(g, _)| *g), order);
+        *lock(&act.generation) = generation;
         act.set_phase(Phase::Active);
         (state.map(|(_, s)| s), generation)
     }
 
     /// A state handed over by another node: kept for the next activation unless a running
     /// or kept state is at least as new.
-    pub fn offer_handoff(&self, id: &str, generation: u64, state: Bytes) -> HandOffOutcome {
+    pub fn offer_handoff(&self, id: &str, generation: Generation, state: Bytes) -> HandOffOutcome {
         let mut p = lock(&self.parked);
         if let Some(act) = self.get(id)
             && act.phase() != Phase::Claiming
         {
-            return if generation < act.generation.load(Ordering::Acquire) {
+            return if generation < act.generation() {
                 HandOffOutcome::Superseded
             } else {
                 HandOffOutcome::Conflict
@@ -291,7 +378,7 @@ impl TypeEntry {
     }
 
     /// Copies of every kept state.
-    pub fn parked(&self) -> Vec<(Arc<str>, u64, Bytes)> {
+    pub fn parked(&self) -> Vec<(Arc<str>, Generation, Bytes)> {
         lock(&self.parked)
             .iter()
             .map(|(k, (g, s))| (Arc::from(&**k), *g, s.clone()))
@@ -311,7 +398,7 @@ pub enum HandOffOutcome {
 }
 
 /// The newer of two states.
-pub fn newest(a: Option<(u64, Bytes)>, b: Option<(u64, Bytes)>) -> Option<(u64, Bytes)> {
+pub fn newest(a: Option<State>, b: Option<State>) -> Option<State> {
     match (a, b) {
         (Some(x), Some(y)) => Some(if y.0 > x.0 { y } else { x }),
         (x, None) => x,
@@ -335,8 +422,8 @@ pub fn sample(every: u32) -> bool {
 /// What the claim phase decided.
 #[derive(Debug)]
 pub enum Claimed {
-    /// Activate with this state (generation, bytes), if any.
-    Activate(Option<(u64, Bytes)>),
+    /// Activate with this state (generation, bytes), if any, under this table order.
+    Activate(Option<State>, TableOrder),
     /// Do not activate: another node owns the actor; route the queued messages again.
     Abort,
 }
@@ -352,19 +439,28 @@ pub async fn run(
     settings: RunSettings,
 ) {
     let claimed = claim.await;
-    let state = match claimed {
-        Claimed::Activate(state) if !act.aborted.load(Ordering::Acquire) => state,
+    let (state, order) = match claimed {
+        Claimed::Activate(state, order) if !act.aborted.load(Ordering::Acquire) => (state, order),
         other => {
-            if let Claimed::Activate(Some((g, s))) = other {
+            if let Claimed::Activate(Some((g, s)), _) = other
+                && act.stop.load(Ordering::Acquire) != STOP_DROP
+            {
                 entry.park(&id, g, s);
             }
             let queued = act.mailbox.close_and_take_all();
             finish(&entry, &id, &act);
-            reroute(queued);
+            if act.stop.load(Ordering::Acquire) == STOP_NONE {
+                reroute(queued);
+            } else {
+                // Stopped at once while claiming: nothing of it may run anywhere from here.
+                for env in queued {
+                    abort_envelope(&entry, &id, env);
+                }
+            }
             return;
         }
     };
-    let (state, generation) = entry.begin(&id, &act, state);
+    let (state, generation) = entry.begin(&id, &act, state, order);
     let mut actor = activate(&*entry.factory, &id, state);
     let mut backoff = Backoff::new(settings.supervision);
     // One idle timer for the activation's life, re-armed only when it fires: no timer
@@ -373,6 +469,9 @@ pub async fn run(
     tokio::pin!(idle);
     let mut handled_since_check = 0u64;
     loop {
+        if act.stop.load(Ordering::Acquire) != STOP_NONE {
+            break;
+        }
         let envelope = match act.mailbox.try_recv() {
             Some(e) => e,
             None => {
@@ -394,6 +493,10 @@ pub async fn run(
                 }
             }
         };
+        if act.stop.load(Ordering::Acquire) != STOP_NONE {
+            abort_envelope(&entry, &id, envelope);
+            break;
+        }
         handled_since_check += 1;
         let started = envelope.enqueued.map(|queued| {
             let now = Instant::now();
@@ -434,6 +537,17 @@ pub async fn run(
         }
     }
     act.set_phase(Phase::Closing);
+    let stop = act.stop.load(Ordering::Acquire);
+    if stop != STOP_NONE {
+        for env in act.mailbox.close_and_take_all() {
+            abort_envelope(&entry, &id, env);
+        }
+    }
+    if stop == STOP_DROP {
+        tracing::warn!(actor_type = %entry.name, id = %id, "actor stopped at once: this node was downed or left the cluster; its state is dropped");
+        finish(&entry, &id, &act);
+        return;
+    }
     match snapshot(&mut *actor).await {
         Ok(s) if !s.is_empty() => {
             entry.park(&id, generation, s);
@@ -444,6 +558,19 @@ pub async fn run(
         }
     }
     finish(&entry, &id, &act);
+}
+
+/// Answers or counts a message that an activation stopped at once will not handle.
+fn abort_envelope(entry: &TypeEntry, id: &str, env: Envelope) {
+    match env.reply {
+        Some(tx) => {
+            let _ = tx.send(Err(DeliveryError::Unavailable(format!(
+                "{}/{id} was stopped before handling it: this node stopped serving",
+                entry.name
+            ))));
+        }
+        None => entry.stats.aborted.inc(),
+    }
 }
 
 fn finish(entry: &TypeEntry, id: &str, act: &Arc<Activation>) {
@@ -509,5 +636,116 @@ async fn snapshot(actor: &mut dyn Actor) -> Result<Bytes, String> {
         Ok(Ok(b)) => Ok(b),
         Ok(Err(e)) => Err(e.to_string()),
         Err(p) => Err(format!("deactivate panicked: {p}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{builtin::CounterType, metrics::RuntimeMetrics};
+
+    fn entry() -> TypeEntry {
+        let metrics = RuntimeMetrics::register(&prometheus::Registry::new()).expect("metrics");
+        TypeEntry::new(
+            Arc::new(CounterType),
+            MailboxConfig::default(),
+            metrics.for_type("counter"),
+        )
+    }
+
+    fn state(s: &'static str) -> Bytes {
+        Bytes::from_static(s.as_bytes())
+    }
+
+    #[test]
+    fn generations_are_ordered_by_table_then_counter() {
+        let first = Generation::next(None, (0, 4));
+        assert_eq!(
+            first,
+            Generation {
+                epoch: 0,
+                version: 4,
+                counter: 1
+            }
+        );
+        // The same lineage activated again under a later table moves up to it, counter 1.
+        let later = Generation::next(Some(first), (0, 9));
+        assert_eq!(
+            later,
+            Generation {
+                epoch: 0,
+                version: 9,
+                counter: 1
+            }
+        );
+        assert!(later > first);
+        // Activated again under the same table: the counter goes up.
+        let again = Generation::next(Some(later), (0, 9));
+        assert_eq!(again.counter, 2);
+        // A restored table (epoch + 1) is above every version of the epoch before.
+        assert!(Generation::next(None, (1, 1)) > Generation::next(None, (0, 1_000_000)));
+        // A state from a newer table than the activation's keeps its own place.
+        let ahead = Generation {
+            epoch: 0,
+            version: 12,
+            counter: 5,
+        };
+        assert_eq!(
+            Generation::next(Some(ahead), (0, 9)),
+            Generation {
+                epoch: 0,
+                version: 12,
+                counter: 6
+            }
+        );
+    }
+
+    /// H3: A ran X through many activations under table 1 (counter 7) and was downed; B
+    /// activated X without A's state under table 2 and parked it. A's copy arrives late.
+    #[test]
+    fn a_stale_lineage_never_wins_over_a_newer_one() {
+        let e = entry();
+        let stale = Generation {
+            epoch: 0,
+            version: 1,
+            counter: 7,
+        };
+        let fresh = Generation::next(None, (0, 2));
+        assert!(e.park("x", fresh, state("b's")));
+        assert_eq!(
+            e.offer_handoff("x", stale, state("a's")),
+            HandOffOutcome::Superseded
+        );
+        assert!(
+            !e.park("x", stale, state("a's")),
+            "park keeps the newer lineage"
+        );
+        let (act, _) = e.get_or_insert("x");
+        let (s, g) = e.begin("x", &act, Some((stale, state("a's"))), (0, 3));
+        assert_eq!(s.as_deref(), Some(&b"b's"[..]));
+        assert_eq!(
+            g,
+            Generation {
+                epoch: 0,
+                version: 3,
+                counter: 1
+            }
+        );
+        // A running activation on the newer lineage: the stale copy is superseded, not
+        // a conflict.
+        assert_eq!(
+            e.offer_handoff("x", stale, state("a's")),
+            HandOffOutcome::Superseded
+        );
+    }
+
+    #[test]
+    fn dropping_kept_states_empties_them() {
+        let e = entry();
+        e.park("x", Generation::next(None, (0, 1)), state("s"));
+        e.park("y", Generation::next(None, (0, 1)), state("s"));
+        assert_eq!(e.parked_len("x"), Some(1));
+        assert_eq!(e.drop_parked(), 2);
+        assert!(e.parked().is_empty());
     }
 }

@@ -98,14 +98,35 @@ impl ActorType for CounterType {
     }
 }
 
-/// `kv`: a small key-value map per actor.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct KvType;
+/// `kv`: a small key-value map per actor. A `put` that would make the map's encoded
+/// state larger than `max_state_bytes` is refused (413) and changes nothing: a state above
+/// the frame limit could never be handed over.
+#[derive(Debug, Clone, Copy)]
+pub struct KvType {
+    /// Largest encoded state of one map (bytes).
+    pub max_state_bytes: usize,
+}
+
+impl Default for KvType {
+    fn default() -> Self {
+        Self {
+            max_state_bytes: 8 * 1024 * 1024 - crate::wire::FRAME_OVERHEAD,
+        }
+    }
+}
 
 /// One key-value map.
 #[derive(Debug, Default)]
 pub struct Kv {
     map: BTreeMap<String, Value>,
+    /// Encoded size of `map` as its state (JSON object), kept up to date.
+    size: usize,
+    max_state_bytes: usize,
+}
+
+/// Bytes one entry adds to the JSON state: `"key":value,`.
+fn entry_size(key: &str, value: &Value) -> usize {
+    serde_json::to_string(key).map_or(0, |k| k.len()) + value.to_string().len() + 2
 }
 
 #[derive(Deserialize, Default)]
@@ -124,11 +145,29 @@ impl Actor for Kv {
         };
         let reply = match &*m.method {
             "put" => {
+                let old = self
+                    .map
+                    .get(&args.key)
+                    .map_or(0, |v| entry_size(&args.key, v));
+                let size = self.size - old + entry_size(&args.key, &args.value);
+                if size + 2 > self.max_state_bytes {
+                    return Step::Done(Err(ActorError::TooLarge(format!(
+                        "the map would be {size} bytes, above its limit of {} bytes",
+                        self.max_state_bytes
+                    ))));
+                }
+                self.size = size;
                 self.map.insert(args.key, args.value);
                 json!({ "ok": true })
             }
             "get" | "default" => json!({ "value": self.map.get(&args.key) }),
-            "delete" => json!({ "deleted": self.map.remove(&args.key).is_some() }),
+            "delete" => {
+                let removed = self.map.remove(&args.key);
+                if let Some(v) = &removed {
+                    self.size -= entry_size(&args.key, v);
+                }
+                json!({ "deleted": removed.is_some() })
+            }
             "keys" => json!({ "keys": self.map.keys().collect::<Vec<_>>() }),
             _ => return unknown_method("kv", m),
         };
@@ -152,10 +191,15 @@ impl ActorType for KvType {
         "kv"
     }
     fn activate(&self, _id: &str, state: Option<Bytes>) -> Box<dyn Actor> {
-        let map = state
+        let map: BTreeMap<String, Value> = state
             .and_then(|s| serde_json::from_slice(&s).ok())
             .unwrap_or_default();
-        Box::new(Kv { map })
+        let size = map.iter().map(|(k, v)| entry_size(k, v)).sum();
+        Box::new(Kv {
+            map,
+            size,
+            max_state_bytes: self.max_state_bytes,
+        })
     }
 }
 
@@ -283,10 +327,10 @@ mod tests {
 
     #[test]
     fn kv_puts_gets_deletes_and_survives_deactivation() {
-        let mut kv = KvType.activate("k", None);
+        let mut kv = KvType::default().activate("k", None);
         let _ = done(kv.handle(&Message::new("put", r#"{"key":"a","value":[1,2]}"#)));
         let state = done(kv.deactivate()).ok();
-        let mut kv = KvType.activate("k", state);
+        let mut kv = KvType::default().activate("k", state);
         assert_eq!(
             value(done(kv.handle(&Message::new("get", r#"{"key":"a"}"#))))["value"],
             json!([1, 2])

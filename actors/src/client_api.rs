@@ -9,7 +9,8 @@
 //! Errors are JSON `{"error": "...", "status": n}`: 400 bad id or payload, 404 unknown
 //! type, 413 body too large, 429 mailbox full (`Retry-After`), 500 handler failed, 503 not
 //! accepting / dropped / unavailable (`Retry-After`), 504 no reply in time. Routing and
-//! actors are the runtime's; this module only translates HTTP.
+//! actors are the runtime's; this module only translates HTTP, through the runtime's
+//! public API ([`ActorRuntime::ask`], [`ActorRuntime::tell`]) only.
 
 use axum::{
     Json, Router,
@@ -25,7 +26,7 @@ use crate::{error::DeliveryError, message::Message, runtime::ActorRuntime};
 
 /// The router, with `rt` as its state.
 pub fn router(rt: ActorRuntime) -> Router {
-    let limit = rt.inner.config.max_body_bytes;
+    let limit = rt.max_body_bytes();
     Router::new()
         .route("/actors", get(types))
         .route("/actors/{actor_type}/{id}/ask", post(ask_default))
@@ -58,12 +59,15 @@ async fn dispatch(
     body: Bytes,
     ask: bool,
 ) -> Response {
-    if !rt.is_accepting() {
-        return error_response(&DeliveryError::NotAccepting);
-    }
-    let _inflight = rt.inner.inflight();
     let message = Message::owned(method, body);
-    match rt.inner.deliver(&actor_type, &id, message, ask, 0).await {
+    let answer = if ask {
+        rt.ask(&actor_type, &id, message).await
+    } else {
+        rt.tell(&actor_type, &id, message)
+            .await
+            .map(|()| Bytes::new())
+    };
+    match answer {
         Ok(reply) if ask => (
             StatusCode::OK,
             [(

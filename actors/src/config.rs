@@ -107,8 +107,14 @@ pub struct RuntimeConfig {
     pub ask_timeout: Duration,
     /// Largest client request body (bytes); larger ones get 413.
     pub max_body_bytes: usize,
-    /// Largest node-to-node frame (bytes); larger ones close the connection.
+    /// Largest node-to-node frame (bytes); larger ones close the connection. Actor
+    /// states and replies must stay [`crate::wire::FRAME_OVERHEAD`] below it.
     pub max_frame_bytes: usize,
+    /// How long a claimant waits, after it first sees a previous owner Down, before it
+    /// activates the actor without that owner's state when the owner does not answer.
+    /// Must cover the time a downed node may still serve before it notices (the
+    /// membership's isolation timeout plus the feed delay).
+    pub down_grace: Duration,
     /// Port peers listen on when a member's address carries no port.
     pub transport_port: u16,
     /// Base URL of the sidecar application (`TROUPE_APP_URL`), if any.
@@ -132,6 +138,8 @@ impl fmt::Debug for RuntimeConfig {
             .field("mailbox_overrides", &self.mailbox_overrides)
             .field("passivate_after", &self.passivate_after)
             .field("ask_timeout", &self.ask_timeout)
+            .field("max_frame_bytes", &self.max_frame_bytes)
+            .field("down_grace", &self.down_grace)
             .field("app_url", &self.app_url)
             .field("app_types", &self.app_types)
             .field(
@@ -157,6 +165,7 @@ impl RuntimeConfig {
             passivate_after: Duration::from_secs(120),
             supervision: SupervisionConfig::default(),
             ask_timeout: Duration::from_secs(5),
+            down_grace: Duration::from_secs(3),
             max_body_bytes: 1 << 20,
             max_frame_bytes: 8 << 20,
             transport_port: troupe_contract::ports::TRANSPORT,
@@ -218,6 +227,13 @@ impl RuntimeConfig {
             return Err(Error::Config(
                 "pod and incarnation must not be empty".into(),
             ));
+        }
+        if self.max_frame_bytes <= 2 * crate::wire::FRAME_OVERHEAD {
+            return Err(Error::Config(format!(
+                "max_frame_bytes ({}) must leave room for states and replies above the frame overhead of {} bytes",
+                self.max_frame_bytes,
+                crate::wire::FRAME_OVERHEAD
+            )));
         }
         if let Some(u) = &self.app_url
             && !u.starts_with("http://")

@@ -31,6 +31,10 @@ pub enum ActorError {
     /// The handler failed (it panicked, or the sidecar application failed).
     #[error("actor failed: {0}")]
     Failed(String),
+    /// The request would make the actor's state or reply larger than allowed; nothing was
+    /// changed (413).
+    #[error("too large: {0}")]
+    TooLarge(String),
 }
 
 /// Why a message could not be delivered or answered.
@@ -63,6 +67,10 @@ pub enum DeliveryError {
     /// No reply arrived in time; the message may still be processed.
     #[error("no reply within {0:?}; the message may still be processed")]
     Timeout(Duration),
+    /// The message, the reply or the actor's state would exceed the size limit
+    /// (`max_frame_bytes` less the frame overhead); nothing was changed.
+    #[error("too large: {0}")]
+    TooLarge(String),
     /// The actor answered with an error.
     #[error(transparent)]
     Actor(#[from] ActorError),
@@ -74,11 +82,13 @@ impl DeliveryError {
         match self {
             Self::UnknownType(_) => 404,
             Self::InvalidAddress(_) => 400,
+            Self::TooLarge(_) => 413,
             Self::MailboxFull { .. } => 429,
             Self::Dropped(_) | Self::NotAccepting | Self::Unavailable(_) => 503,
             Self::Timeout(_) => 504,
             Self::Actor(ActorError::BadRequest(_)) => 400,
             Self::Actor(ActorError::Failed(_)) => 500,
+            Self::Actor(ActorError::TooLarge(_)) => 413,
         }
     }
 

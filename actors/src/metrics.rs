@@ -7,13 +7,14 @@
 //! | `troupe_messages_processed_total` | counter | `actor_type` |
 //! | `troupe_processing_seconds` | histogram (sampled) | `actor_type` |
 //! | `troupe_mailbox_wait_seconds` | histogram (sampled) | `actor_type` |
-//! | `troupe_dead_letters_total` | counter | `actor_type`, `reason` |
+//! | `troupe_dead_letters_total` | counter | `actor_type`, `reason` (`dropped_oldest`, `dropped_newest`, `undeliverable`, `aborted`: accepted, then its activation was stopped at once) |
 //! | `troupe_rejected_total` | counter | `actor_type`, `reason` |
 //! | `troupe_active_actors` | gauge | `actor_type` |
 //! | `troupe_actor_restarts_total` | counter | `actor_type` |
 //! | `troupe_forwarded_total` | counter | — |
 //! | `troupe_handovers_total` | counter | `direction` (`out`, `in`) |
 //! | `troupe_handovers_missed_total` | counter (previous owner gone: its state, if any, is lost) | — |
+//! | `troupe_actor_states_lost_total` | counter (an actor activated again without the state its last holder had: the holder died) | `actor_type` |
 //! | `troupe_transport_errors_total` | counter | `kind` |
 //!
 //! Mailbox depth costs nothing per message: a custom collector walks the activations and
@@ -52,6 +53,11 @@ pub struct TypeStats {
     pub dropped_newest: IntCounter,
     /// Lost with a failed hand-over or an unreachable owner.
     pub undeliverable: IntCounter,
+    /// Accepted tells dropped because their activation was stopped at once (the node
+    /// stopped serving or was downed).
+    pub aborted: IntCounter,
+    /// States lost with a dead holder (counted by the node activating the actor again).
+    pub states_lost: IntCounter,
     /// Refused: reject policy.
     pub rejected_full: IntCounter,
     /// Refused: backpressure timeout.
@@ -80,6 +86,7 @@ pub struct RuntimeMetrics {
     pub handovers_missed: IntCounter,
     /// Malformed frames and lost connections.
     pub transport_errors: IntCounterVec,
+    states_lost: IntCounterVec,
 }
 
 const TIME_BUCKETS: &[f64] = &[
@@ -166,6 +173,13 @@ impl RuntimeMetrics {
                 ),
                 &["kind"],
             )?,
+            states_lost: IntCounterVec::new(
+                Opts::new(
+                    "troupe_actor_states_lost_total",
+                    "Actors activated again without the state their last holder had (it died): each lost state counted once, by the node that activates the actor again.",
+                ),
+                by_type,
+            )?,
         };
         registry.register(Box::new(m.depth.clone()))?;
         registry.register(Box::new(m.processed.clone()))?;
@@ -179,6 +193,7 @@ impl RuntimeMetrics {
         registry.register(Box::new(m.handovers_out.clone()))?;
         registry.register(Box::new(m.handovers_in.clone()))?;
         registry.register(Box::new(m.handovers_missed.clone()))?;
+        registry.register(Box::new(m.states_lost.clone()))?;
         registry.register(Box::new(m.transport_errors.clone()))?;
         Ok(m)
     }
@@ -201,6 +216,10 @@ impl RuntimeMetrics {
             undeliverable: self
                 .dead_letters
                 .with_label_values(&[actor_type, "undeliverable"]),
+            aborted: self
+                .dead_letters
+                .with_label_values(&[actor_type, "aborted"]),
+            states_lost: self.states_lost.with_label_values(l),
             rejected_full: self
                 .rejected
                 .with_label_values(&[actor_type, "mailbox_full"]),

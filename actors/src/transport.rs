@@ -10,7 +10,10 @@
 //! correlation id. Writers batch: they write every frame already queued before flushing,
 //! so a busy link sends many frames per syscall. A malformed or oversize frame closes the
 //! connection (and is counted); it never panics. A dead link is replaced on the next
-//! request. This module knows nothing of actors: it moves [`Request`]s and [`Response`]s.
+//! request. Both sides set TCP keepalive ([`KEEPALIVE`]), and a link on which a request
+//! timed out with nothing received since it was sent is *wedged* (packets silently
+//! dropped, e.g. after a conntrack flush): it is closed and replaced on the next request.
+//! This module knows nothing of actors: it moves [`Request`]s and [`Response`]s.
 //!
 //! [`wire`]: crate::wire
 
@@ -39,6 +42,21 @@ use crate::wire::{self, Frame, Request, Response};
 const WRITE_QUEUE: usize = 16 * 1024;
 /// How long a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// TCP keepalive of every transport connection: first probe after 10 s idle, then every
+/// 3 s, dead after 3 unanswered probes (about 19 s for an idle link that went silent).
+pub const KEEPALIVE: (Duration, Duration, u32) =
+    (Duration::from_secs(10), Duration::from_secs(3), 3);
+
+fn set_keepalive(stream: &TcpStream) {
+    let (time, interval, retries) = KEEPALIVE;
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(time)
+        .with_interval(interval)
+        .with_retries(retries);
+    if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&ka) {
+        tracing::debug!(error = %e, "cannot set TCP keepalive");
+    }
+}
 
 /// Why a request got no response.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -53,6 +71,30 @@ pub enum TransportError {
     /// No response in time.
     #[error("no response from {0} in time")]
     Timeout(String),
+    /// The request would be a frame above the limit; it was not sent.
+    #[error("request of {0} bytes exceeds the frame limit of {1}")]
+    TooLarge(usize, usize),
+}
+
+/// Encodes a response; one above the frame limit becomes a `TooLarge` failure instead (the
+/// peer would refuse the frame and close the link).
+fn encode_response(corr: u64, resp: Response, max_frame: usize) -> Bytes {
+    let mut buf = BytesMut::with_capacity(32);
+    wire::encode(&Frame::Response(corr, resp), &mut buf);
+    if buf.len() - 4 > max_frame {
+        let len = buf.len() - 4;
+        buf.clear();
+        wire::encode(
+            &Frame::Response(
+                corr,
+                Response::Failed(crate::error::DeliveryError::TooLarge(format!(
+                    "answer of {len} bytes exceeds the frame limit of {max_frame}"
+                ))),
+            ),
+            &mut buf,
+        );
+    }
+    buf.freeze()
 }
 
 type Pending = Mutex<HashMap<u64, oneshot::Sender<Response>>>;
@@ -63,6 +105,19 @@ struct Link {
     tx: mpsc::Sender<Bytes>,
     pending: Arc<Pending>,
     alive: Arc<AtomicBool>,
+    /// Frames received so far (bumped by the reader).
+    received: Arc<AtomicU64>,
+    reader: tokio::task::AbortHandle,
+}
+
+impl Link {
+    /// Closes the link: its reader stops, every waiting request fails, and the next
+    /// request connects anew.
+    fn kill(&self) {
+        self.alive.store(false, Ordering::Release);
+        self.reader.abort();
+        lock(&self.pending).clear();
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -124,25 +179,26 @@ impl Peers {
                 }
             })?;
         let _ = stream.set_nodelay(true);
+        set_keepalive(&stream);
         let (r, w) = stream.into_split();
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
-        let link = Arc::new(Link {
-            addr: addr.into(),
-            tx,
-            pending: Arc::default(),
-            alive: Arc::new(AtomicBool::new(true)),
-        });
+        let pending: Arc<Pending> = Arc::default();
+        let alive = Arc::new(AtomicBool::new(true));
+        let received = Arc::new(AtomicU64::new(0));
         tokio::spawn(write_frames(rx, w));
-        {
-            let pending = link.pending.clone();
-            let alive = link.alive.clone();
+        let reader = {
+            let pending = pending.clone();
+            let alive = alive.clone();
+            let received = received.clone();
             let max = self.max_frame;
             let errors = self.errors.clone();
-            let peer = link.addr.clone();
+            let peer: Arc<str> = addr.into();
             tokio::spawn(async move {
                 let mut r = BufReader::with_capacity(64 * 1024, r);
                 loop {
-                    match wire::read_frame(&mut r, max).await {
+                    let frame = wire::read_frame(&mut r, max).await;
+                    received.fetch_add(1, Ordering::AcqRel);
+                    match frame {
                         Ok(Some(Ok(Frame::Response(corr, resp)))) => {
                             if let Some(tx) = lock(&pending).remove(&corr) {
                                 let _ = tx.send(resp);
@@ -164,8 +220,17 @@ impl Peers {
                 alive.store(false, Ordering::Release);
                 // Dropping the senders fails every waiting request.
                 lock(&pending).clear();
-            });
-        }
+            })
+            .abort_handle()
+        };
+        let link = Arc::new(Link {
+            addr: addr.into(),
+            tx,
+            pending,
+            alive,
+            received,
+            reader,
+        });
         let mut links = lock(&self.links);
         // Another task may have connected meanwhile; keep one link per peer.
         if let Some(l) = links.get(addr)
@@ -184,9 +249,15 @@ impl Peers {
         request: Request,
         timeout: Duration,
     ) -> Result<Response, TransportError> {
-        let link = self.link(addr).await?;
         let corr = self.next_corr.fetch_add(1, Ordering::Relaxed);
+        let mut buf = BytesMut::with_capacity(64);
+        wire::encode(&Frame::Request(corr, request), &mut buf);
+        if buf.len() - 4 > self.max_frame {
+            return Err(TransportError::TooLarge(buf.len() - 4, self.max_frame));
+        }
+        let link = self.link(addr).await?;
         let (tx, rx) = oneshot::channel();
+        let received_before = link.received.load(Ordering::Acquire);
         lock(&link.pending).insert(corr, tx);
         if !link.alive.load(Ordering::Acquire) {
             lock(&link.pending).remove(&corr);
@@ -195,8 +266,6 @@ impl Peers {
                 "link closed".into(),
             ));
         }
-        let mut buf = BytesMut::with_capacity(64);
-        wire::encode(&Frame::Request(corr, request), &mut buf);
         if link.tx.send(buf.freeze()).await.is_err() {
             lock(&link.pending).remove(&corr);
             link.alive.store(false, Ordering::Release);
@@ -213,6 +282,19 @@ impl Peers {
             )),
             Err(_) => {
                 lock(&link.pending).remove(&corr);
+                if link.received.load(Ordering::Acquire) == received_before {
+                    // Silent since this request was sent: wedged. Replace it.
+                    self.errors.with_label_values(&["link_wedged"]).inc();
+                    tracing::warn!(
+                        peer = addr,
+                        "no frame received on the link since a request that timed out; replacing the link"
+                    );
+                    link.kill();
+                    let mut links = lock(&self.links);
+                    if links.get(addr).is_some_and(|l| Arc::ptr_eq(l, &link)) {
+                        links.remove(addr);
+                    }
+                }
                 Err(TransportError::Timeout(addr.into()))
             }
         }
@@ -245,6 +327,7 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
+        set_keepalive(&stream);
         let handler = handler.clone();
         let fast = fast.clone();
         let errors = errors.clone();
@@ -260,9 +343,11 @@ pub async fn serve(
                         // answered inline, in order, without a task per request.
                         let req = match fast(req) {
                             Ok(resp) => {
-                                let mut buf = BytesMut::with_capacity(32);
-                                wire::encode(&Frame::Response(corr, resp), &mut buf);
-                                if tx.send(buf.freeze()).await.is_err() {
+                                if tx
+                                    .send(encode_response(corr, resp, max_frame))
+                                    .await
+                                    .is_err()
+                                {
                                     break;
                                 }
                                 continue;
@@ -273,9 +358,7 @@ pub async fn serve(
                         let tx = tx.clone();
                         tokio::spawn(async move {
                             let resp = handler(req).await;
-                            let mut buf = BytesMut::with_capacity(32);
-                            wire::encode(&Frame::Response(corr, resp), &mut buf);
-                            let _ = tx.send(buf.freeze()).await;
+                            let _ = tx.send(encode_response(corr, resp, max_frame)).await;
                         });
                     }
                     Ok(Some(Ok(Frame::Response(..)))) | Ok(Some(Err(_))) => {

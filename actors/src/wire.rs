@@ -3,12 +3,16 @@
 //! ```text
 //!  frame    = len:u32be  kind:u8  correlation:u64be  body          (len counts kind..body)
 //!  string   = n:u32be utf8[n]            bytes = n:u32be [n]
-//!  Deliver  (0x01) flags:u8(bit0 ask) version:u64 hops:u8 type id method payload:bytes
-//!  Claim    (0x02) version:u64 claimant:string type id
-//!  HandOff  (0x03) generation:u64 type id state:bytes
+//!  order    = epoch:u64 version:u64       generation = epoch:u64 version:u64 counter:u64
+//!  Deliver  (0x01) flags:u8(bit0 ask) order hops:u8 type id method payload:bytes
+//!  Claim    (0x02) cluster:string order claimant:string claimant_addr:string type id
+//!  HandOff  (0x03) generation type id state:bytes
+//!  Witness  (0x04) type id present:u8 [marker]   marker = holder:string incarnation:string generation
 //!  Reply    (0x81) payload:bytes              Failed (0x82) code:u8 text:string extra:u64
-//!  Claimed  (0x83) present:u8 [generation:u64 state:bytes]
-//!  Conflict (0x84) version:u64               HandOffAck (0x85)
+//!  Claimed  (0x83) present:u8 [generation state:bytes]
+//!  Conflict (0x84) order                     HandOffAck (0x85)
+//!  Moved    (0x86) order pod:string address:string
+//!  Witnessed (0x87) present:u8 [marker]
 //! ```
 //!
 //! Decoding never panics: every read is bounds-checked and a malformed frame is a
@@ -18,7 +22,11 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use crate::error::{ActorError, DeliveryError};
+use crate::{
+    activation::{Generation, State},
+    error::{ActorError, DeliveryError},
+    placement::TableOrder,
+};
 use std::time::Duration;
 
 /// A malformed or oversize frame.
@@ -41,6 +49,18 @@ pub enum WireError {
     Trailing(usize),
 }
 
+/// "`holder` (with `incarnation`) runs this actor at `generation`": kept by the actor's
+/// witness so that a state lost with a dead holder can be counted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Marker {
+    /// The holder's pod.
+    pub holder: String,
+    /// Its incarnation.
+    pub incarnation: String,
+    /// The generation of its activation.
+    pub generation: Generation,
+}
+
 /// A request from one node to another.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
@@ -48,8 +68,8 @@ pub enum Request {
     Deliver {
         /// Wait for the actor's reply (ask) or only for acceptance (tell).
         ask: bool,
-        /// The sender's member-table version.
-        version: u64,
+        /// The sender's member-table order `(epoch, version)`.
+        order: TableOrder,
         /// How many nodes forwarded it already.
         hops: u8,
         /// Actor type.
@@ -61,21 +81,35 @@ pub enum Request {
         /// Payload.
         payload: Bytes,
     },
-    /// "I own this actor now under `version`: deactivate it and give me its state."
+    /// "I own this actor now under `order`: deactivate it and give me its state."
     Claim {
-        /// The claimant's member-table version.
-        version: u64,
+        /// The claimant's cluster id: claims across cluster ids are refused.
+        cluster: String,
+        /// The claimant's member-table order.
+        order: TableOrder,
         /// The claimant's pod.
         claimant: String,
+        /// The claimant's transport address (`ip:port`), for [`Response::Moved`] answers
+        /// given to later claimants.
+        claimant_addr: String,
         /// Actor type.
         actor_type: String,
         /// Actor id.
         id: String,
     },
+    /// "Keep this marker for the actor (or none) and give me the one you had."
+    Witness {
+        /// Actor type.
+        actor_type: String,
+        /// Actor id.
+        id: String,
+        /// The new marker.
+        marker: Option<Marker>,
+    },
     /// "Here is the state of an actor you own" (sent by a leaving or former owner).
     HandOff {
         /// Generation of the state (higher is newer).
-        generation: u64,
+        generation: Generation,
         /// Actor type.
         actor_type: String,
         /// Actor id.
@@ -93,14 +127,27 @@ pub enum Response {
     /// Delivery failed.
     Failed(DeliveryError),
     /// The claimed actor is released; its state, if any, with its generation.
-    Claimed(Option<(u64, Bytes)>),
-    /// The claim is refused: the receiver's table is newer; wait for it.
+    Claimed(Option<State>),
+    /// The claim is refused: the receiver's table (or the claim it granted) is newer; wait
+    /// for that table.
     Conflict {
-        /// The receiver's table version.
-        version: u64,
+        /// The receiver's table order.
+        order: TableOrder,
     },
     /// The hand-off is stored (or was already superseded).
     HandOffAck,
+    /// The marker a witness had for the actor.
+    Witnessed(Option<Marker>),
+    /// Neither the actor nor its state is here: it was handed to `pod` (claimed under
+    /// `order`); claim it from there.
+    Moved {
+        /// The order of the claim that took it.
+        order: TableOrder,
+        /// The pod that claimed it.
+        pod: String,
+        /// That pod's transport address.
+        address: String,
+    },
 }
 
 /// A decoded frame.
@@ -122,6 +169,41 @@ fn put_bytes(b: &mut BytesMut, s: &[u8]) {
     b.put_slice(s);
 }
 
+fn put_marker(b: &mut BytesMut, m: &Option<Marker>) {
+    match m {
+        None => b.put_u8(0),
+        Some(m) => {
+            b.put_u8(1);
+            put_str(b, &m.holder);
+            put_str(b, &m.incarnation);
+            put_generation(b, m.generation);
+        }
+    }
+}
+
+fn put_order(b: &mut BytesMut, o: TableOrder) {
+    b.put_u64(o.0);
+    b.put_u64(o.1);
+}
+
+fn put_generation(b: &mut BytesMut, g: Generation) {
+    b.put_u64(g.epoch);
+    b.put_u64(g.version);
+    b.put_u64(g.counter);
+}
+
+/// Bytes a frame adds around a Claimed or HandOff state, and around a Reply payload, at
+/// most (header, generation, names up to 256 bytes each): a state or reply must stay
+/// this much below the frame limit.
+pub const FRAME_OVERHEAD: usize = 1024;
+
+/// The encoded size of `frame` including its length prefix.
+pub fn encoded_len(frame: &Frame) -> usize {
+    let mut b = BytesMut::new();
+    encode(frame, &mut b);
+    b.len()
+}
+
 /// Appends the encoded frame to `out`.
 pub fn encode(frame: &Frame, out: &mut BytesMut) {
     let start = out.len();
@@ -130,7 +212,7 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
         Frame::Request(corr, r) => match r {
             Request::Deliver {
                 ask,
-                version,
+                order,
                 hops,
                 actor_type,
                 id,
@@ -140,7 +222,7 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
                 out.put_u8(0x01);
                 out.put_u64(*corr);
                 out.put_u8(u8::from(*ask));
-                out.put_u64(*version);
+                put_order(out, *order);
                 out.put_u8(*hops);
                 put_str(out, actor_type);
                 put_str(out, id);
@@ -148,17 +230,32 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
                 put_bytes(out, payload);
             }
             Request::Claim {
-                version,
+                cluster,
+                order,
                 claimant,
+                claimant_addr,
                 actor_type,
                 id,
             } => {
                 out.put_u8(0x02);
                 out.put_u64(*corr);
-                out.put_u64(*version);
+                put_str(out, cluster);
+                put_order(out, *order);
                 put_str(out, claimant);
+                put_str(out, claimant_addr);
                 put_str(out, actor_type);
                 put_str(out, id);
+            }
+            Request::Witness {
+                actor_type,
+                id,
+                marker,
+            } => {
+                out.put_u8(0x04);
+                out.put_u64(*corr);
+                put_str(out, actor_type);
+                put_str(out, id);
+                put_marker(out, marker);
             }
             Request::HandOff {
                 generation,
@@ -168,7 +265,7 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
             } => {
                 out.put_u8(0x03);
                 out.put_u64(*corr);
-                out.put_u64(*generation);
+                put_generation(out, *generation);
                 put_str(out, actor_type);
                 put_str(out, id);
                 put_bytes(out, state);
@@ -195,19 +292,35 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
                     None => out.put_u8(0),
                     Some((generation, s)) => {
                         out.put_u8(1);
-                        out.put_u64(*generation);
+                        put_generation(out, *generation);
                         put_bytes(out, s);
                     }
                 }
             }
-            Response::Conflict { version } => {
+            Response::Conflict { order } => {
                 out.put_u8(0x84);
                 out.put_u64(*corr);
-                out.put_u64(*version);
+                put_order(out, *order);
             }
             Response::HandOffAck => {
                 out.put_u8(0x85);
                 out.put_u64(*corr);
+            }
+            Response::Witnessed(marker) => {
+                out.put_u8(0x87);
+                out.put_u64(*corr);
+                put_marker(out, marker);
+            }
+            Response::Moved {
+                order,
+                pod,
+                address,
+            } => {
+                out.put_u8(0x86);
+                out.put_u64(*corr);
+                put_order(out, *order);
+                put_str(out, pod);
+                put_str(out, address);
             }
         },
     }
@@ -226,6 +339,8 @@ fn error_parts(e: &DeliveryError) -> (u8, &str, u64) {
         DeliveryError::Timeout(d) => (7, "", d.as_millis() as u64),
         DeliveryError::Actor(ActorError::BadRequest(s)) => (8, s, 0),
         DeliveryError::Actor(ActorError::Failed(s)) => (9, s, 0),
+        DeliveryError::TooLarge(s) => (10, s, 0),
+        DeliveryError::Actor(ActorError::TooLarge(s)) => (11, s, 0),
     }
 }
 
@@ -243,6 +358,8 @@ fn error_from_parts(code: u8, text: String, extra: u64) -> Result<DeliveryError,
         7 => DeliveryError::Timeout(Duration::from_millis(extra)),
         8 => DeliveryError::Actor(ActorError::BadRequest(text)),
         9 => DeliveryError::Actor(ActorError::Failed(text)),
+        10 => DeliveryError::TooLarge(text),
+        11 => DeliveryError::Actor(ActorError::TooLarge(text)),
         other => return Err(WireError::UnknownKind(other)),
     })
 }
@@ -280,6 +397,26 @@ impl Reader {
         let b = self.bytes()?;
         String::from_utf8(b.to_vec()).map_err(|_| WireError::BadString)
     }
+    fn order(&mut self) -> Result<TableOrder, WireError> {
+        Ok((self.u64()?, self.u64()?))
+    }
+    fn marker(&mut self) -> Result<Option<Marker>, WireError> {
+        Ok(match self.u8()? {
+            0 => None,
+            _ => Some(Marker {
+                holder: self.string()?,
+                incarnation: self.string()?,
+                generation: self.generation()?,
+            }),
+        })
+    }
+    fn generation(&mut self) -> Result<Generation, WireError> {
+        Ok(Generation {
+            epoch: self.u64()?,
+            version: self.u64()?,
+            counter: self.u64()?,
+        })
+    }
 }
 
 /// Decodes one frame body (everything after the length prefix).
@@ -292,7 +429,7 @@ pub fn decode(body: Bytes) -> Result<Frame, WireError> {
             corr,
             Request::Deliver {
                 ask: r.u8()? & 1 == 1,
-                version: r.u64()?,
+                order: r.order()?,
                 hops: r.u8()?,
                 actor_type: r.string()?,
                 id: r.string()?,
@@ -303,8 +440,10 @@ pub fn decode(body: Bytes) -> Result<Frame, WireError> {
         0x02 => Frame::Request(
             corr,
             Request::Claim {
-                version: r.u64()?,
+                cluster: r.string()?,
+                order: r.order()?,
                 claimant: r.string()?,
+                claimant_addr: r.string()?,
                 actor_type: r.string()?,
                 id: r.string()?,
             },
@@ -312,13 +451,22 @@ pub fn decode(body: Bytes) -> Result<Frame, WireError> {
         0x03 => Frame::Request(
             corr,
             Request::HandOff {
-                generation: r.u64()?,
+                generation: r.generation()?,
                 actor_type: r.string()?,
                 id: r.string()?,
                 state: r.bytes()?,
             },
         ),
+        0x04 => Frame::Request(
+            corr,
+            Request::Witness {
+                actor_type: r.string()?,
+                id: r.string()?,
+                marker: r.marker()?,
+            },
+        ),
         0x81 => Frame::Response(corr, Response::Reply(r.bytes()?)),
+        0x87 => Frame::Response(corr, Response::Witnessed(r.marker()?)),
         0x82 => {
             let code = r.u8()?;
             let text = r.string()?;
@@ -328,12 +476,20 @@ pub fn decode(body: Bytes) -> Result<Frame, WireError> {
         0x83 => {
             let state = match r.u8()? {
                 0 => None,
-                _ => Some((r.u64()?, r.bytes()?)),
+                _ => Some((r.generation()?, r.bytes()?)),
             };
             Frame::Response(corr, Response::Claimed(state))
         }
-        0x84 => Frame::Response(corr, Response::Conflict { version: r.u64()? }),
+        0x84 => Frame::Response(corr, Response::Conflict { order: r.order()? }),
         0x85 => Frame::Response(corr, Response::HandOffAck),
+        0x86 => Frame::Response(
+            corr,
+            Response::Moved {
+                order: r.order()?,
+                pod: r.string()?,
+                address: r.string()?,
+            },
+        ),
         other => return Err(WireError::UnknownKind(other)),
     };
     if r.buf.has_remaining() {
@@ -378,7 +534,7 @@ mod tests {
                 7,
                 Request::Deliver {
                     ask: true,
-                    version: 3,
+                    order: (1, 3),
                     hops: 1,
                     actor_type: "counter".into(),
                     id: "c-1".into(),
@@ -389,8 +545,10 @@ mod tests {
             Frame::Request(
                 8,
                 Request::Claim {
-                    version: 9,
+                    cluster: "c1".into(),
+                    order: (0, 9),
                     claimant: "pod-a".into(),
+                    claimant_addr: "10.0.0.1:25520".into(),
                     actor_type: "kv".into(),
                     id: "x".into(),
                 },
@@ -398,7 +556,11 @@ mod tests {
             Frame::Request(
                 9,
                 Request::HandOff {
-                    generation: 4,
+                    generation: Generation {
+                        epoch: 1,
+                        version: 4,
+                        counter: 2,
+                    },
                     actor_type: "kv".into(),
                     id: "x".into(),
                     state: Bytes::from_static(b"state"),
@@ -416,10 +578,46 @@ mod tests {
                 3,
                 Response::Failed(DeliveryError::Actor(ActorError::Failed("boom".into()))),
             ),
-            Frame::Response(4, Response::Claimed(Some((5, Bytes::from_static(b"s"))))),
+            Frame::Response(
+                4,
+                Response::Claimed(Some((
+                    Generation {
+                        epoch: 0,
+                        version: 5,
+                        counter: 1,
+                    },
+                    Bytes::from_static(b"s"),
+                ))),
+            ),
             Frame::Response(5, Response::Claimed(None)),
-            Frame::Response(6, Response::Conflict { version: 12 }),
+            Frame::Response(6, Response::Conflict { order: (2, 12) }),
             Frame::Response(7, Response::HandOffAck),
+            Frame::Response(
+                8,
+                Response::Moved {
+                    order: (0, 7),
+                    pod: "pod-b".into(),
+                    address: "10.0.0.2:25520".into(),
+                },
+            ),
+            Frame::Response(9, Response::Failed(DeliveryError::TooLarge("kv/x".into()))),
+            Frame::Request(
+                10,
+                Request::Witness {
+                    actor_type: "counter".into(),
+                    id: "c".into(),
+                    marker: Some(Marker {
+                        holder: "pod-a".into(),
+                        incarnation: "i-1".into(),
+                        generation: Generation {
+                            epoch: 0,
+                            version: 3,
+                            counter: 2,
+                        },
+                    }),
+                },
+            ),
+            Frame::Response(11, Response::Witnessed(None)),
         ]
     }
 

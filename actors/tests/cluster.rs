@@ -219,6 +219,23 @@ async fn membership_changes_under_load_keep_one_activation_and_every_acked_incre
             "{id}: value {value}, acked {acked}, uncertain {uncertain}"
         );
     }
+    // Graceful changes lose no state, and none is counted as lost.
+    let lost: i64 = all
+        .iter()
+        .map(|n| {
+            prometheus::TextEncoder::new()
+                .encode_to_string(&n.registry.gather())
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.starts_with("troupe_actor_states_lost_total"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<i64>().ok())
+                .sum::<i64>()
+        })
+        .sum();
+    assert_eq!(
+        lost, 0,
+        "states counted as lost in graceful membership changes"
+    );
     eprintln!(
         "acked {total_acked}, uncertain {}, refused {}, activations {}",
         books.uncertain.values().sum::<i64>(),

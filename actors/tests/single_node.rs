@@ -243,6 +243,7 @@ async fn mailbox_depth_is_exported_per_type_and_in_total() {
     let mut c = config(|_| {});
     c.pod = "m".into();
     let rt = troupe_actors::ActorRuntime::new(c, &registry).expect("runtime");
+    rt.set_accepting(true);
     rt.update_members(&common::table(
         1,
         &[("m", "127.0.0.1:1", troupe_contract::MemberStatus::Up)],

@@ -149,8 +149,9 @@ async fn main() -> anyhow::Result<()> {
 
 /// Starts the actor runtime next to membership: the client API on
 /// [`ports::CLIENT`], the node-to-node transport on [`ports::TRANSPORT`], metrics in the
-/// node's registry, and a task that feeds every membership change to the runtime and opens
-/// the client API only while the node serves (Up, fresh, not draining).
+/// node's registry, and a task that feeds every membership change to the runtime with
+/// the serving deadline (the runtime checks it on every delivery and stops its actors
+/// when it passes) and the draining flag.
 async fn host_actors(node: &Node) -> anyhow::Result<ActorRuntime> {
     let me = node.view().borrow().me.clone();
     let config = RuntimeConfig::from_env(me.pod.clone(), me.incarnation.clone(), |k| {
@@ -184,14 +185,16 @@ async fn host_actors(node: &Node) -> anyhow::Result<ActorRuntime> {
     let rt = actors.clone();
     tokio::spawn(async move {
         loop {
-            let serving = {
+            {
                 let v = view.borrow_and_update();
+                // Draining first: a Leaving node has no serving deadline, and its actors
+                // must finish their mailboxes rather than stop at once.
+                rt.set_draining(health.is_draining());
                 rt.update_members(&v.table);
-                // Serving is granted until a deadline: check it now, not as published.
-                v.serving_at(std::time::Instant::now())
-            };
-            rt.set_accepting(serving && !health.is_draining());
-            // Freshness can lapse without a new view; look again at least every second.
+                // The deadline itself: the runtime checks it on every delivery.
+                rt.set_serving_until(v.serving_until.filter(|_| v.serving));
+            }
+            // Draining is set outside membership; look again at least every second.
             if let Ok(Err(_)) = tokio::time::timeout(Duration::from_secs(1), view.changed()).await {
                 break; // membership stopped: the node is leaving
             }

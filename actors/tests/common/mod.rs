@@ -159,11 +159,21 @@ impl TestNode {
         tracker: &Tracker,
         tune: impl FnOnce(&mut RuntimeConfig),
     ) -> Self {
+        Self::start_as(pod, &format!("{pod}-1"), tracker, tune).await
+    }
+
+    /// A node of `pod` with its own incarnation (a restarted process).
+    pub async fn start_as(
+        pod: &str,
+        incarnation: &str,
+        tracker: &Tracker,
+        tune: impl FnOnce(&mut RuntimeConfig),
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr").to_string();
-        let mut config = RuntimeConfig::new(pod, format!("{pod}-1"));
+        let mut config = RuntimeConfig::new(pod, incarnation);
         config.actor_types.push(Arc::new(TrackedType {
             node: pod.to_owned(),
             tracker: tracker.clone(),
@@ -199,4 +209,107 @@ pub fn int(b: &Bytes) -> i64 {
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(i64::MIN)
+}
+
+/// A TCP proxy on loopback in front of a node's transport, to break links on purpose.
+pub struct Proxy {
+    pub addr: String,
+    /// Bumped by [`Proxy::wedge`]: connections accepted before stop forwarding bytes.
+    wedged_before: Arc<std::sync::atomic::AtomicU64>,
+    /// Set by [`Proxy::blackhole`]: nothing is forwarded; new connections are dropped.
+    blackhole: Arc<std::sync::atomic::AtomicBool>,
+    /// Serial number of the last connection accepted.
+    serial: Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    /// A proxy forwarding to `target`.
+    pub async fn start(target: &str) -> Self {
+        use std::sync::atomic::{AtomicBool, AtomicU64};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let wedged_before = Arc::new(AtomicU64::new(0));
+        let blackhole = Arc::new(AtomicBool::new(false));
+        let serials = Arc::new(AtomicU64::new(0));
+        let target = target.to_owned();
+        let task = tokio::spawn({
+            let (wedged_before, blackhole) = (wedged_before.clone(), blackhole.clone());
+            let serials = serials.clone();
+            async move {
+                while let Ok((inbound, _)) = listener.accept().await {
+                    let serial = serials.fetch_add(1, Ordering::SeqCst) + 1;
+                    if blackhole.load(Ordering::SeqCst) {
+                        drop(inbound);
+                        continue;
+                    }
+                    let Ok(outbound) = tokio::net::TcpStream::connect(&target).await else {
+                        continue;
+                    };
+                    let (ri, wi) = inbound.into_split();
+                    let (ro, wo) = outbound.into_split();
+                    for (r, w) in [(ri, wo), (ro, wi)].map(|(r, w)| {
+                        (
+                            Box::new(r) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+                            Box::new(w) as Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+                        )
+                    }) {
+                        let (wedged_before, blackhole) = (wedged_before.clone(), blackhole.clone());
+                        tokio::spawn(pump(r, w, serial, wedged_before, blackhole));
+                    }
+                }
+            }
+        });
+        Self {
+            addr,
+            wedged_before,
+            blackhole,
+            serial: serials,
+            task,
+        }
+    }
+
+    /// Existing connections stop forwarding bytes (kept open, silent); new ones work.
+    pub fn wedge(&self) {
+        self.wedged_before
+            .store(self.serial.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+
+    /// Nothing is forwarded any more and new connections are dropped at once.
+    pub fn blackhole(&self) {
+        self.blackhole.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn pump(
+    mut r: Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+    mut w: Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+    serial: u64,
+    wedged_before: Arc<std::sync::atomic::AtomicU64>,
+    blackhole: Arc<std::sync::atomic::AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    // Bounded: a test connection carries far fewer than a million chunks.
+    for _ in 0..1_000_000 {
+        let n = match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        // A wedged connection swallows bytes (like a flushed conntrack entry).
+        if blackhole.load(Ordering::SeqCst) || serial <= wedged_before.load(Ordering::SeqCst) {
+            continue;
+        }
+        if w.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
 }
