@@ -1,0 +1,27 @@
+//! `troupe-sim`: the membership protocol proven by deterministic simulation.
+//!
+//! The production membership code (`troupe_node::Node::start`: driver, election,
+//! coordinator, failure detector, view) runs for several pods in one process, on one
+//! thread, under one seeded schedule and a virtual clock; the store and the network are
+//! in-process doubles behind the node's own seams (`MemberStore`, `Prober`) that inject the
+//! faults the schedule draws. Invariants are checked after every step of simulated time
+//! ([`world`] says which). A failing seed prints its schedule and replays exactly.
+//!
+//! * [`clock`]: the virtual clock behind `std::time` on the simulation thread;
+//! * [`rng`]: the one seeded generator; [`schedule`]: the faults a seed draws;
+//! * [`store`]: [`store::SimStore`], the Lease with CAS, a watch and store faults;
+//! * [`net`]: [`net::SimNet`]/[`net::SimProber`], pings answered from the target's view;
+//! * [`world`]: one run — nodes, the schedule, the invariants, the trace.
+//!
+//! Binaries and integration tests that run simulations must invoke
+//! [`install_virtual_clock!`] once.
+
+pub mod clock;
+pub mod net;
+pub mod rng;
+pub mod schedule;
+pub mod store;
+pub mod world;
+
+pub use schedule::{FaultKind, Shape};
+pub use world::{Config, Outcome, Violation, run};
