@@ -97,7 +97,7 @@ impl Health {
             .inner
             .up_until
             .lock()
-            .map(|g| g.is_none_or(|u| Instant::now() <= u))
+            .map(|g| g.is_none_or(|u| crate::seams::now() <= u))
             .unwrap_or(false);
         self.inner.member_up.load(Ordering::SeqCst) && in_time && !self.is_draining()
     }

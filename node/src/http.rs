@@ -68,7 +68,7 @@ async fn members(State(s): State<Management>) -> Response {
 }
 
 async fn ping(State(s): State<Management>) -> Json<PingReply> {
-    Json(ping_reply(&s.view.borrow(), Instant::now()))
+    Json(ping_reply(&s.view.borrow(), crate::seams::now()))
 }
 
 /// What `GET /cluster/ping` answers for `view` at `now`: the one definition, shared by the
@@ -136,9 +136,9 @@ mod tests {
         if let Some(m) = &metrics {
             m.set_table(&table);
         }
-        let mut view = MembershipView::starting(MemberKey::new("a", "i1"));
+        let mut view = MembershipView::starting(MemberKey::new("a", "i1"), 0);
         view.table = table.clone();
-        view.store_contact = Some(Instant::now());
+        view.store_contact = Some(std::time::Instant::now());
         let (_tx, rx) = watch::channel(view);
         let app = router(Management {
             health: Health::default(),

@@ -14,8 +14,7 @@
 //! re-reads and decides again. A failed store call changes nothing.
 
 use std::collections::HashSet;
-use std::hash::{BuildHasher, Hasher};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
@@ -29,6 +28,7 @@ use crate::failure_detector::{FailureDetector, MemberKey, quorum};
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::probe::{PingReply, Prober};
+use crate::seams::{self, Sources};
 use crate::store::{ChangeStream, LeaseRecord, MemberStore, StoreError, Stored};
 use crate::timing::Timing;
 use crate::view::{BootstrapState, MembershipView, serving_until};
@@ -63,24 +63,10 @@ pub struct LeaveReport {
     pub took: Duration,
 }
 
-/// A fresh random incarnation id (16 hex digits).
+/// A fresh random incarnation id (16 hex digits), from real randomness. The driver itself
+/// draws its ids from its [`Sources`].
 pub fn new_incarnation() -> String {
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default(),
-    );
-    h.write_u32(std::process::id());
-    format!("{:016x}", h.finish())
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or_default()
+    crate::seams::random_id()
 }
 
 /// One probe's outcome, sent from the prober task to the loop.
@@ -94,6 +80,7 @@ pub(crate) struct ProbeResult {
 pub(crate) struct Driver<S> {
     identity: Identity,
     timing: Timing,
+    sources: Sources,
     store: S,
     me: MemberKey,
     started: Instant,
@@ -129,6 +116,7 @@ impl<S: MemberStore> Driver<S> {
     pub(crate) fn new(
         identity: Identity,
         timing: Timing,
+        sources: Sources,
         store: S,
         pods: watch::Receiver<PodSet>,
         health: Health,
@@ -137,12 +125,13 @@ impl<S: MemberStore> Driver<S> {
         table_tx: watch::Sender<MemberTable>,
         probes: mpsc::Receiver<ProbeResult>,
     ) -> Self {
-        let now = Instant::now();
+        let now = seams::now();
         let me = view.borrow().me.clone();
         metrics.set_state(BootstrapState::Starting);
         Self {
             identity,
             timing,
+            sources,
             store,
             me,
             started: now,
@@ -179,12 +168,13 @@ impl<S: MemberStore> Driver<S> {
         let mut tick = tokio::time::interval(self.timing.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut changes: Option<ChangeStream> = None;
-        let mut resubscribe_at = Instant::now();
+        let mut resubscribe_at = seams::now();
         loop {
-            if changes.is_none() && Instant::now() >= resubscribe_at {
+            if changes.is_none() && seams::now() >= resubscribe_at {
                 changes = Some(self.store.changes());
             }
             tokio::select! {
+                biased;
                 cmd = commands.recv() => match cmd {
                     Some(Command::Leave { handover, deadline, done }) => {
                         let report = self.leave(handover, deadline).await;
@@ -194,18 +184,18 @@ impl<S: MemberStore> Driver<S> {
                     None => return,
                 },
                 ev = next_change(&mut changes) => match ev {
-                    Some(Ok(Some(stored))) => self.on_stored(stored, Instant::now()),
-                    Some(Ok(None)) => self.on_absent(Instant::now()),
+                    Some(Ok(Some(stored))) => self.on_stored(stored, seams::now()),
+                    Some(Ok(None)) => self.on_absent(seams::now()),
                     Some(Err(e)) => {
                         tracing::debug!(error = %e, "member store watch broke; re-reading");
                         self.metrics.store_error(e.metric_label());
                         changes = None;
-                        resubscribe_at = Instant::now() + self.timing.store_refresh;
+                        resubscribe_at = seams::now() + self.timing.store_refresh;
                         self.need_read = true;
                     }
                     None => {
                         changes = None;
-                        resubscribe_at = Instant::now() + self.timing.store_refresh;
+                        resubscribe_at = seams::now() + self.timing.store_refresh;
                         self.need_read = true;
                     }
                 },
@@ -248,7 +238,7 @@ impl<S: MemberStore> Driver<S> {
     }
 
     fn on_probe(&mut self, r: ProbeResult) {
-        let now = Instant::now();
+        let now = seams::now();
         let Some(reply) = r.reply else {
             self.fd.record(&r.key, false, r.sent_at);
             return;
@@ -287,7 +277,7 @@ impl<S: MemberStore> Driver<S> {
             return;
         }
         let old = self.me.clone();
-        self.me = MemberKey::new(self.identity.pod.clone(), new_incarnation());
+        self.me = MemberKey::new(self.identity.pod.clone(), self.sources.id());
         self.was_member = false;
         tracing::warn!(old = %old, new = %self.me, how, "this node was taken out of the cluster; rejoining as a new incarnation");
     }
@@ -380,16 +370,16 @@ impl<S: MemberStore> Driver<S> {
     }
 
     async fn read(&mut self) -> bool {
-        let now = Instant::now();
+        let now = seams::now();
         self.last_read_attempt = Some(now);
         self.need_read = false;
         match tokio::time::timeout(self.timing.store_timeout(), self.store.read()).await {
             Ok(Ok(Some(stored))) => {
-                self.on_stored(stored, Instant::now());
+                self.on_stored(stored, seams::now());
                 true
             }
             Ok(Ok(None)) => {
-                self.on_absent(Instant::now());
+                self.on_absent(seams::now());
                 true
             }
             Ok(Err(e)) => {
@@ -410,7 +400,7 @@ impl<S: MemberStore> Driver<S> {
 
     /// One round: refresh from the store when due, then make at most a few CAS writes.
     async fn step(&mut self) {
-        let now = Instant::now();
+        let now = seams::now();
         let due = self
             .last_direct_contact
             .is_none_or(|t| now.saturating_duration_since(t) >= self.timing.store_refresh);
@@ -432,12 +422,12 @@ impl<S: MemberStore> Driver<S> {
                 }
             }
         }
-        self.publish(Instant::now());
+        self.publish(seams::now());
     }
 
     /// Decides the next write and makes it.
     async fn write_once(&mut self) -> WriteOutcome {
-        let now = Instant::now();
+        let now = seams::now();
         let Some(stored) = self.stored.clone() else {
             if !self.absent {
                 return WriteOutcome::Nothing;
@@ -471,7 +461,7 @@ impl<S: MemberStore> Driver<S> {
                 if stored.record.holder != new.record.holder && self.is_holder(&new.record) {
                     tracing::info!(me = %self.me, "took over the coordinator lease");
                 }
-                self.on_stored(new, Instant::now());
+                self.on_stored(new, seams::now());
                 WriteOutcome::Wrote
             }
             Err(StoreError::Conflict) => WriteOutcome::Conflict,
@@ -543,7 +533,7 @@ impl<S: MemberStore> Driver<S> {
                 .is_none_or(|t| now.saturating_duration_since(t) >= self.timing.renew_interval);
             if role == Role::Candidate || renew_due || !applied.is_empty() || dirty {
                 record.holder = Some(my_id);
-                record.renew_ms = now_ms().max(record.renew_ms.saturating_add(1));
+                record.renew_ms = self.sources.wall().max(record.renew_ms.saturating_add(1));
                 record.lease_duration_s = lease_seconds(self.timing.lease_duration);
                 dirty = true;
             }
@@ -555,7 +545,7 @@ impl<S: MemberStore> Driver<S> {
         let mut table = MemberTable {
             // A new cluster gets a new random id, so that its versions are never compared
             // with those of another life of the Lease.
-            cluster: new_incarnation(),
+            cluster: self.sources.id(),
             epoch: 0,
             version: self.table.version,
             members: Vec::new(),
@@ -566,7 +556,7 @@ impl<S: MemberStore> Driver<S> {
             .ok();
         let record = LeaseRecord {
             holder: Some(self.my_id()),
-            renew_ms: now_ms(),
+            renew_ms: self.sources.wall(),
             lease_duration_s: lease_seconds(self.timing.lease_duration),
             table,
         };
@@ -578,7 +568,7 @@ impl<S: MemberStore> Driver<S> {
                 tracing::info!(me = %self.me, "formed a new cluster");
                 self.formed = true;
                 self.last_renew = Some(now);
-                self.on_stored(stored, Instant::now());
+                self.on_stored(stored, seams::now());
                 WriteOutcome::Wrote
             }
             Err(StoreError::Conflict) => WriteOutcome::Conflict,
@@ -591,13 +581,14 @@ impl<S: MemberStore> Driver<S> {
 
     /// Graceful leave: Leaving (and release the lease), hand over, remove, done.
     async fn leave(&mut self, handover: BoxFuture<'static, ()>, deadline: Instant) -> LeaveReport {
-        let start = Instant::now();
+        let start = seams::now();
         self.health.set_draining(true);
         self.leaving = Some(BootstrapState::Leaving);
         self.publish(start);
         tracing::info!(me = %self.me, "leaving the cluster");
         let me = self.me.clone();
         let my_id = self.my_id();
+        let wall = self.sources.wall_ms.clone();
         let marked_leaving = self
             .cas_until(deadline, |record| {
                 let mut dirty = false;
@@ -611,13 +602,13 @@ impl<S: MemberStore> Driver<S> {
                 }
                 if record.holder.as_deref() == Some(my_id.as_str()) {
                     record.holder = None;
-                    record.renew_ms = now_ms();
+                    record.renew_ms = wall();
                     dirty = true;
                 }
                 dirty
             })
             .await;
-        let remaining = deadline.saturating_duration_since(Instant::now());
+        let remaining = deadline.saturating_duration_since(seams::now());
         if tokio::time::timeout(remaining, handover).await.is_err() {
             tracing::warn!("actor handover did not finish before the leave deadline");
         }
@@ -626,15 +617,15 @@ impl<S: MemberStore> Driver<S> {
                 let mut dirty = record.table.remove(&me.pod, &me.incarnation);
                 if record.holder.as_deref() == Some(my_id.as_str()) {
                     record.holder = None;
-                    record.renew_ms = now_ms();
+                    record.renew_ms = wall();
                     dirty = true;
                 }
                 dirty
             })
             .await;
         self.leaving = Some(BootstrapState::Left);
-        self.publish(Instant::now());
-        let took = start.elapsed();
+        self.publish(seams::now());
+        let took = seams::now().saturating_duration_since(start);
         tracing::info!(
             took_ms = took.as_millis() as u64,
             removed,
@@ -654,7 +645,7 @@ impl<S: MemberStore> Driver<S> {
         deadline: Instant,
         mut change: impl FnMut(&mut LeaseRecord) -> bool,
     ) -> bool {
-        while Instant::now() < deadline {
+        while seams::now() < deadline {
             if (self.stored.is_none() || self.need_read) && !self.read().await {
                 tokio::time::sleep(self.timing.tick).await;
                 continue;
@@ -674,7 +665,7 @@ impl<S: MemberStore> Driver<S> {
             .unwrap_or_else(|_| Err(StoreError::Unavailable("timed out".into())));
             match res {
                 Ok(new) => {
-                    self.on_stored(new, Instant::now());
+                    self.on_stored(new, seams::now());
                     return true;
                 }
                 Err(StoreError::Conflict) => self.need_read = true,
@@ -722,6 +713,7 @@ pub(crate) async fn probe_loop<P: Prober>(
     let mut probed: HashSet<MemberKey> = HashSet::new();
     loop {
         let all = tokio::select! {
+            biased;
             _ = interval.tick() => true,
             r = view.changed() => {
                 if r.is_err() {
@@ -745,7 +737,7 @@ pub(crate) async fn probe_loop<P: Prober>(
             let tx = tx.clone();
             let member = m.clone();
             tokio::spawn(async move {
-                let sent_at = Instant::now();
+                let sent_at = seams::now();
                 let reply = match prober.probe(&member).await {
                     Ok(r) if r.pod == key.pod && r.incarnation == key.incarnation => Some(r),
                     Ok(r) => {

@@ -17,7 +17,7 @@
 //! without leaving (what a SIGKILL does).
 
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use futures::FutureExt;
@@ -33,6 +33,7 @@ use crate::http::{self, Management};
 use crate::membership::{self, Command, Driver, Identity, LeaveReport};
 use crate::metrics::Metrics;
 use crate::probe::Prober;
+use crate::seams::{self, Sources};
 use crate::store::MemberStore;
 use crate::timing::{Timing, TimingError};
 use crate::view::MembershipView;
@@ -73,7 +74,8 @@ impl std::fmt::Debug for Command {
 }
 
 impl Node {
-    /// Starts membership for `identity`, registering its metrics in `registry`.
+    /// Starts membership for `identity`, registering its metrics in `registry`, with real
+    /// randomness and the system clock ([`Sources::default`]).
     pub fn start<S: MemberStore, P: Prober>(
         identity: Identity,
         timing: Timing,
@@ -82,17 +84,40 @@ impl Node {
         pods: watch::Receiver<PodSet>,
         registry: Registry,
     ) -> Result<Self, NodeError> {
+        Self::start_with(
+            identity,
+            timing,
+            store,
+            prober,
+            pods,
+            registry,
+            Sources::default(),
+        )
+    }
+
+    /// [`Node::start`] with the node's ids (incarnations, cluster id) and wall clock drawn
+    /// from `sources`: a simulation passes [`Sources::seeded`] to replay a run exactly.
+    pub fn start_with<S: MemberStore, P: Prober>(
+        identity: Identity,
+        timing: Timing,
+        store: S,
+        prober: P,
+        pods: watch::Receiver<PodSet>,
+        registry: Registry,
+        sources: Sources,
+    ) -> Result<Self, NodeError> {
         timing.validate()?;
         let metrics = Metrics::register(&registry)?;
         let health = Health::default();
-        let me = MemberKey::new(identity.pod.clone(), membership::new_incarnation());
-        let (view_tx, view_rx) = watch::channel(MembershipView::starting(me));
+        let me = MemberKey::new(identity.pod.clone(), sources.id());
+        let (view_tx, view_rx) = watch::channel(MembershipView::starting(me, sources.wall()));
         let (table_tx, table_rx) = watch::channel(MemberTable::default());
         let (probe_tx, probe_rx) = mpsc::channel(1024);
         let (cmd_tx, cmd_rx) = mpsc::channel(4);
         let driver = Driver::new(
             identity,
             timing,
+            sources,
             store,
             pods,
             health.clone(),
@@ -142,7 +167,7 @@ impl Node {
 
     /// What this node answers to `GET /cluster/ping` right now (see [`http::ping_reply`]).
     pub fn ping_reply(&self) -> crate::probe::PingReply {
-        http::ping_reply(&self.view.borrow(), Instant::now())
+        http::ping_reply(&self.view.borrow(), seams::now())
     }
 
     /// The management routes (`/alive`, `/ready`, `/metrics`, `/cluster/*`, `/admin/*`).
@@ -166,7 +191,7 @@ impl Node {
         self.commands
             .send(Command::Leave {
                 handover: handover.boxed(),
-                deadline: Instant::now() + timeout,
+                deadline: seams::now() + timeout,
                 done,
             })
             .await

@@ -94,8 +94,9 @@ pub struct MembershipView {
 }
 
 impl MembershipView {
-    /// The view of a node that has not read anything yet.
-    pub fn starting(me: MemberKey) -> Self {
+    /// The view of a node that has not read anything yet, started at `started_at_ms` on
+    /// the wall clock.
+    pub fn starting(me: MemberKey, started_at_ms: i64) -> Self {
         Self {
             me,
             table: MemberTable::default(),
@@ -106,10 +107,7 @@ impl MembershipView {
             state: BootstrapState::Starting,
             store_contact: None,
             up_after: None,
-            started_at_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-                .unwrap_or_default(),
+            started_at_ms,
         }
     }
 

@@ -55,6 +55,19 @@ pub fn elapsed() -> Option<Duration> {
         .map(Duration::from_nanos)
 }
 
+/// The virtual wall clock in milliseconds since the Unix epoch (the real one when no
+/// simulation runs on this thread).
+pub fn wall_ms() -> i64 {
+    let ms = match elapsed() {
+        Some(d) => REALTIME_ORIGIN_S * 1_000 + u64::try_from(d.as_millis()).unwrap_or(0),
+        None => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(0))
+            .unwrap_or(0),
+    };
+    i64::try_from(ms).unwrap_or(i64::MAX)
+}
+
 /// Whether `std::time::Instant` really reads the virtual clock in this binary (the macro
 /// was installed). Call with the clock started.
 pub fn installed() -> bool {

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::watch;
 use troupe_contract::Member;
@@ -154,7 +154,7 @@ impl SimNet {
     fn answer(&self, pod: &str) -> Option<PingReply> {
         let s = self.state();
         let e = s.endpoints.get(pod).filter(|e| e.answering)?;
-        let reply = troupe_node::http::ping_reply(&e.view.borrow(), Instant::now());
+        let reply = troupe_node::http::ping_reply(&e.view.borrow(), troupe_node::seams::now());
         Some(reply)
     }
 }

@@ -23,6 +23,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prometheus::Registry;
@@ -31,6 +32,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use troupe_contract::MemberStatus;
 use troupe_node::discovery::{PodInfo, PodSet};
+use troupe_node::seams::Sources;
 use troupe_node::{Identity, LeaveReport, MembershipView, Node, NodeError, Timing};
 
 use crate::clock;
@@ -173,6 +175,7 @@ struct World {
     trace: Vec<String>,
     faults: BTreeMap<FaultKind, u64>,
     healed: bool,
+    sources: Sources,
 }
 
 /// Runs `seed` under `cfg`.
@@ -220,6 +223,7 @@ fn run_started(seed: u64, cfg: &Config) -> Outcome {
         trace: Vec::new(),
         faults: BTreeMap::new(),
         healed: false,
+        sources: seeded_sources(Rng::new(rng.next_u64())),
     };
     for at in &schedule.start_ms {
         let pod = w.new_pod_name();
@@ -240,6 +244,21 @@ fn run_started(seed: u64, cfg: &Config) -> Outcome {
         trace: w.trace,
         faults: w.faults,
         violation,
+    }
+}
+
+/// Ids from the run's generator, and the virtual wall clock.
+fn seeded_sources(rng: Rng) -> Sources {
+    let rng = Arc::new(Mutex::new(rng));
+    Sources {
+        new_id: Arc::new(move || {
+            let n = rng
+                .lock()
+                .map(|mut r| r.next_u64())
+                .unwrap_or_default();
+            format!("{n:016x}")
+        }),
+        wall_ms: Arc::new(clock::wall_ms),
     }
 }
 
@@ -547,7 +566,15 @@ impl World {
         let pods = self.pods.subscribe();
         let started = {
             let _guard = rt.enter();
-            Node::start(identity, timing, store, prober, pods, Registry::new())
+            Node::start_with(
+                identity,
+                timing,
+                store,
+                prober,
+                pods,
+                Registry::new(),
+                self.sources.clone(),
+            )
         };
         let node = match started {
             Ok(n) => n,
