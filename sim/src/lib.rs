@@ -11,12 +11,14 @@
 //! * [`rng`]: the one seeded generator; [`schedule`]: the faults a seed draws;
 //! * [`store`]: [`store::SimStore`], the Lease with CAS, a watch and store faults;
 //! * [`net`]: [`net::SimNet`]/[`net::SimProber`], pings answered from the target's view;
+//! * [`invariants`]: the properties checked, as pure functions;
 //! * [`world`]: one run — nodes, the schedule, the invariants, the trace.
 //!
 //! Binaries and integration tests that run simulations must invoke
 //! [`install_virtual_clock!`] once.
 
 pub mod clock;
+pub mod invariants;
 pub mod net;
 pub mod rng;
 pub mod schedule;

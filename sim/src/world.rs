@@ -30,12 +30,12 @@ use prometheus::Registry;
 use tokio::runtime::Runtime;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use troupe_contract::MemberStatus;
 use troupe_node::discovery::{PodInfo, PodSet};
 use troupe_node::seams::Sources;
 use troupe_node::{Identity, LeaveReport, MembershipView, Node, NodeError, Timing};
 
 use crate::clock;
+use crate::invariants;
 use crate::net::{SimNet, SimProber};
 use crate::rng::Rng;
 use crate::schedule::{Fault, FaultKind, Schedule, Shape};
@@ -780,92 +780,31 @@ impl World {
     }
 
     fn check_safety(&self, w: Duration) -> Option<Violation> {
-        let now = Instant::now();
-        let sim_now = self.now();
-        let mut epochs: BTreeMap<(String, u64), Vec<String>> = BTreeMap::new();
-        for (pod, n) in &self.nodes {
-            let v = n.view.borrow();
-            if !v.serving_at(now) {
-                continue;
-            }
-            let up_in_own = v.status == Some(MemberStatus::Up)
-                && v
-                    .table
-                    .members
-                    .iter()
-                    .any(|m| v.me.is(m) && m.status == MemberStatus::Up);
-            if !up_in_own {
-                return Some(self.violation(
-                    "2: serving means admitted (Up in its own table)",
-                    format!("{pod} serves but is not Up in its own table"),
-                ));
-            }
-            let key = (v.table.cluster.clone(), v.me.pod.clone(), v.me.incarnation.clone());
-            if let Some(at) = self.store.evicted_at(&key) {
-                if sim_now >= at + w {
-                    return Some(self.violation(
-                        "2: serving means admitted (not downed/removed in the store W ago)",
-                        format!(
-                            "{pod}/{} serves, but the store downed or removed it at {:.3}s (W = {} ms)",
-                            short(&key.2),
-                            at.as_secs_f64(),
-                            ms(w)
-                        ),
-                    ));
-                }
-            }
-            epochs
-                .entry((v.table.cluster.clone(), v.table.epoch))
-                .or_default()
-                .push(pod.clone());
-        }
-        if epochs.len() > 1 {
-            let list: Vec<String> = epochs
-                .iter()
-                .map(|((c, e), pods)| format!("cluster={} epoch={e}: {}", short(c), pods.join(",")))
-                .collect();
-            return Some(self.violation(
-                "1: at most one (cluster, epoch) serves",
-                format!("serving at once: {}", list.join(" | ")),
-            ));
-        }
-        None
+        let views: Vec<(&str, watch::Ref<'_, MembershipView>)> = self
+            .nodes
+            .iter()
+            .map(|(p, n)| (p.as_str(), n.view.borrow()))
+            .collect();
+        let refs: Vec<(&str, &MembershipView)> = views.iter().map(|(p, v)| (*p, &**v)).collect();
+        let found = invariants::safety(&refs, Instant::now(), self.now(), w, |k| {
+            self.store.evicted_at(k)
+        });
+        drop(refs);
+        drop(views);
+        found.map(|b| self.violation(b.invariant, b.what))
     }
 
     fn check_liveness(&self) -> Option<Violation> {
-        let now = Instant::now();
-        let stored = self.store.snapshot();
-        let mut problems = Vec::new();
-        let Some(stored) = stored else {
-            return Some(self.violation("3: liveness", "the store holds no record".into()));
-        };
-        let table = &stored.record.table;
-        for (pod, n) in &self.nodes {
-            let v = n.view.borrow();
-            if !v.serving_at(now) {
-                problems.push(format!("{pod} is not serving"));
-            }
-            if v.status != Some(MemberStatus::Up) {
-                problems.push(format!("{pod} is {:?} in its table", v.status));
-            }
-            if (v.table.cluster.as_str(), v.table.epoch) != (table.cluster.as_str(), table.epoch) {
-                problems.push(format!("{pod} follows another cluster/epoch than the store"));
-            }
-            let in_store = table
-                .members
-                .iter()
-                .any(|m| v.me.is(m) && m.status == MemberStatus::Up);
-            if !in_store {
-                problems.push(format!("{pod} is not Up in the store's table"));
-            }
-        }
-        if problems.is_empty() {
-            None
-        } else {
-            Some(self.violation(
-                "3: liveness (every live node serving, Up, in the store's cluster)",
-                problems.join("; "),
-            ))
-        }
+        let views: Vec<(&str, watch::Ref<'_, MembershipView>)> = self
+            .nodes
+            .iter()
+            .map(|(p, n)| (p.as_str(), n.view.borrow()))
+            .collect();
+        let refs: Vec<(&str, &MembershipView)> = views.iter().map(|(p, v)| (*p, &**v)).collect();
+        let stored = self.store.snapshot().map(|s| s.record.table);
+        let found = invariants::liveness(&refs, Instant::now(), stored.as_ref());
+        drop(refs);
+        drop(views);
+        found.map(|b| self.violation(b.invariant, b.what))
     }
 }
