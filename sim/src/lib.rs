@@ -26,4 +26,4 @@ pub mod store;
 pub mod world;
 
 pub use schedule::{FaultKind, Shape};
-pub use world::{Config, Outcome, Violation, run};
+pub use world::{Config, Outcome, Violation, run, run_schedule, shrink};

@@ -2,13 +2,14 @@
 //!
 //! Environment: `SEED=<n>` runs that one seed and prints its full trace; otherwise
 //! `SEEDS=<n>` (default 10000) seeds from `FIRST_SEED` (default 0). `SIM_FAULTS=a,b` draws
-//! only those fault kinds, `SIM_SKIP=a,b` leaves those out. Exits 1 on any violation.
+//! only those fault kinds, `SIM_SKIP=a,b` leaves those out; with `SEED`, `SHRINK=1` also
+//! prints the failing schedule with as few faults as still fail. Exits 1 on any violation.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use troupe_sim::{Config, FaultKind, run};
+use troupe_sim::{Config, FaultKind, run, shrink};
 
 troupe_sim::install_virtual_clock!();
 
@@ -60,6 +61,12 @@ fn real_main() -> Result<ExitCode, String> {
             println!("{line}");
         }
         println!("{}", out.report());
+        if out.violation.is_some() && std::env::var("SHRINK").is_ok_and(|v| v == "1") {
+            if let Some(min) = shrink(seed, &cfg) {
+                println!("--- shrunk to {} of {} faults:", min.schedule.faults.len(), out.schedule.faults.len());
+                println!("{}", min.report());
+            }
+        }
         return Ok(if out.violation.is_some() {
             ExitCode::FAILURE
         } else {

@@ -180,15 +180,22 @@ struct World {
 
 /// Runs `seed` under `cfg`.
 pub fn run(seed: u64, cfg: &Config) -> Outcome {
+    let mut rng = Rng::new(seed);
+    let schedule = Schedule::draw(seed, &cfg.shape, &mut rng);
+    run_schedule(schedule, rng, cfg)
+}
+
+/// Runs `schedule` (drawn from a seed, perhaps with faults taken out); `rng` is what the
+/// seed's generator had left after drawing it (ids, network jitter).
+pub fn run_schedule(schedule: Schedule, rng: Rng, cfg: &Config) -> Outcome {
     clock::start();
     let outcome = if clock::installed() {
         clock::start();
-        run_started(seed, cfg)
+        run_started(schedule, rng, cfg)
     } else {
-        let mut rng = Rng::new(seed);
         Outcome {
-            seed,
-            schedule: Schedule::draw(seed, &cfg.shape, &mut rng),
+            seed: schedule.seed,
+            schedule,
             trace: Vec::new(),
             faults: BTreeMap::new(),
             violation: Some(Violation {
@@ -204,9 +211,31 @@ pub fn run(seed: u64, cfg: &Config) -> Outcome {
     outcome
 }
 
-fn run_started(seed: u64, cfg: &Config) -> Outcome {
+/// For a failing `seed`: the run of a schedule with as few faults as still break the same
+/// invariant (greedy: take each fault out in turn, keep it out if the failure stays).
+/// `None` when the seed does not fail.
+pub fn shrink(seed: u64, cfg: &Config) -> Option<Outcome> {
     let mut rng = Rng::new(seed);
-    let schedule = Schedule::draw(seed, &cfg.shape, &mut rng);
+    let mut schedule = Schedule::draw(seed, &cfg.shape, &mut rng);
+    let mut best = run_schedule(schedule.clone(), rng.clone(), cfg);
+    let invariant = best.violation.as_ref()?.invariant;
+    let mut i = 0;
+    while i < schedule.faults.len() {
+        let mut fewer = schedule.clone();
+        fewer.faults.remove(i);
+        let out = run_schedule(fewer.clone(), rng.clone(), cfg);
+        if out.violation.as_ref().is_some_and(|v| v.invariant == invariant) {
+            schedule = fewer;
+            best = out;
+        } else {
+            i += 1;
+        }
+    }
+    Some(best)
+}
+
+fn run_started(schedule: Schedule, mut rng: Rng, cfg: &Config) -> Outcome {
+    let seed = schedule.seed;
     let mut w = World {
         cfg: cfg.clone(),
         store: SimStore::new(),

@@ -3,7 +3,15 @@
 //! `SIM_TEST_SEEDS` sets how many seeds `seeds_hold_the_invariants` runs (default 30; the
 //! figure for `make test` is in the lead's report).
 
-use troupe_sim::{Config, run};
+use troupe_sim::{Config, FaultKind, run};
+
+/// Fault kinds left out of `seeds_hold_the_invariants` because they break an invariant in
+/// the membership code as it is, with the finding that fixes them. Remove a kind here when
+/// its fix is merged; `make simulate` always draws every kind.
+const OPEN_FINDINGS: &[(FaultKind, &str)] = &[(
+    FaultKind::LeaseDeleted,
+    "H1: a deleted Lease lets a second cluster form and serve beside the first",
+)];
 
 troupe_sim::install_virtual_clock!();
 
@@ -33,7 +41,10 @@ fn a_seed_replays_exactly() {
 
 #[test]
 fn seeds_hold_the_invariants() {
-    let cfg = Config::default();
+    let mut cfg = Config::default();
+    for (kind, _) in OPEN_FINDINGS {
+        cfg.shape.kinds.remove(kind);
+    }
     let seeds: u64 = std::env::var("SIM_TEST_SEEDS")
         .ok()
         .and_then(|v| v.parse().ok())
