@@ -14,6 +14,9 @@ use troupe_node::store::{ChangeStream, LeaseRecord, MemberStore, StoreError, Sto
 
 use crate::clock;
 
+/// How long every store call takes without faults (an API server round trip).
+const BASE_LATENCY: Duration = Duration::from_millis(2);
+
 /// A member incarnation of one cluster: (cluster id, pod, incarnation).
 pub type Incarnation = (String, String, String);
 
@@ -121,7 +124,7 @@ impl SimStore {
         self.bump();
     }
 
-    /// Every call answers `delay` late (half before it applies, half after).
+    /// Every call answers `delay` late (it takes effect at once).
     pub fn set_delay(&self, delay: Duration) {
         self.state().delay = delay;
     }
@@ -171,13 +174,14 @@ impl SimStore {
         &self,
         op: impl FnOnce(&mut State, &str) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let delay = self.state().delay;
-        tokio::time::sleep(delay / 2).await;
+        // A slow store answers late: the call takes effect at once, its answer arrives
+        // `delay` later (the worst case for whoever trusts the answer as fresh).
+        let delay = BASE_LATENCY + self.state().delay;
         let res = {
             let mut s = self.state();
             self.reachable(&s).and_then(|()| op(&mut s, &self.pod))
         };
-        tokio::time::sleep(delay - delay / 2).await;
+        tokio::time::sleep(delay).await;
         res
     }
 
