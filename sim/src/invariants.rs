@@ -50,8 +50,7 @@ pub fn safety(
             continue;
         }
         let up_in_own = v.status == Some(MemberStatus::Up)
-            && v
-                .table
+            && v.table
                 .members
                 .iter()
                 .any(|m| v.me.is(m) && m.status == MemberStatus::Up);
@@ -113,7 +112,9 @@ pub fn liveness(
             problems.push(format!("{pod} is {:?} in its table", v.status));
         }
         if (v.table.cluster.as_str(), v.table.epoch) != (table.cluster.as_str(), table.epoch) {
-            problems.push(format!("{pod} follows another cluster/epoch than the store"));
+            problems.push(format!(
+                "{pod} follows another cluster/epoch than the store"
+            ));
         }
         if !table
             .members
@@ -173,10 +174,18 @@ mod tests {
         let found = safety(&[("a", &a), ("b", &b1)], now, Duration::ZERO, W, |_| None);
         assert_eq!(found.map(|b| b.invariant), Some(ONE_EPOCH));
         let same = view("b", &c, later);
-        assert_eq!(safety(&[("a", &a), ("b", &same)], now, Duration::ZERO, W, |_| None), None);
+        assert_eq!(
+            safety(&[("a", &a), ("b", &same)], now, Duration::ZERO, W, |_| None),
+            None
+        );
         // A node whose readiness lapsed does not count.
         let lapsed = view("b", &d, Some(now - Duration::from_millis(1)));
-        assert_eq!(safety(&[("a", &a), ("b", &lapsed)], now, Duration::ZERO, W, |_| None), None);
+        assert_eq!(
+            safety(&[("a", &a), ("b", &lapsed)], now, Duration::ZERO, W, |_| {
+                None
+            }),
+            None
+        );
     }
 
     #[test]

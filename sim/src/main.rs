@@ -26,10 +26,7 @@ fn kinds(var: &str) -> Result<Option<Vec<FaultKind>>, String> {
 
 fn number(var: &str, default: u64) -> Result<u64, String> {
     match std::env::var(var) {
-        Ok(v) if !v.trim().is_empty() => v
-            .trim()
-            .parse()
-            .map_err(|e| format!("{var}={v:?}: {e}")),
+        Ok(v) if !v.trim().is_empty() => v.trim().parse().map_err(|e| format!("{var}={v:?}: {e}")),
         _ => Ok(default),
     }
 }
@@ -61,11 +58,16 @@ fn real_main() -> Result<ExitCode, String> {
             println!("{line}");
         }
         println!("{}", out.report());
-        if out.violation.is_some() && std::env::var("SHRINK").is_ok_and(|v| v == "1") {
-            if let Some(min) = shrink(seed, &cfg) {
-                println!("--- shrunk to {} of {} faults:", min.schedule.faults.len(), out.schedule.faults.len());
-                println!("{}", min.report());
-            }
+        if out.violation.is_some()
+            && std::env::var("SHRINK").is_ok_and(|v| v == "1")
+            && let Some(min) = shrink(seed, &cfg)
+        {
+            println!(
+                "--- shrunk to {} of {} faults:",
+                min.schedule.faults.len(),
+                out.schedule.faults.len()
+            );
+            println!("{}", min.report());
         }
         return Ok(if out.violation.is_some() {
             ExitCode::FAILURE

@@ -182,7 +182,8 @@ impl Schedule {
             for _ in 0..n {
                 let pick_kind = usize::try_from(rng.next_u64() % kinds.len() as u64).unwrap_or(0);
                 faults.push(Fault {
-                    at_ms: rng.range(shape.faults_from_ms, shape.heal_at_ms.saturating_sub(1)) / 10 * 10,
+                    at_ms: rng.range(shape.faults_from_ms, shape.heal_at_ms.saturating_sub(1)) / 10
+                        * 10,
                     kind: kinds[pick_kind],
                     duration_ms: rng.range(500, 10_000) / 10 * 10,
                     amount_ms: rng.range(50, 1_500) / 10 * 10,
@@ -214,7 +215,10 @@ mod tests {
         assert_eq!(a.start_ms, b.start_ms);
         assert!((3..=5).contains(&a.initial_pods));
         for f in &a.faults {
-            assert!(f.at_ms >= shape.faults_from_ms && f.at_ms < shape.heal_at_ms, "{f:?}");
+            assert!(
+                f.at_ms >= shape.faults_from_ms && f.at_ms < shape.heal_at_ms,
+                "{f:?}"
+            );
         }
         let only = Shape {
             kinds: [FaultKind::Pause].into_iter().collect(),

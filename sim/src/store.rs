@@ -185,7 +185,13 @@ impl SimStore {
         res
     }
 
-    fn write(&self, s: &mut State, who: &str, expected: Option<&str>, record: &LeaseRecord) -> Result<Stored, StoreError> {
+    fn write(
+        &self,
+        s: &mut State,
+        who: &str,
+        expected: Option<&str>,
+        record: &LeaseRecord,
+    ) -> Result<Stored, StoreError> {
         match (expected, s.record.as_ref()) {
             (None, Some(_)) | (Some(_), None) => return Err(StoreError::Conflict),
             (Some(rv), Some((v, _))) if rv != v.to_string() => return Err(StoreError::Conflict),
@@ -258,7 +264,8 @@ impl MemberStore for SimStore {
 
     async fn create(&self, record: &LeaseRecord) -> Result<Stored, StoreError> {
         let me = self.clone();
-        self.call(move |s, who| me.write(s, who, None, record)).await
+        self.call(move |s, who| me.write(s, who, None, record))
+            .await
     }
 
     async fn replace(
@@ -345,10 +352,18 @@ mod tests {
         let Ok(first) = a.create(&LeaseRecord::default()).await else {
             panic!("create failed");
         };
-        assert!(matches!(a.create(&LeaseRecord::default()).await, Err(StoreError::Conflict)));
-        assert!(a.replace(&first.resource_version, &LeaseRecord::default()).await.is_ok());
         assert!(matches!(
-            a.replace(&first.resource_version, &LeaseRecord::default()).await,
+            a.create(&LeaseRecord::default()).await,
+            Err(StoreError::Conflict)
+        ));
+        assert!(
+            a.replace(&first.resource_version, &LeaseRecord::default())
+                .await
+                .is_ok()
+        );
+        assert!(matches!(
+            a.replace(&first.resource_version, &LeaseRecord::default())
+                .await,
             Err(StoreError::Conflict)
         ));
         store.set_cut("a", true);

@@ -97,7 +97,11 @@ impl Outcome {
     /// The report printed for a failing seed: seed, schedule, step, invariant, state.
     pub fn report(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "seed {} (replay: SEED={} make simulate)", self.seed, self.seed);
+        let _ = writeln!(
+            out,
+            "seed {} (replay: SEED={} make simulate)",
+            self.seed, self.seed
+        );
         let _ = writeln!(
             out,
             "schedule: {} pods, starts at {:?} ms",
@@ -158,7 +162,10 @@ enum Action {
 impl Action {
     /// Actions that undo a fault (all run at once when everything heals).
     fn is_heal(&self) -> bool {
-        !matches!(self, Self::Fault(_) | Self::HealAll | Self::Start(_) | Self::Leave(_))
+        !matches!(
+            self,
+            Self::Fault(_) | Self::HealAll | Self::Start(_) | Self::Leave(_)
+        )
     }
 }
 
@@ -224,7 +231,11 @@ pub fn shrink(seed: u64, cfg: &Config) -> Option<Outcome> {
         let mut fewer = schedule.clone();
         fewer.faults.remove(i);
         let out = run_schedule(fewer.clone(), rng.clone(), cfg);
-        if out.violation.as_ref().is_some_and(|v| v.invariant == invariant) {
+        if out
+            .violation
+            .as_ref()
+            .is_some_and(|v| v.invariant == invariant)
+        {
             schedule = fewer;
             best = out;
         } else {
@@ -281,10 +292,7 @@ fn seeded_sources(rng: Rng) -> Sources {
     let rng = Arc::new(Mutex::new(rng));
     Sources {
         new_id: Arc::new(move || {
-            let n = rng
-                .lock()
-                .map(|mut r| r.next_u64())
-                .unwrap_or_default();
+            let n = rng.lock().map(|mut r| r.next_u64()).unwrap_or_default();
             format!("{n:016x}")
         }),
         wall_ms: Arc::new(clock::wall_ms),
@@ -431,7 +439,9 @@ impl World {
                 let pending: Vec<(u64, u64)> = self
                     .queue
                     .iter()
-                    .filter(|(_, a)| a.is_heal() || matches!(a, Action::Start(_) | Action::Leave(_)))
+                    .filter(|(_, a)| {
+                        a.is_heal() || matches!(a, Action::Start(_) | Action::Leave(_))
+                    })
                     .map(|(k, _)| *k)
                     .collect();
                 for k in pending {
@@ -614,7 +624,10 @@ impl World {
         self.pods.send_modify(|s| {
             s.pods.insert(pod.to_owned(), PodInfo::running(address));
         });
-        self.log(format!("event start {pod} as {}", short(&view.borrow().me.incarnation)));
+        self.log(format!(
+            "event start {pod} as {}",
+            short(&view.borrow().me.incarnation)
+        ));
         self.nodes.insert(
             pod.to_owned(),
             SimNode {

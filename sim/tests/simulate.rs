@@ -21,22 +21,31 @@ fn a_seed_replays_exactly() {
     for seed in [3, 11] {
         let a = run(seed, &cfg);
         let b = run(seed, &cfg);
-        assert!(a.trace.len() > 20, "seed {seed} did almost nothing:\n{}", a.report());
+        assert!(
+            a.trace.len() > 20,
+            "seed {seed} did almost nothing:\n{}",
+            a.report()
+        );
         let first_difference = a
             .trace
             .iter()
             .zip(&b.trace)
             .position(|(x, y)| x != y)
             .map(|i| format!("line {i}:\n  {}\n  {}", a.trace[i], b.trace[i]));
+        assert_eq!(first_difference, None, "seed {seed} did not replay exactly");
         assert_eq!(
-            first_difference, None,
-            "seed {seed} did not replay exactly"
+            a.trace.len(),
+            b.trace.len(),
+            "seed {seed}: traces differ in length"
         );
-        assert_eq!(a.trace.len(), b.trace.len(), "seed {seed}: traces differ in length");
         assert_eq!(a.violation, b.violation);
     }
     let other = run(4, &cfg);
-    assert_ne!(run(3, &cfg).trace, other.trace, "two seeds, one trace: the seed is ignored");
+    assert_ne!(
+        run(3, &cfg).trace,
+        other.trace,
+        "two seeds, one trace: the seed is ignored"
+    );
 }
 
 #[test]
