@@ -26,4 +26,4 @@ pub mod store;
 pub mod world;
 
 pub use schedule::{FaultKind, Shape};
-pub use world::{Config, Outcome, Violation, run, run_schedule, shrink};
+pub use world::{Config, Outcome, Summary, Violation, run, run_schedule, run_seeds, shrink};

@@ -1,7 +1,8 @@
 //! `troupe-sim`: runs seeds of the membership simulation (see the crate docs).
 //!
 //! Environment: `SEED=<n>` runs that one seed and prints its full trace; otherwise
-//! `SEEDS=<n>` (default 10000) seeds from `FIRST_SEED` (default 0). `SIM_FAULTS=a,b` draws
+//! `SEEDS=<n>` (default 10000) seeds from `FIRST_SEED` (default 0) on `SIM_THREADS`
+//! threads (default: one per core). `SIM_FAULTS=a,b` draws
 //! only those fault kinds, `SIM_SKIP=a,b` leaves those out; with `SEED`, `SHRINK=1` also
 //! prints the failing schedule with as few faults as still fail. Exits 1 on any violation.
 
@@ -9,7 +10,7 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use troupe_sim::{Config, FaultKind, run, shrink};
+use troupe_sim::{Config, FaultKind, run, run_seeds, shrink};
 
 troupe_sim::install_virtual_clock!();
 
@@ -81,21 +82,29 @@ fn real_main() -> Result<ExitCode, String> {
     let started = Instant::now();
     let mut faults: BTreeMap<FaultKind, u64> = BTreeMap::new();
     let mut violations: Vec<(u64, &'static str)> = Vec::new();
-    for seed in first..first.saturating_add(seeds) {
-        let out = run(seed, &cfg);
+    let threads = match number("SIM_THREADS", 0)? {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => usize::try_from(n).unwrap_or(1),
+    };
+    for out in run_seeds(first, seeds, &cfg, threads) {
         for (k, n) in &out.faults {
             *faults.entry(*k).or_default() += n;
         }
         if let Some(v) = &out.violation {
             if violations.is_empty() {
-                println!("{}", out.report());
+                println!("{}", out.report.as_deref().unwrap_or(""));
             }
-            println!("seed {seed}: {} at {:.3}s", v.invariant, v.at.as_secs_f64());
-            violations.push((seed, v.invariant));
+            println!(
+                "seed {}: {} at {:.3}s",
+                out.seed,
+                v.invariant,
+                v.at.as_secs_f64()
+            );
+            violations.push((out.seed, v.invariant));
         }
     }
     let took = started.elapsed();
-    println!("seeds run: {seeds} (from {first})");
+    println!("seeds run: {seeds} (from {first}, {threads} threads)");
     println!("violations: {}", violations.len());
     let mut by_invariant: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
     for (seed, inv) in &violations {

@@ -91,6 +91,8 @@ pub struct Outcome {
     pub faults: BTreeMap<FaultKind, u64>,
     /// The first broken invariant, if any.
     pub violation: Option<Violation>,
+    /// The environment that draws the same schedule (`SIM_FAULTS=… ` when not every kind).
+    pub replay_env: String,
 }
 
 impl Outcome {
@@ -99,8 +101,8 @@ impl Outcome {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "seed {} (replay: SEED={} make simulate)",
-            self.seed, self.seed
+            "seed {} (replay: {}SEED={} make simulate)",
+            self.seed, self.replay_env, self.seed
         );
         let _ = writeln!(
             out,
@@ -205,6 +207,7 @@ pub fn run_schedule(schedule: Schedule, rng: Rng, cfg: &Config) -> Outcome {
             schedule,
             trace: Vec::new(),
             faults: BTreeMap::new(),
+            replay_env: String::new(),
             violation: Some(Violation {
                 at: Duration::ZERO,
                 invariant: "setup: virtual clock",
@@ -215,7 +218,18 @@ pub fn run_schedule(schedule: Schedule, rng: Rng, cfg: &Config) -> Outcome {
         }
     };
     clock::stop();
-    outcome
+    Outcome {
+        replay_env: replay_env(cfg),
+        ..outcome
+    }
+}
+
+fn replay_env(cfg: &Config) -> String {
+    if cfg.shape.kinds.len() == FaultKind::ALL.len() {
+        return String::new();
+    }
+    let kinds: Vec<&str> = cfg.shape.kinds.iter().map(|k| k.as_str()).collect();
+    format!("SIM_FAULTS={} ", kinds.join(","))
 }
 
 /// For a failing `seed`: the run of a schedule with as few faults as still break the same
@@ -284,6 +298,7 @@ fn run_started(schedule: Schedule, mut rng: Rng, cfg: &Config) -> Outcome {
         trace: w.trace,
         faults: w.faults,
         violation,
+        replay_env: String::new(),
     }
 }
 
@@ -849,4 +864,51 @@ impl World {
         drop(views);
         found.map(|b| self.violation(b.invariant, b.what))
     }
+}
+
+/// What a batch keeps of one run: the trace only when it failed.
+#[derive(Clone, Debug)]
+pub struct Summary {
+    /// The seed.
+    pub seed: u64,
+    /// Faults applied, by kind.
+    pub faults: BTreeMap<FaultKind, u64>,
+    /// The first broken invariant, if any.
+    pub violation: Option<Violation>,
+    /// The failure report (seed, schedule, step, invariant), when it failed.
+    pub report: Option<String>,
+}
+
+/// Runs `count` seeds from `first` on `threads` threads (each seed on one thread, with its
+/// own virtual clock, so the result of a seed does not depend on the thread count), in
+/// seed order.
+pub fn run_seeds(first: u64, count: u64, cfg: &Config, threads: usize) -> Vec<Summary> {
+    let next = std::sync::atomic::AtomicU64::new(first);
+    let end = first.saturating_add(count);
+    let results = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..threads.max(1) {
+            s.spawn(|| {
+                loop {
+                    let seed = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    if seed >= end {
+                        break;
+                    }
+                    let out = run(seed, cfg);
+                    let summary = Summary {
+                        seed,
+                        report: out.violation.is_some().then(|| out.report()),
+                        faults: out.faults,
+                        violation: out.violation,
+                    };
+                    if let Ok(mut r) = results.lock() {
+                        r.push(summary);
+                    }
+                }
+            });
+        }
+    });
+    let mut all = results.into_inner().unwrap_or_default();
+    all.sort_by_key(|s| s.seed);
+    all
 }

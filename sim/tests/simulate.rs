@@ -3,7 +3,7 @@
 //! `SIM_TEST_SEEDS` sets how many seeds `seeds_hold_the_invariants` runs (default 30; the
 //! figure for `make test` is in the lead's report).
 
-use troupe_sim::{Config, FaultKind, run};
+use troupe_sim::{Config, FaultKind, run, run_seeds};
 
 /// Fault kinds left out of `seeds_hold_the_invariants` because they break an invariant in
 /// the membership code as it is, with the finding that fixes them. Remove a kind here when
@@ -58,11 +58,10 @@ fn seeds_hold_the_invariants() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(30);
-    let failures: Vec<String> = (0..seeds)
-        .filter_map(|seed| {
-            let out = run(seed, &cfg);
-            out.violation.is_some().then(|| out.report())
-        })
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let failures: Vec<String> = run_seeds(0, seeds, &cfg, threads)
+        .into_iter()
+        .filter_map(|s| s.report)
         .collect();
     assert!(
         failures.is_empty(),
