@@ -70,3 +70,30 @@ fn seeds_hold_the_invariants() {
         failures.first().map(String::as_str).unwrap_or("")
     );
 }
+
+/// Runs `seed` with only `kinds` drawn and asserts it breaks no invariant.
+fn assert_seed_holds(seed: u64, kinds: &[FaultKind]) {
+    let mut cfg = Config::default();
+    if !kinds.is_empty() {
+        cfg.shape.kinds = kinds.iter().copied().collect();
+    }
+    let out = run(seed, &cfg);
+    assert!(out.violation.is_none(), "{}", out.report());
+}
+
+#[test]
+#[ignore = "open finding H1 (membership helper): un-ignore when the restore design lands"]
+fn h1_a_deleted_lease_while_a_node_is_cut_from_the_store_gives_one_serving_cluster() {
+    // Shrunk: 4 pods; store-cut pod-2 at 20.61 s; Lease deleted at 21.05 s. pod-0 forms a
+    // new cluster alone while pod-2 serves the old one on its peers' store age.
+    assert_seed_holds(9, &[]);
+}
+
+#[test]
+#[ignore = "open finding M2 (membership helper): un-ignore when store contact is stamped at send"]
+fn m2_a_node_paused_past_its_eviction_does_not_serve_on_a_stale_read() {
+    // Shrunk: 4 pods; pause pod-1 6.97-13.15 s, pod-3 14.51-24.30 s, pod-1 17.62-26.19 s.
+    // pod-1 is downed at 20.53 s; on resume a read sent before the pause completes, is
+    // stamped as fresh contact, and pod-1 serves on its old table (v13).
+    assert_seed_holds(9, &[FaultKind::Pause]);
+}
