@@ -68,6 +68,9 @@ fn real_main() -> Result<ExitCode, String> {
                 min.schedule.faults.len(),
                 out.schedule.faults.len()
             );
+            for line in &min.trace {
+                println!("{line}");
+            }
             println!("{}", min.report());
         }
         return Ok(if out.violation.is_some() {
