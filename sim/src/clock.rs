@@ -7,7 +7,9 @@
 //! would see almost no time pass while the timers jump through a minute. The binary (and
 //! each test binary) installs [`install_virtual_clock!`], which defines the C symbol
 //! `clock_gettime` so that the Rust standard library's calls land here (the technique
-//! madsim uses). On a thread that runs no simulation, and for every other clock id, the
+//! madsim uses). [`installed`] checks that it took: in a test harness built with
+//! optimisations rustc drops the symbol, so tests run the `troupe-sim` binary instead. On a
+//! thread that runs no simulation, and for every other clock id, the
 //! real clock answers (a raw system call).
 //!
 //! The clean replacement is a seam in `troupe-node` (use `tokio::time::Instant` and an

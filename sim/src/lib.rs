@@ -14,8 +14,9 @@
 //! * [`invariants`]: the properties checked, as pure functions;
 //! * [`world`]: one run — nodes, the schedule, the invariants, the trace.
 //!
-//! Binaries and integration tests that run simulations must invoke
-//! [`install_virtual_clock!`] once.
+//! A binary that runs simulations must invoke [`install_virtual_clock!`] once; the
+//! `troupe-sim` binary does, and the integration tests drive that binary (in an optimised
+//! test harness the override symbol is not kept, see [`clock`]).
 
 pub mod clock;
 pub mod invariants;
