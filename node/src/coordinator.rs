@@ -26,7 +26,8 @@ use std::time::Instant;
 use troupe_contract::{Member, MemberStatus, MemberTable};
 
 use crate::discovery::PodSet;
-use crate::failure_detector::{FailureDetector, MemberKey, quorum};
+use crate::failure_detector::{FailureDetector, quorum};
+use crate::member_key::MemberKey;
 use crate::timing::Timing;
 
 /// Why the coordinator downed a member (the `reason` label of the failures metric).

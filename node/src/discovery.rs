@@ -9,6 +9,9 @@
 //! * peers are pods that are Running, have an IP and are not terminating — never filtered
 //!   on Ready (a cold start would deadlock);
 //! * a pod that is terminating is *not gone*: it is leaving gracefully;
+//! * a pod's node container start time ([`PodInfo::started_at_ms`]) only tells a fresh
+//!   node whether others were running before it (see `crate::membership`: a fresh node
+//!   does not race the restorers of a deleted Lease);
 //! * until the watch has completed its first list ([`PodSet::synced`]) nothing is gone, and
 //!   a failed API call leaves the snapshot as it was: an error is "no change", never
 //!   "no peers".
@@ -28,7 +31,13 @@ pub struct PodInfo {
     pub terminating: bool,
     /// `status.phase` is `Succeeded` or `Failed`: its containers will not run again.
     pub finished: bool,
+    /// When the node container's current run started (`state.running.startedAt`, in
+    /// milliseconds since the Unix epoch; second precision from Kubernetes), if running.
+    pub started_at_ms: Option<i64>,
 }
+
+/// The name of the node container in a Troupe pod (the operator's `NODE_CONTAINER`).
+pub const NODE_CONTAINER: &str = "node";
 
 impl PodInfo {
     /// A Running pod with `ip`, not terminating: a peer.
@@ -38,6 +47,15 @@ impl PodInfo {
             running: true,
             terminating: false,
             finished: false,
+            started_at_ms: None,
+        }
+    }
+
+    /// [`PodInfo::running`] whose node container started at `started_at_ms`.
+    pub fn running_since(ip: impl Into<String>, started_at_ms: i64) -> Self {
+        Self {
+            started_at_ms: Some(started_at_ms),
+            ..Self::running(ip)
         }
     }
 
@@ -83,6 +101,17 @@ impl PodSet {
         self.synced && self.pods.get(pod).is_none_or(|p| p.finished)
     }
 
+    /// Whether a peer other than `me` has a node container that started more than
+    /// `margin_ms` before `my_start_ms`: then a cluster may already exist.
+    pub fn peer_started_before(&self, me: &str, my_start_ms: i64, margin_ms: i64) -> bool {
+        self.pods.iter().any(|(name, p)| {
+            name != me
+                && p.is_peer()
+                && p.started_at_ms
+                    .is_some_and(|t| t.saturating_add(margin_ms) < my_start_ms)
+        })
+    }
+
     /// Applies one pod from the watch (added or modified).
     pub fn apply(&mut self, pod: &Pod) {
         if let Some((name, info)) = classify(pod) {
@@ -104,6 +133,13 @@ pub fn classify(pod: &Pod) -> Option<(String, PodInfo)> {
     let ip = status
         .and_then(|s| s.pod_ip.clone())
         .filter(|ip| !ip.is_empty());
+    let started_at_ms = status
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.name == NODE_CONTAINER))
+        .and_then(|c| c.state.as_ref())
+        .and_then(|s| s.running.as_ref())
+        .and_then(|r| r.started_at.as_ref())
+        .map(|t| t.0.as_millisecond());
     Some((
         name,
         PodInfo {
@@ -111,6 +147,7 @@ pub fn classify(pod: &Pod) -> Option<(String, PodInfo)> {
             running: phase == "Running",
             terminating: pod.metadata.deletion_timestamp.is_some(),
             finished: phase == "Succeeded" || phase == "Failed",
+            started_at_ms,
         },
     ))
 }
@@ -157,6 +194,27 @@ mod tests {
         assert!(s.is_gone("e"));
         s.delete("d");
         assert!(s.is_gone("d"));
+    }
+
+    #[test]
+    fn the_node_containers_start_tells_who_ran_first() {
+        let v = serde_json::json!({
+            "metadata": { "name": "a" },
+            "status": { "phase": "Running", "podIP": "10.0.0.1", "containerStatuses": [
+                { "name": "app", "image": "x", "imageID": "", "ready": true, "restartCount": 0,
+                  "state": { "running": { "startedAt": "2026-01-01T00:00:00Z" } } },
+                { "name": "node", "image": "x", "imageID": "", "ready": true, "restartCount": 0,
+                  "state": { "running": { "startedAt": "2026-01-01T00:00:10Z" } } }
+            ] },
+        });
+        let p: Pod = serde_json::from_value(v).unwrap_or_default();
+        let mut s = PodSet::default();
+        s.apply(&p);
+        let a = s.pods.get("a").and_then(|p| p.started_at_ms);
+        assert_eq!(a, Some(1_767_225_610_000));
+        assert!(s.peer_started_before("b", 1_767_225_620_000, 5_000));
+        assert!(!s.peer_started_before("b", 1_767_225_612_000, 5_000));
+        assert!(!s.peer_started_before("a", 1_767_225_620_000, 5_000));
     }
 
     #[test]

@@ -100,7 +100,7 @@ async fn self_view(State(s): State<Management>) -> Json<serde_json::Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::failure_detector::MemberKey;
+    use crate::member_key::MemberKey;
     use crate::metrics::Metrics;
     use axum::body::Body;
     use axum::http::Request;

@@ -5,6 +5,8 @@
 //!   `renewTime` and `leaseDurationSeconds` carry the coordinator lease (so `kubectl get
 //!   lease` shows the coordinator), the annotation `troupe.dev/member-table` the table.
 //!   Writes are `replace` with the read `resourceVersion` (409 → [`StoreError::Conflict`]).
+//!   A Lease without the annotation reads as [`Found::Stripped`] (never as an empty table);
+//!   a 403 is [`StoreError::Forbidden`], naming the Role `<cluster>-node`.
 //! * [`watch_pods`]: a watch on the cluster's pods by label, in the node's namespace. On
 //!   errors the watcher backs off and resumes; the snapshot stays as it was.
 //!
@@ -29,7 +31,7 @@ use troupe_contract::coordination::{MEMBER_TABLE_ANNOTATION, lease_name};
 use troupe_contract::{MemberTable, labels};
 
 use crate::discovery::PodSet;
-use crate::store::{ChangeStream, LeaseRecord, MemberStore, StoreError, Stored};
+use crate::store::{ChangeStream, Found, LeaseRecord, MemberStore, StoreError, Stored};
 
 /// The member store on the cluster's Lease.
 #[derive(Clone)]
@@ -110,8 +112,9 @@ impl LeaseStore {
     }
 }
 
-/// Reads a [`LeaseRecord`] out of a Lease.
-pub fn record_of(lease: &Lease) -> Result<Stored, StoreError> {
+/// Reads a [`LeaseRecord`] out of a Lease: [`Found::Stripped`] when the Lease has no
+/// member-table annotation (never an empty table: that would start a second history).
+pub fn record_of(lease: &Lease) -> Result<Found, StoreError> {
     let resource_version = lease
         .metadata
         .resource_version
@@ -125,39 +128,65 @@ pub fn record_of(lease: &Lease) -> Result<Stored, StoreError> {
         .and_then(|a| a.get(MEMBER_TABLE_ANNOTATION))
     {
         Some(json) => {
-            MemberTable::from_json(json).map_err(|e| StoreError::Malformed(e.to_string()))?
+            Some(MemberTable::from_json(json).map_err(|e| StoreError::Malformed(e.to_string()))?)
         }
-        None => MemberTable::default(),
+        None => None,
     };
-    Ok(Stored {
-        resource_version,
+    let stored = |table| Stored {
+        resource_version: resource_version.clone(),
         record: LeaseRecord {
-            holder: spec.holder_identity.filter(|h| !h.is_empty()),
+            holder: spec.holder_identity.clone().filter(|h| !h.is_empty()),
             renew_ms: spec
                 .renew_time
+                .as_ref()
                 .map(|t| t.0.as_millisecond())
                 .unwrap_or_default(),
             lease_duration_s: spec.lease_duration_seconds.unwrap_or(3),
             table,
         },
+    };
+    Ok(match table {
+        Some(t) => Found::Table(stored(t)),
+        None => Found::Stripped(stored(MemberTable::default())),
     })
 }
 
-fn store_error(e: kube::Error) -> StoreError {
+/// The record of a Lease this node just wrote: it must carry the table.
+fn written(lease: &Lease) -> Result<Stored, StoreError> {
+    match record_of(lease)? {
+        Found::Table(s) => Ok(s),
+        Found::Absent | Found::Stripped(_) => Err(StoreError::Malformed(
+            "the API server returned the Lease without the member table just written".into(),
+        )),
+    }
+}
+
+/// What a failed API call means for membership. A 403 names the Role the node needs.
+fn store_error(e: kube::Error, cluster: &str) -> StoreError {
     match &e {
         kube::Error::Api(s) if s.is_conflict() || s.is_already_exists() => StoreError::Conflict,
+        kube::Error::Api(s) if s.is_forbidden() => StoreError::Forbidden {
+            role: format!("{cluster}-node"),
+            reason: s.message.clone(),
+        },
         _ => StoreError::Unavailable(e.to_string()),
     }
 }
 
 impl MemberStore for LeaseStore {
-    async fn read(&self) -> Result<Option<Stored>, StoreError> {
-        match self.api.get_opt(&self.name).await.map_err(store_error)? {
+    async fn read(&self) -> Result<Found, StoreError> {
+        // `get` is a quorum read: it reflects the store after the call was made.
+        match self
+            .api
+            .get_opt(&self.name)
+            .await
+            .map_err(|e| store_error(e, &self.cluster))?
+        {
             Some(lease) => {
                 self.remember(&lease);
-                record_of(&lease).map(Some)
+                record_of(&lease)
             }
-            None => Ok(None),
+            None => Ok(Found::Absent),
         }
     }
 
@@ -167,9 +196,9 @@ impl MemberStore for LeaseStore {
             .api
             .create(&PostParams::default(), &lease)
             .await
-            .map_err(store_error)?;
+            .map_err(|e| store_error(e, &self.cluster))?;
         self.remember(&created);
-        record_of(&created)
+        written(&created)
     }
 
     async fn replace(
@@ -182,9 +211,9 @@ impl MemberStore for LeaseStore {
             .api
             .replace(&self.name, &PostParams::default(), &lease)
             .await
-            .map_err(store_error)?;
+            .map_err(|e| store_error(e, &self.cluster))?;
         self.remember(&replaced);
-        record_of(&replaced)
+        written(&replaced)
     }
 
     fn changes(&self) -> ChangeStream {
@@ -193,9 +222,9 @@ impl MemberStore for LeaseStore {
             .map(move |r| match r {
                 Ok(Some(lease)) => {
                     me.remember(&lease);
-                    record_of(&lease).map(Some)
+                    record_of(&lease)
                 }
-                Ok(None) => Ok(None),
+                Ok(None) => Ok(Found::Absent),
                 Err(e) => Err(StoreError::Unavailable(e.to_string())),
             })
             .boxed()
@@ -299,11 +328,33 @@ mod tests {
         let stored = record_of(&lease).ok();
         assert_eq!(
             stored,
-            Some(Stored {
+            Some(Found::Table(Stored {
                 resource_version: "42".into(),
                 record
-            })
+            }))
         );
+    }
+
+    #[test]
+    fn a_lease_without_the_annotation_is_stripped_not_an_empty_table() {
+        let lease: Lease = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": "x-members", "resourceVersion": "7" },
+            "spec": { "holderIdentity": "a_1", "leaseDurationSeconds": 3 }
+        }))
+        .unwrap_or_default();
+        let found = record_of(&lease);
+        assert!(
+            matches!(&found, Ok(Found::Stripped(s)) if s.resource_version == "7"),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn a_forbidden_answer_is_a_typed_error_that_names_the_role() {
+        let status = kube::core::Status::failure("leases is forbidden", "Forbidden").with_code(403);
+        let e = store_error(kube::Error::Api(Box::new(status)), "orders");
+        assert_eq!(e.metric_label(), "forbidden", "{e}");
+        assert!(e.to_string().contains("check the Role orders-node"), "{e}");
     }
 
     #[test]

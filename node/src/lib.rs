@@ -11,8 +11,10 @@
 //!                                   pure)                      (http)
 //! ```
 //!
-//! * Pure logic, tested without I/O: [`election`], [`coordinator`], [`failure_detector`],
-//!   [`view`], [`discovery`], [`timing`]; the table itself is `troupe_contract::MemberTable`.
+//! * Pure logic, tested without I/O: the node's decisions (`membership/state.rs`),
+//!   [`election`], [`coordinator`], [`failure_detector`], [`view`], [`discovery`],
+//!   [`timing`]; the table itself is `troupe_contract::MemberTable`.
+//! * Determinism: [`seams`] (ids, wall clock, tokio's clock) for replayable simulation.
 //! * Seams: [`store::MemberStore`] (compare-and-swap record) and [`probe::Prober`];
 //!   Kubernetes behind them in [`k8s`], test doubles in [`memory`].
 //! * [`node::Node`] ties it together; [`http`] serves it.
@@ -28,6 +30,7 @@ pub mod failure_detector;
 pub mod health;
 pub mod http;
 pub mod k8s;
+pub mod member_key;
 pub mod membership;
 pub mod memory;
 pub mod metrics;
@@ -39,7 +42,7 @@ pub mod timing;
 pub mod view;
 
 pub use discovery::PodSet;
-pub use failure_detector::MemberKey;
+pub use member_key::MemberKey;
 pub use membership::{Identity, LeaveReport};
 pub use node::{Node, NodeError};
 pub use seams::Sources;

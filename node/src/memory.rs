@@ -17,14 +17,22 @@ use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use tokio::sync::watch;
-use troupe_contract::Member;
+use troupe_contract::{Member, MemberTable};
 
 use crate::probe::{PingReply, ProbeError, Prober};
-use crate::store::{ChangeStream, LeaseRecord, MemberStore, StoreError, Stored};
+use crate::store::{ChangeStream, Found, LeaseRecord, MemberStore, StoreError, Stored};
+
+/// The stored record: its version, the record, and whether its table was stripped.
+#[derive(Debug)]
+struct Entry {
+    version: u64,
+    record: LeaseRecord,
+    stripped: bool,
+}
 
 #[derive(Debug)]
 struct Shared {
-    record: Mutex<Option<(u64, LeaseRecord)>>,
+    record: Mutex<Option<Entry>>,
     changed: watch::Sender<u64>,
     next_version: AtomicU64,
     writes: AtomicU64,
@@ -74,13 +82,69 @@ impl MemoryStore {
         self.shared.changed.send_modify(|v| *v += 1);
     }
 
-    /// The stored record, whatever the cut switch says.
+    /// The stored record, whatever the cut switch says (a stripped one with an empty
+    /// table).
     pub fn snapshot(&self) -> Option<Stored> {
-        let guard = self.shared.record.lock().ok()?;
-        guard.as_ref().map(|(v, r)| Stored {
-            resource_version: v.to_string(),
-            record: r.clone(),
-        })
+        match self.found() {
+            Found::Absent => None,
+            Found::Stripped(s) | Found::Table(s) => Some(s),
+        }
+    }
+
+    /// What a read finds, whatever the cut switch says.
+    pub fn found(&self) -> Found {
+        let Ok(guard) = self.shared.record.lock() else {
+            return Found::Absent;
+        };
+        match guard.as_ref() {
+            None => Found::Absent,
+            Some(e) => {
+                let stored = Stored {
+                    resource_version: e.version.to_string(),
+                    record: e.record.clone(),
+                };
+                if e.stripped {
+                    Found::Stripped(Stored {
+                        record: LeaseRecord {
+                            table: MemberTable::default(),
+                            ..stored.record
+                        },
+                        ..stored
+                    })
+                } else {
+                    Found::Table(stored)
+                }
+            }
+        }
+    }
+
+    /// Deletes the record (what `kubectl delete lease` does).
+    pub fn delete(&self) {
+        if let Ok(mut g) = self.shared.record.lock() {
+            *g = None;
+        }
+        self.shared.changed.send_modify(|c| *c += 1);
+    }
+
+    /// Removes the member table from the record and keeps the rest (what removing the
+    /// Lease annotation does).
+    pub fn strip(&self) {
+        if let Ok(mut g) = self.shared.record.lock()
+            && let Some(e) = g.as_mut()
+        {
+            e.version = self.shared.next_version.fetch_add(1, Ordering::SeqCst);
+            e.record.table = MemberTable::default();
+            e.stripped = true;
+        }
+        self.shared.changed.send_modify(|c| *c += 1);
+    }
+
+    /// The stored member table; `None` when the record is absent or has no table.
+    pub fn table(&self) -> Option<MemberTable> {
+        match self.found() {
+            Found::Table(s) => Some(s.record.table),
+            Found::Absent | Found::Stripped(_) => None,
+        }
     }
 
     /// Successful writes so far (creates and replaces).
@@ -106,11 +170,17 @@ impl MemoryStore {
         match (expected, guard.as_ref()) {
             (None, Some(_)) => return Err(StoreError::Conflict),
             (Some(_), None) => return Err(StoreError::Conflict),
-            (Some(rv), Some((v, _))) if rv != v.to_string() => return Err(StoreError::Conflict),
+            (Some(rv), Some(e)) if rv != e.version.to_string() => {
+                return Err(StoreError::Conflict);
+            }
             _ => {}
         }
         let v = self.shared.next_version.fetch_add(1, Ordering::SeqCst);
-        *guard = Some((v, record.clone()));
+        *guard = Some(Entry {
+            version: v,
+            record: record.clone(),
+            stripped: false,
+        });
         drop(guard);
         self.shared.writes.fetch_add(1, Ordering::SeqCst);
         self.shared.changed.send_modify(|c| *c += 1);
@@ -122,9 +192,9 @@ impl MemoryStore {
 }
 
 impl MemberStore for MemoryStore {
-    async fn read(&self) -> Result<Option<Stored>, StoreError> {
+    async fn read(&self) -> Result<Found, StoreError> {
         self.check()?;
-        Ok(self.snapshot())
+        Ok(self.found())
     }
 
     async fn create(&self, record: &LeaseRecord) -> Result<Stored, StoreError> {
@@ -151,7 +221,7 @@ impl MemberStore for MemoryStore {
                 // A broken watch ends; the caller re-reads and subscribes again.
                 return Some((Err(e), (rx, me, false)));
             }
-            Some((Ok(me.snapshot()), (rx, me, false)))
+            Some((Ok(me.found()), (rx, me, false)))
         })
         .take_while(|r| futures::future::ready(r.is_ok()))
         .chain(futures::stream::once(futures::future::ready(Err(
@@ -224,7 +294,7 @@ mod tests {
         let store = MemoryStore::new();
         let a = store.handle();
         let b = store.handle();
-        assert!(matches!(a.read().await, Ok(None)));
+        assert!(matches!(a.read().await, Ok(Found::Absent)));
         let created = a.create(&LeaseRecord::default()).await;
         let Ok(created) = created else {
             panic!("create failed: {created:?}");
@@ -237,7 +307,8 @@ mod tests {
             holder: Some("b".into()),
             ..LeaseRecord::default()
         };
-        assert!(b.replace(&created.resource_version, &rec).await.is_ok());
+        let replaced = b.replace(&created.resource_version, &rec).await;
+        assert!(replaced.is_ok());
         assert!(matches!(
             a.replace(&created.resource_version, &rec).await,
             Err(StoreError::Conflict)
@@ -249,12 +320,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_stripped_record_exists_and_is_restored_by_compare_and_swap() {
+        let store = MemoryStore::new();
+        assert!(store.create(&LeaseRecord::default()).await.is_ok());
+        store.strip();
+        let Ok(Found::Stripped(s)) = store.read().await else {
+            panic!("not stripped: {:?}", store.found());
+        };
+        assert!(matches!(
+            store.create(&LeaseRecord::default()).await,
+            Err(StoreError::Conflict)
+        ));
+        assert!(store.replace(&s.resource_version, &s.record).await.is_ok());
+        assert!(matches!(store.read().await, Ok(Found::Table(_))));
+        store.delete();
+        assert!(matches!(store.read().await, Ok(Found::Absent)));
+        assert!(store.create(&LeaseRecord::default()).await.is_ok());
+    }
+
+    #[tokio::test]
     async fn changes_start_with_the_current_record_and_follow_writes() {
         let store = MemoryStore::new();
         let mut changes = store.changes();
-        assert!(matches!(changes.next().await, Some(Ok(None))));
+        assert!(matches!(changes.next().await, Some(Ok(Found::Absent))));
         assert!(store.create(&LeaseRecord::default()).await.is_ok());
-        assert!(matches!(changes.next().await, Some(Ok(Some(_)))));
+        assert!(matches!(changes.next().await, Some(Ok(Found::Table(_)))));
+        store.strip();
+        assert!(matches!(changes.next().await, Some(Ok(Found::Stripped(_)))));
+        store.delete();
+        assert!(matches!(changes.next().await, Some(Ok(Found::Absent))));
         store.set_cut(true);
         assert!(matches!(changes.next().await, Some(Err(_))));
         assert!(changes.next().await.is_none());

@@ -27,9 +27,9 @@ use tokio::task::JoinHandle;
 use troupe_contract::MemberTable;
 
 use crate::discovery::PodSet;
-use crate::failure_detector::MemberKey;
 use crate::health::Health;
 use crate::http::{self, Management};
+use crate::member_key::MemberKey;
 use crate::membership::{self, Command, Driver, Identity, LeaveReport};
 use crate::metrics::Metrics;
 use crate::probe::Prober;
@@ -114,6 +114,7 @@ impl Node {
         let (table_tx, table_rx) = watch::channel(MemberTable::default());
         let (probe_tx, probe_rx) = mpsc::channel(1024);
         let (cmd_tx, cmd_rx) = mpsc::channel(4);
+        let (survey_tx, survey_rx) = watch::channel(Vec::new());
         let driver = Driver::new(
             identity,
             timing,
@@ -125,12 +126,14 @@ impl Node {
             view_tx,
             table_tx,
             probe_rx,
+            survey_tx,
         );
         let tasks = vec![
             tokio::spawn(driver.run(cmd_rx)),
             tokio::spawn(membership::probe_loop(
                 prober,
                 view_rx.clone(),
+                survey_rx,
                 probe_tx,
                 timing,
             )),

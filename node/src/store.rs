@@ -41,6 +41,19 @@ pub struct Stored {
     pub record: LeaseRecord,
 }
 
+/// What a read of the store (or a watch event) found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Found {
+    /// No record: it was never created, or it was deleted.
+    Absent,
+    /// A record without a member table (the Lease exists, its annotation was removed).
+    /// The record's `table` is empty and means nothing; the version is what a restoring
+    /// CAS must name.
+    Stripped(Stored),
+    /// A record with its member table.
+    Table(Stored),
+}
+
 /// Why a store operation failed. Every failure means "no change": the caller keeps what
 /// it knew and tries again later.
 #[derive(Debug, thiserror::Error)]
@@ -48,11 +61,21 @@ pub enum StoreError {
     /// Someone else wrote first (HTTP 409): re-read and retry.
     #[error("the member record changed since it was read; re-read and retry")]
     Conflict,
-    /// The store cannot be reached or refused the request.
+    /// The store cannot be reached or failed to answer.
     #[error("member store unavailable: {0}")]
     Unavailable(String),
+    /// The store refused the request (HTTP 403): the node lacks the RBAC it needs.
+    #[error(
+        "the API server refused the request (403 Forbidden): {reason}; check the Role {role} and its RoleBinding to the node's ServiceAccount"
+    )]
+    Forbidden {
+        /// The Role the node needs (`<cluster>-node`).
+        role: String,
+        /// What the API server said.
+        reason: String,
+    },
     /// The stored record cannot be understood (e.g. a hand-edited annotation).
-    #[error("member record is malformed: {0}; fix or delete the Lease annotation")]
+    #[error("member record is malformed: {0}; fix the annotation {annotation}, or remove it and the running nodes restore their last table into it", annotation = troupe_contract::coordination::MEMBER_TABLE_ANNOTATION)]
     Malformed(String),
 }
 
@@ -62,28 +85,33 @@ impl StoreError {
         match self {
             Self::Conflict => "conflict",
             Self::Unavailable(_) => "unavailable",
+            Self::Forbidden { .. } => "forbidden",
             Self::Malformed(_) => "malformed",
         }
     }
 }
 
-/// A stream of store changes: `Ok(Some)` is a new record, `Ok(None)` means the record does
-/// not exist (deleted), `Err` means the watch broke (the caller re-reads).
-pub type ChangeStream = BoxStream<'static, Result<Option<Stored>, StoreError>>;
+/// A stream of store changes: what the record is now ([`Found`]), or `Err` when the watch
+/// broke (the caller re-reads). Watch events may lag: the membership loop takes them as
+/// news, never as proof that the store was reached recently (see `crate::membership`).
+pub type ChangeStream = BoxStream<'static, Result<Found, StoreError>>;
 
 /// Compare-and-swap storage for one cluster's [`LeaseRecord`].
 pub trait MemberStore: Clone + Send + Sync + 'static {
-    /// Reads the record; `Ok(None)` when it does not exist yet.
-    fn read(&self) -> impl Future<Output = Result<Option<Stored>, StoreError>> + Send;
+    /// Reads the record: [`Found::Absent`] when it does not exist, [`Found::Stripped`] when
+    /// it exists without a member table. The answer must reflect the store at some time
+    /// after the call was made (a quorum read, not a stale cache).
+    fn read(&self) -> impl Future<Output = Result<Found, StoreError>> + Send;
 
-    /// Creates the record; [`StoreError::Conflict`] when it already exists.
+    /// Creates the record; [`StoreError::Conflict`] when it already exists (with or
+    /// without a table).
     fn create(
         &self,
         record: &LeaseRecord,
     ) -> impl Future<Output = Result<Stored, StoreError>> + Send;
 
-    /// Replaces the record if its version still is `resource_version`;
-    /// [`StoreError::Conflict`] otherwise.
+    /// Replaces the record (a stripped one too) if its version still is
+    /// `resource_version`; [`StoreError::Conflict`] otherwise.
     fn replace(
         &self,
         resource_version: &str,

@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 
 use troupe_contract::{Member, MemberStatus, MemberTable};
 
-use crate::failure_detector::{FailureDetector, MemberKey};
+use crate::failure_detector::FailureDetector;
+use crate::member_key::MemberKey;
 
 /// Where a node is in its life as a member.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use troupe_contract::{MemberStatus, MemberTable};
 use troupe_node::memory::{MemoryStore, NetProber, Network};
 use troupe_node::probe::HttpProber;
+use troupe_node::store::{ChangeStream, Found, LeaseRecord, MemberStore, StoreError, Stored};
 use troupe_node::{Identity, Node, PodSet, Timing};
 
 struct TestNode {
@@ -70,12 +71,24 @@ impl TestCluster {
     }
 
     async fn start(&mut self, pod: &str) -> anyhow::Result<()> {
+        self.start_on(pod, |s| s).await
+    }
+
+    /// Starts `pod` on the store that `wrap` makes of its handle (a slow store, ...).
+    async fn start_on<S: MemberStore>(
+        &mut self,
+        pod: &str,
+        wrap: impl FnOnce(MemoryStore) -> S,
+    ) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let address = listener.local_addr()?.to_string();
         self.pods.send_modify(|p| {
             p.pods.insert(
                 pod.to_owned(),
-                troupe_node::discovery::PodInfo::running(address.clone()),
+                troupe_node::discovery::PodInfo::running_since(
+                    address.clone(),
+                    troupe_node::seams::system_ms(),
+                ),
             );
         });
         let store = self.store.handle();
@@ -90,7 +103,7 @@ impl TestCluster {
                 address: address.clone(),
             },
             self.timing,
-            store.clone(),
+            wrap(store.clone()),
             prober,
             self.pods.subscribe(),
             Registry::new(),
@@ -161,26 +174,42 @@ impl TestCluster {
             })
     }
 
-    /// The safety invariant: a node that serves is Up, with its current incarnation, in
-    /// the one table of the store. The views are read before the table (the table only
-    /// moves forward), so a node that just formed the cluster is not a false alarm.
+    /// The safety invariants: every node that serves follows one table history — one
+    /// `(cluster, epoch)` — and is Up, with its current incarnation, in the one table of
+    /// the store, of the same cluster. The views are read before the table (the table only
+    /// moves forward), so a node that just formed the cluster is not a false alarm. While
+    /// the store holds no table (the Lease was deleted or stripped) there is nothing to
+    /// compare with but the first invariant still holds.
     fn check_no_serving_outside_the_table(&self) -> Result<(), String> {
         let now = Instant::now();
-        let serving: Vec<(String, String)> = self
+        let serving: Vec<(String, String, MemberTable)> = self
             .nodes
             .iter()
             .filter_map(|n| {
                 let node = n.node.as_ref()?;
                 let v = node.view().borrow().clone();
-                v.serving_at(now).then(|| (n.pod.clone(), v.me.incarnation))
+                v.serving_at(now)
+                    .then(|| (n.pod.clone(), v.me.incarnation, v.table))
             })
             .collect();
-        let t = self.table();
-        for (pod, inc) in serving {
-            let ok = t
-                .members
-                .iter()
-                .any(|m| m.pod == pod && m.incarnation == inc && m.status == MemberStatus::Up);
+        if let Some((first, _, t0)) = serving.first() {
+            for (pod, _, t) in &serving {
+                if (&t.cluster, t.epoch) != (&t0.cluster, t0.epoch) {
+                    return Err(format!(
+                        "two table histories serve: {first} follows cluster {:?} epoch {} (v{}), {pod} follows cluster {:?} epoch {} (v{})",
+                        t0.cluster, t0.epoch, t0.version, t.cluster, t.epoch, t.version
+                    ));
+                }
+            }
+        }
+        let Some(t) = self.store.table() else {
+            return Ok(());
+        };
+        for (pod, inc, mine) in serving {
+            let ok = mine.cluster == t.cluster
+                && t.members
+                    .iter()
+                    .any(|m| m.pod == pod && m.incarnation == inc && m.status == MemberStatus::Up);
             if !ok {
                 return Err(format!(
                     "{pod} serves but is not Up in the store's table {t:?}"
@@ -768,5 +797,429 @@ async fn formation_with_the_production_timing() -> anyhow::Result<()> {
         median(times.clone()),
         times.iter().max().copied().unwrap_or_default()
     );
+    Ok(())
+}
+
+/// The incarnation of every running node, by pod.
+fn incarnations(c: &TestCluster) -> Vec<(String, Option<String>)> {
+    c.nodes
+        .iter()
+        .map(|n| (n.pod.clone(), n.incarnation()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_lease_while_a_new_node_starts_stays_one_cluster() -> anyhow::Result<()> {
+    // H1 scenario A: a, b, c run; the Lease is deleted; a new pod d starts at that moment.
+    let mut c = formed(&FIVE[..3]).await?;
+    // d's node starts clearly after the others' (as a restart or a scale-up does).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = c.table();
+    c.store.delete();
+    c.start("node-d").await?;
+    let all = ["node-a", "node-b", "node-c", "node-d"];
+    let took = until(
+        "a, b, c and d Up in one table",
+        Duration::from_secs(15),
+        &c,
+        |c| c.all_up(&all),
+    )
+    .await?;
+    let t = c.table();
+    assert_eq!(t.cluster, before.cluster, "a second cluster formed: {t:?}");
+    assert!(t.epoch > before.epoch, "the table was not restored: {t:?}");
+    println!("[membership] Lease deleted while a node started: one cluster of 4 in {took:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_lease_is_restored_and_nobody_loses_its_place() -> anyhow::Result<()> {
+    // H1 scenario B: every node at the same version; the Lease is deleted.
+    let c = formed(&FIVE[..3]).await?;
+    until("all follow the store", Duration::from_secs(5), &c, |c| {
+        let t = c.table();
+        c.nodes
+            .iter()
+            .all(|n| n.node.as_ref().is_some_and(|x| *x.members().borrow() == t))
+    })
+    .await?;
+    let before = c.table();
+    let incs = incarnations(&c);
+    c.store.delete();
+    let took = until(
+        "the table restored, all Up",
+        Duration::from_secs(10),
+        &c,
+        |c| c.store.table().is_some() && c.all_up(&FIVE[..3]),
+    )
+    .await?;
+    let t = c.table();
+    assert_eq!(
+        t.cluster, before.cluster,
+        "a fresh cluster replaced the old one: {t:?}"
+    );
+    assert_eq!(t.epoch, before.epoch + 1, "{t:?}");
+    assert_eq!(incarnations(&c), incs, "a node lost its place: {t:?}");
+    println!("[membership] deleted Lease restored, all 3 Up again in {took:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stripped_lease_is_restored_and_nobody_loses_its_place() -> anyhow::Result<()> {
+    // H1 scenario C: the annotation is removed, the Lease stays.
+    let mut c = formed(&FIVE[..3]).await?;
+    let before = c.table();
+    let incs = incarnations(&c);
+    c.store.strip();
+    let took = until(
+        "the table restored, all Up",
+        Duration::from_secs(10),
+        &c,
+        |c| c.store.table().is_some() && c.all_up(&FIVE[..3]),
+    )
+    .await?;
+    let t = c.table();
+    assert_eq!(
+        t.cluster, before.cluster,
+        "a fresh cluster replaced the old one: {t:?}"
+    );
+    assert_eq!(t.epoch, before.epoch + 1, "{t:?}");
+    assert_eq!(incarnations(&c), incs, "a node lost its place: {t:?}");
+    println!("[membership] stripped Lease restored, all 3 Up again in {took:?}");
+    // A new node joins the restored table, not a parallel one.
+    c.start("node-x").await?;
+    until("node-x Up", Duration::from_secs(10), &c, |c| {
+        c.all_up(&["node-a", "node-b", "node-c", "node-x"])
+    })
+    .await?;
+    assert_eq!(c.table().cluster, before.cluster);
+    Ok(())
+}
+
+/// A store whose reads and watch events arrive `delay` after the store answered them,
+/// while `lag` is on: a lagging API server (or a slow GET). Writes are not delayed.
+#[derive(Clone)]
+struct Lagging {
+    inner: MemoryStore,
+    delay: Duration,
+    lag: Arc<AtomicBool>,
+}
+
+impl Lagging {
+    async fn lag(&self) {
+        if self.lag.load(Ordering::SeqCst) {
+            tokio::time::sleep(self.delay).await;
+        }
+    }
+}
+
+impl MemberStore for Lagging {
+    async fn read(&self) -> Result<Found, StoreError> {
+        let r = self.inner.read().await;
+        self.lag().await;
+        r
+    }
+
+    async fn create(&self, record: &LeaseRecord) -> Result<Stored, StoreError> {
+        self.inner.create(record).await
+    }
+
+    async fn replace(
+        &self,
+        resource_version: &str,
+        record: &LeaseRecord,
+    ) -> Result<Stored, StoreError> {
+        self.inner.replace(resource_version, record).await
+    }
+
+    fn changes(&self) -> ChangeStream {
+        use futures::StreamExt;
+        let me = self.clone();
+        self.inner
+            .changes()
+            .then(move |ev| {
+                let me = me.clone();
+                async move {
+                    me.lag().await;
+                    ev
+                }
+            })
+            .boxed()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_store_does_not_extend_serving_past_the_down() -> anyhow::Result<()> {
+    // M2: node-d's store answers 1.2 s late (store timeout 1.5 s). It is then cut off from
+    // store and peers; its last answers still arrive and must not count as fresh.
+    let timing = Timing {
+        lease_duration: Duration::from_secs(3),
+        ..Timing::fast()
+    };
+    let mut c = TestCluster::with_timing(timing);
+    for p in &FIVE[..3] {
+        c.start(p).await?;
+    }
+    until("cluster formed", Duration::from_secs(10), &c, |c| {
+        c.all_up(&FIVE[..3])
+    })
+    .await?;
+    let lag = Arc::new(AtomicBool::new(false));
+    let delay = Duration::from_millis(1200);
+    let flag = Arc::clone(&lag);
+    c.start_on("node-d", move |inner| Lagging {
+        inner,
+        delay,
+        lag: flag,
+    })
+    .await?;
+    until("node-d Up", Duration::from_secs(10), &c, |c| {
+        c.all_up(&["node-a", "node-b", "node-c", "node-d"])
+    })
+    .await?;
+    // The store starts lagging for node-d (it only follows: the others write).
+    lag.store(true, Ordering::SeqCst);
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(2) {
+        c.check_no_serving_outside_the_table()
+            .map_err(anyhow::Error::msg)?;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    c.network.set_cut("node-d", true);
+    if let Some(n) = c.get("node-d") {
+        n.store.set_cut(true);
+    }
+    let took = until("node-d downed", Duration::from_secs(10), &c, |c| {
+        c.table()
+            .get("node-d")
+            .is_none_or(|m| m.status == MemberStatus::Down)
+    })
+    .await?;
+    println!(
+        "[membership] lagging, then isolated node downed after {took:?}, never serving past it"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_cut_from_its_peers_lets_the_majority_promote_a_joiner() -> anyhow::Result<()>
+{
+    // M5: the coordinator reaches the store but none of its peers.
+    let mut c = formed(&FIVE[..3]).await?;
+    let coordinator = c
+        .nodes
+        .iter()
+        .find(|n| {
+            n.node
+                .as_ref()
+                .is_some_and(|x| x.view().borrow().coordinator)
+        })
+        .map(|n| n.pod.clone())
+        .ok_or_else(|| anyhow::anyhow!("no coordinator"))?;
+    c.network.set_cut(&coordinator, true);
+    c.start("node-x").await?;
+    let took = until(
+        "the majority promotes node-x",
+        Duration::from_secs(15),
+        &c,
+        |c| {
+            c.table()
+                .get("node-x")
+                .is_some_and(|m| m.status == MemberStatus::Up)
+        },
+    )
+    .await?;
+    let holder = c.store.snapshot().and_then(|s| s.record.holder);
+    assert!(
+        !holder.is_some_and(|h| h.starts_with(&format!("{coordinator}_"))),
+        "the cut-off coordinator still holds the lease"
+    );
+    println!(
+        "[membership] coordinator cut from its peers: a joiner promoted by the majority after {took:?} (lease {:?})",
+        c.timing.lease_duration
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_leaving_together_follow_the_table_during_their_handover() -> anyhow::Result<()> {
+    // M4: two of four nodes leave at once; while they hand over, each must see the other
+    // leave (the table the runtime places over stays current).
+    let mut c = formed(&FIVE[..4]).await?;
+    let (release, released) = watch::channel(false);
+    let mut leaving = Vec::new();
+    let mut views = Vec::new();
+    for pod in ["node-a", "node-b"] {
+        let node = c
+            .nodes
+            .iter_mut()
+            .find(|n| n.pod == pod)
+            .and_then(|n| n.node.take())
+            .ok_or_else(|| anyhow::anyhow!("{pod} not running"))?;
+        views.push((pod, node.view()));
+        let mut released = released.clone();
+        let handover = async move {
+            let _ = released.wait_for(|r| *r).await;
+        };
+        leaving.push(tokio::spawn(node.leave(handover, Duration::from_secs(10))));
+    }
+    until(
+        "both Leaving in the store",
+        Duration::from_secs(10),
+        &c,
+        |c| {
+            let t = c.table();
+            ["node-a", "node-b"]
+                .iter()
+                .all(|p| t.get(p).is_some_and(|m| m.status == MemberStatus::Leaving))
+        },
+    )
+    .await?;
+    let start = Instant::now();
+    let mut caught_up = false;
+    while start.elapsed() < Duration::from_secs(5) {
+        let t = c.table();
+        if views.iter().all(|(_, v)| v.borrow().table == t) {
+            caught_up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let seen: Vec<String> = views
+        .iter()
+        .map(|(p, v)| format!("{p} at v{}", v.borrow().table.version))
+        .collect();
+    assert!(
+        caught_up,
+        "a draining node stopped following the table (store at v{}): {seen:?}",
+        c.table().version
+    );
+    let _ = release.send(true);
+    for l in leaving {
+        let report = l.await??;
+        assert!(report.removed, "{report:?}");
+    }
+    for pod in ["node-a", "node-b"] {
+        c.kill(pod, true);
+    }
+    until("c and d Up", Duration::from_secs(10), &c, |c| {
+        c.all_up(&["node-c", "node-d"])
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_clusters_table_in_the_lease_is_joined_as_new_nodes() -> anyhow::Result<()> {
+    // H1: the Lease is replaced by another life of it (another cluster id). The followers
+    // never compare versions across ids: they stop serving and join it as new nodes.
+    let c = formed(&FIVE[..3]).await?;
+    let incs = incarnations(&c);
+    let mut other = MemberTable {
+        cluster: "another-life".into(),
+        epoch: 0,
+        version: 0,
+        members: Vec::new(),
+    };
+    other.join("ghost", "g1", "127.0.0.1:9");
+    other.transition("ghost", "g1", MemberStatus::Up)?;
+    let record = LeaseRecord {
+        holder: None,
+        renew_ms: 1,
+        lease_duration_s: 1,
+        table: other,
+    };
+    let mut replaced = false;
+    for _ in 0..20 {
+        let Some(s) = c.store.snapshot() else { break };
+        if c.store.replace(&s.resource_version, &record).await.is_ok() {
+            replaced = true;
+            break;
+        }
+    }
+    anyhow::ensure!(replaced, "could not replace the record");
+    // Nobody can stop serving before it hears of the replacement; it must stop as soon as
+    // it does. Then the invariants hold again, every moment.
+    let start = Instant::now();
+    while c.nodes.iter().any(|n| {
+        n.node.as_ref().is_some_and(|x| {
+            let v = x.view().borrow().clone();
+            v.serving && v.table.cluster != "another-life"
+        })
+    }) {
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(2),
+            "a node still serves the old cluster"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let took = until(
+        "a, b, c Up in the other cluster",
+        Duration::from_secs(15),
+        &c,
+        |c| c.all_up(&FIVE[..3]) && c.table().cluster == "another-life",
+    )
+    .await?;
+    let now = incarnations(&c);
+    for ((pod, before), (_, after)) in incs.iter().zip(&now) {
+        assert_ne!(before, after, "{pod} kept its incarnation across clusters");
+    }
+    println!("[membership] Lease replaced by another cluster: all joined it in {took:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_nodes_on_a_stripped_lease_form_a_cluster() -> anyhow::Result<()> {
+    // Cold start over a Lease whose annotation was removed while nothing ran.
+    let mut c = formed(&FIVE[..3]).await?;
+    for p in &FIVE[..3] {
+        c.kill(p, true);
+    }
+    c.nodes.clear();
+    c.store.strip();
+    for p in &FIVE[..3] {
+        c.start(p).await?;
+    }
+    until("3 Up", Duration::from_secs(10), &c, |c| {
+        c.all_up(&FIVE[..3])
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_node_does_not_form_beside_followers_cut_from_the_store() -> anyhow::Result<()> {
+    // H1, the restore grace's blind spot: the Lease is deleted while its followers cannot
+    // reach the store (they keep serving on their peers' answers). A node started later
+    // must not form a second cluster beside them.
+    let mut c = formed(&FIVE[..3]).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = c.table();
+    for p in &FIVE[..3] {
+        if let Some(n) = c.get(p) {
+            n.store.set_cut(true);
+        }
+    }
+    c.store.delete();
+    c.start("node-d").await?;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(3) {
+        c.check_no_serving_outside_the_table()
+            .map_err(anyhow::Error::msg)?;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    for p in &FIVE[..3] {
+        if let Some(n) = c.get(p) {
+            n.store.set_cut(false);
+        }
+    }
+    until(
+        "a, b, c, d Up in one table",
+        Duration::from_secs(15),
+        &c,
+        |c| c.all_up(&["node-a", "node-b", "node-c", "node-d"]),
+    )
+    .await?;
+    assert_eq!(c.table().cluster, before.cluster, "{:?}", c.table());
     Ok(())
 }
