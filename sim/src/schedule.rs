@@ -41,6 +41,8 @@ pub enum FaultKind {
     WatchLag,
     /// The Lease (record) is deleted.
     LeaseDeleted,
+    /// The Lease's member-table annotation is removed; the record stays.
+    LeaseStripped,
     /// A new pod joins.
     ScaleUp,
     /// A pod leaves gracefully and is deleted.
@@ -51,7 +53,7 @@ pub enum FaultKind {
 
 impl FaultKind {
     /// Every kind.
-    pub const ALL: [Self; 15] = [
+    pub const ALL: [Self; 16] = [
         Self::Crash,
         Self::DeletePod,
         Self::Pause,
@@ -64,6 +66,7 @@ impl FaultKind {
         Self::StoreSlow,
         Self::WatchLag,
         Self::LeaseDeleted,
+        Self::LeaseStripped,
         Self::ScaleUp,
         Self::ScaleDown,
         Self::Replace,
@@ -84,6 +87,7 @@ impl FaultKind {
             Self::StoreSlow => "store-slow",
             Self::WatchLag => "watch-lag",
             Self::LeaseDeleted => "lease-deleted",
+            Self::LeaseStripped => "lease-stripped",
             Self::ScaleUp => "scale-up",
             Self::ScaleDown => "scale-down",
             Self::Replace => "replace",

@@ -1,6 +1,6 @@
 //! [`SimStore`]: the simulated Lease — one record changed only by compare-and-swap on a
 //! resource version, a watch, and the faults the schedule injects (store down, one node
-//! cut from it, slow answers, a lagging watch, the record deleted). It also keeps, for the
+//! cut from it, slow answers, a lagging watch, the record deleted or stripped of its table). It also keeps, for the
 //! invariants, when the store first said that a member incarnation was Down or removed.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio::sync::watch;
 use troupe_contract::{MemberStatus, MemberTable};
-use troupe_node::store::{ChangeStream, LeaseRecord, MemberStore, StoreError, Stored};
+use troupe_node::store::{ChangeStream, Found, LeaseRecord, MemberStore, StoreError, Stored};
 
 use crate::clock;
 
@@ -22,7 +22,8 @@ pub type Incarnation = (String, String, String);
 
 #[derive(Debug, Default)]
 struct State {
-    record: Option<(u64, LeaseRecord)>,
+    /// The record: version, content, and whether its table annotation was stripped.
+    record: Option<(u64, LeaseRecord, bool)>,
     next_version: u64,
     down: bool,
     cut: BTreeSet<String>,
@@ -144,12 +145,29 @@ impl SimStore {
         self.bump();
     }
 
-    /// The record as it is now.
+    /// Removes the member table and keeps the record (someone removed the annotation);
+    /// the record gets a new version, as any change does.
+    pub fn strip(&self) {
+        {
+            let mut s = self.state();
+            let v = s.next_version;
+            if let Some((version, record, stripped)) = s.record.as_mut() {
+                *version = v;
+                record.table = MemberTable::default();
+                *stripped = true;
+                s.next_version += 1;
+                s.log.push(format!("record stripped rv={v}"));
+            }
+        }
+        self.bump();
+    }
+
+    /// The record as it is now, if it holds a table.
     pub fn snapshot(&self) -> Option<Stored> {
-        self.state().record.as_ref().map(|(v, r)| Stored {
-            resource_version: v.to_string(),
-            record: r.clone(),
-        })
+        match found(&self.state()) {
+            Found::Table(s) => Some(s),
+            Found::Absent | Found::Stripped(_) => None,
+        }
     }
 
     /// When the store first held a table that downed or removed `key`.
@@ -194,15 +212,19 @@ impl SimStore {
     ) -> Result<Stored, StoreError> {
         match (expected, s.record.as_ref()) {
             (None, Some(_)) | (Some(_), None) => return Err(StoreError::Conflict),
-            (Some(rv), Some((v, _))) if rv != v.to_string() => return Err(StoreError::Conflict),
+            (Some(rv), Some((v, _, _))) if rv != v.to_string() => return Err(StoreError::Conflict),
             _ => {}
         }
         let now = clock::elapsed().unwrap_or_default();
-        let before = s.record.as_ref().map(|(_, r)| r.table.clone());
+        let before = s
+            .record
+            .as_ref()
+            .filter(|(_, _, stripped)| !stripped)
+            .map(|(_, r, _)| r.table.clone());
         note_evictions(&mut s.evicted, before.as_ref(), &record.table, now);
         let v = s.next_version;
         s.next_version += 1;
-        s.record = Some((v, record.clone()));
+        s.record = Some((v, record.clone(), false));
         s.log.push(format!(
             "write rv={v} by {who} holder={} {}",
             record.holder.as_deref().map(short).unwrap_or("-"),
@@ -218,6 +240,24 @@ impl SimStore {
 impl Default for SimStore {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// What a read finds in `s`.
+fn found(s: &State) -> Found {
+    match s.record.as_ref() {
+        None => Found::Absent,
+        Some((v, r, stripped)) => {
+            let stored = Stored {
+                resource_version: v.to_string(),
+                record: r.clone(),
+            };
+            if *stripped {
+                Found::Stripped(stored)
+            } else {
+                Found::Table(stored)
+            }
+        }
     }
 }
 
@@ -252,14 +292,8 @@ fn note_evictions(
 }
 
 impl MemberStore for SimStore {
-    async fn read(&self) -> Result<Option<Stored>, StoreError> {
-        self.call(|s, _| {
-            Ok(s.record.as_ref().map(|(v, r)| Stored {
-                resource_version: v.to_string(),
-                record: r.clone(),
-            }))
-        })
-        .await
+    async fn read(&self) -> Result<Found, StoreError> {
+        self.call(|s, _| Ok(found(s))).await
     }
 
     async fn create(&self, record: &LeaseRecord) -> Result<Stored, StoreError> {
@@ -288,12 +322,7 @@ impl MemberStore for SimStore {
             rx.borrow_and_update();
             let (item, lag) = {
                 let s = me.state();
-                let item = me.reachable(&s).map(|()| {
-                    s.record.as_ref().map(|(v, r)| Stored {
-                        resource_version: v.to_string(),
-                        record: r.clone(),
-                    })
-                });
+                let item = me.reachable(&s).map(|()| found(&s));
                 (item, s.watch_lag)
             };
             tokio::time::sleep(lag).await;
@@ -348,7 +377,7 @@ mod tests {
     async fn compare_and_swap_and_outages() {
         let store = SimStore::new();
         let a = store.for_pod("a");
-        assert!(matches!(a.read().await, Ok(None)));
+        assert!(matches!(a.read().await, Ok(Found::Absent)));
         let Ok(first) = a.create(&LeaseRecord::default()).await else {
             panic!("create failed");
         };
@@ -369,7 +398,12 @@ mod tests {
         store.set_cut("a", true);
         assert!(matches!(a.read().await, Err(StoreError::Unavailable(_))));
         assert!(store.for_pod("b").read().await.is_ok());
+        store.strip();
+        assert!(matches!(
+            store.for_pod("b").read().await,
+            Ok(Found::Stripped(_))
+        ));
         store.delete();
-        assert!(matches!(store.for_pod("b").read().await, Ok(None)));
+        assert!(matches!(store.for_pod("b").read().await, Ok(Found::Absent)));
     }
 }

@@ -561,6 +561,10 @@ impl World {
                 self.store.delete();
                 self.count(f.kind, String::new());
             }
+            FaultKind::LeaseStripped => {
+                self.store.strip();
+                self.count(f.kind, String::new());
+            }
             FaultKind::ScaleUp | FaultKind::Replace => {
                 if self.pods.borrow().pods.len() >= self.cfg.shape.max_pods {
                     return None;
