@@ -9,20 +9,12 @@ use std::process::{Command, Output};
 /// Fault kinds left out of `seeds_hold_the_invariants` because they break an invariant in
 /// the membership code as it is, with the finding that fixes them. Remove a kind here when
 /// its fix is merged; `make simulate` always draws every kind.
-const OPEN_FINDINGS: &[(&str, &str)] = &[
-    (
-        "lease-deleted",
-        "H1: a deleted Lease lets a second cluster form and serve beside the first",
-    ),
-    (
-        "pause",
-        "M2: a read sent before a pause is taken as fresh store contact after it",
-    ),
-    (
-        "store-slow",
-        "M2: a slow read is stamped as store contact on arrival, not when sent",
-    ),
-];
+const OPEN_FINDINGS: &[(&str, &str)] = &[];
+
+/// The fault kinds before `lease-stripped` existed: the regression seeds below were found
+/// with these, and a seed draws the same schedule only from the same kinds.
+const KINDS_BEFORE_STRIP: &str = "crash,delete-pod,pause,partition,one-way,net-delay,reorder,store-cut,store-down,store-slow,watch-lag,lease-deleted,scale-up,scale-down,replace";
+const KINDS_BEFORE_STRIP_NO_DELETE: &str = "crash,delete-pod,pause,partition,one-way,net-delay,reorder,store-cut,store-down,store-slow,watch-lag,scale-up,scale-down,replace";
 
 fn sim(env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_troupe-sim"));
@@ -81,7 +73,7 @@ fn a_seed_replays_exactly() {
 #[test]
 fn seeds_hold_the_invariants() {
     let seeds = std::env::var("SIM_TEST_SEEDS").unwrap_or_else(|_| "30".into());
-    let skip: Vec<&str> = OPEN_FINDINGS.iter().map(|(k, _)| *k).collect();
+    let skip: Vec<&str> = OPEN_FINDINGS.iter().map(|(kind, _finding)| *kind).collect();
     let out = sim(&[("SEEDS", &seeds), ("SIM_SKIP", &skip.join(","))]);
     let t = text(&out);
     assert!(out.status.success(), "{t}");
@@ -89,30 +81,35 @@ fn seeds_hold_the_invariants() {
 }
 
 #[test]
-#[ignore = "open finding H1 (membership helper): un-ignore when the restore design lands"]
 fn h1_a_deleted_lease_while_a_node_is_cut_from_the_store_gives_one_serving_cluster() {
-    // Shrunk: 4 pods; store-cut pod-2 at 20.61 s; Lease deleted at 21.05 s. pod-0 forms a
-    // new cluster alone while pod-2 serves the old one on its peers' store age.
-    let out = sim(&[("SEED", "9")]);
+    // Failed before the H1 fix (two clusters serving at 21.06 s). Shrunk: 4 pods;
+    // store-cut pod-2 at 20.61 s; Lease deleted at 21.05 s. pod-0 formed a new cluster
+    // alone while pod-2 served the old one on its peers' store age.
+    let out = sim(&[("SEED", "9"), ("SIM_FAULTS", KINDS_BEFORE_STRIP)]);
     assert!(out.status.success(), "{}", text(&out));
 }
 
 #[test]
-#[ignore = "open finding M2 (membership helper): un-ignore when store contact is stamped at send"]
 fn m2_a_node_paused_past_its_eviction_does_not_serve_on_a_stale_read() {
-    // Shrunk to one fault: 3 pods; pause pod-1 at 11.47 s for 6.09 s. pod-1 is downed
-    // while paused; on resume a read sent before the pause completes, is stamped as fresh
-    // store contact, and pod-1 serves on its old table.
-    let out = sim(&[("SEED", "476"), ("SIM_SKIP", "lease-deleted")]);
+    // Failed before the M2 fix. Shrunk to one fault: 3 pods; pause pod-1 at 11.47 s for
+    // 6.09 s. pod-1 was downed while paused; on resume a read sent before the pause
+    // completed, was stamped as fresh store contact, and pod-1 served on its old table.
+    let out = sim(&[
+        ("SEED", "476"),
+        ("SIM_FAULTS", KINDS_BEFORE_STRIP_NO_DELETE),
+    ]);
     assert!(out.status.success(), "{}", text(&out));
 }
 
 #[test]
-#[ignore = "open finding M2 (membership helper): un-ignore when store contact is stamped at send"]
 fn m2_a_partitioned_node_does_not_serve_on_a_slow_read_after_its_eviction() {
-    // Shrunk: pod-4 partitioned at 25.15 s, store answers 1.33 s late from 27.57 s; the
-    // coordinator downs pod-4 at 28.03 s; a read pod-4 sent before that (pod-4 Up, v14)
-    // arrives at 29.26 s, is stamped as fresh contact, and pod-4 serves until 31.26 s.
-    let out = sim(&[("SEED", "148"), ("SIM_SKIP", "lease-deleted")]);
+    // Failed before the M2 fix. Shrunk: pod-4 partitioned at 25.15 s, store answering
+    // 1.33 s late from 27.57 s; the coordinator downed pod-4 at 28.03 s; a read pod-4 sent
+    // before that (pod-4 Up, v14) arrived at 29.26 s, was stamped as fresh contact, and
+    // pod-4 served until 31.26 s.
+    let out = sim(&[
+        ("SEED", "148"),
+        ("SIM_FAULTS", KINDS_BEFORE_STRIP_NO_DELETE),
+    ]);
     assert!(out.status.success(), "{}", text(&out));
 }
