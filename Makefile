@@ -36,6 +36,11 @@ e2e: ## End-to-end tests against the running local cluster (make cluster-up firs
 soak-formation: ## 50 rounds of deleting all 5 pods at once on the running cluster: exactly one cluster each time
 	TROUPE_E2E_FORMATION_ROUNDS=$${ROUNDS:-50} RUST_TEST_NOCAPTURE=1 hack/e2e.sh --test node deleting_every_pod_at_once
 
+.PHONY: simulate
+simulate: ## Deterministic simulation of membership: SEEDS=N seeds (default 10000), or SEED=n to replay one
+	$(CARGO) build --quiet --locked --profile sim -p troupe-sim
+	SEEDS=$${SEEDS:-10000} $(CARGO_TARGET_DIR)/sim/troupe-sim
+
 .PHONY: images
 images: ## Build the node, operator and pause images and import them into the local cluster
 	hack/images.sh all

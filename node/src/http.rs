@@ -8,6 +8,8 @@
 //! | `GET /cluster/ping` | [`crate::probe::PingReply`]: what peers probe |
 //! | `GET /cluster/self` | this node's [`crate::view::MembershipView`] summary |
 
+use std::time::Instant;
+
 use axum::Json;
 use axum::Router;
 use axum::extract::State;
@@ -66,14 +68,18 @@ async fn members(State(s): State<Management>) -> Response {
 }
 
 async fn ping(State(s): State<Management>) -> Json<PingReply> {
-    let now = crate::seams::now();
-    let v = s.view.borrow();
-    Json(PingReply {
-        pod: v.me.pod.clone(),
-        incarnation: v.me.incarnation.clone(),
-        table: v.table.clone(),
-        store_age_ms: v.store_age_ms(now),
-    })
+    Json(ping_reply(&s.view.borrow(), crate::seams::now()))
+}
+
+/// What `GET /cluster/ping` answers for `view` at `now`: the one definition, shared by the
+/// HTTP handler and by in-process probers (the deterministic simulation, `troupe-sim`).
+pub fn ping_reply(view: &MembershipView, now: Instant) -> PingReply {
+    PingReply {
+        pod: view.me.pod.clone(),
+        incarnation: view.me.incarnation.clone(),
+        table: view.table.clone(),
+        store_age_ms: view.store_age_ms(now),
+    }
 }
 
 async fn self_view(State(s): State<Management>) -> Json<serde_json::Value> {

@@ -168,6 +168,11 @@ impl Node {
         self.view.clone()
     }
 
+    /// What this node answers to `GET /cluster/ping` right now (see [`http::ping_reply`]).
+    pub fn ping_reply(&self) -> crate::probe::PingReply {
+        http::ping_reply(&self.view.borrow(), seams::now())
+    }
+
     /// The management routes (`/alive`, `/ready`, `/metrics`, `/cluster/*`, `/admin/*`).
     pub fn router(&self) -> Router {
         http::router(Management {

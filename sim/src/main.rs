@@ -1,0 +1,130 @@
+//! `troupe-sim`: runs seeds of the membership simulation (see the crate docs).
+//!
+//! Environment: `SEED=<n>` runs that one seed and prints its full trace; otherwise
+//! `SEEDS=<n>` (default 10000) seeds from `FIRST_SEED` (default 0) on `SIM_THREADS`
+//! threads (default: one per core). `SIM_FAULTS=a,b` draws
+//! only those fault kinds, `SIM_SKIP=a,b` leaves those out; with `SEED`, `SHRINK=1` also
+//! prints the failing schedule with as few faults as still fail. Exits 1 on any violation.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use troupe_sim::{Config, FaultKind, run, run_seeds, shrink};
+
+troupe_sim::install_virtual_clock!();
+
+fn kinds(var: &str) -> Result<Option<Vec<FaultKind>>, String> {
+    match std::env::var(var) {
+        Ok(v) if !v.trim().is_empty() => v
+            .split(',')
+            .map(|s| s.trim().parse::<FaultKind>())
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some),
+        _ => Ok(None),
+    }
+}
+
+fn number(var: &str, default: u64) -> Result<u64, String> {
+    match std::env::var(var) {
+        Ok(v) if !v.trim().is_empty() => v.trim().parse().map_err(|e| format!("{var}={v:?}: {e}")),
+        _ => Ok(default),
+    }
+}
+
+fn main() -> ExitCode {
+    match real_main() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("troupe-sim: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn real_main() -> Result<ExitCode, String> {
+    let mut cfg = Config::default();
+    if let Some(only) = kinds("SIM_FAULTS")? {
+        cfg.shape.kinds = only.into_iter().collect();
+    }
+    if let Some(skip) = kinds("SIM_SKIP")? {
+        for k in skip {
+            cfg.shape.kinds.remove(&k);
+        }
+    }
+    if std::env::var("SEED").is_ok_and(|v| !v.trim().is_empty()) {
+        let seed = number("SEED", 0)?;
+        let out = run(seed, &cfg);
+        for line in &out.trace {
+            println!("{line}");
+        }
+        println!("{}", out.report());
+        if out.violation.is_some()
+            && std::env::var("SHRINK").is_ok_and(|v| v == "1")
+            && let Some(min) = shrink(seed, &cfg)
+        {
+            println!(
+                "--- shrunk to {} of {} faults:",
+                min.schedule.faults.len(),
+                out.schedule.faults.len()
+            );
+            for line in &min.trace {
+                println!("{line}");
+            }
+            println!("{}", min.report());
+        }
+        return Ok(if out.violation.is_some() {
+            ExitCode::FAILURE
+        } else {
+            println!("seed {seed}: no violation");
+            ExitCode::SUCCESS
+        });
+    }
+    let seeds = number("SEEDS", 10_000)?;
+    let first = number("FIRST_SEED", 0)?;
+    let started = Instant::now();
+    let mut faults: BTreeMap<FaultKind, u64> = BTreeMap::new();
+    let mut violations: Vec<(u64, &'static str)> = Vec::new();
+    let threads = match number("SIM_THREADS", 0)? {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => usize::try_from(n).unwrap_or(1),
+    };
+    for out in run_seeds(first, seeds, &cfg, threads) {
+        for (k, n) in &out.faults {
+            *faults.entry(*k).or_default() += n;
+        }
+        if let Some(v) = &out.violation {
+            if violations.is_empty() {
+                println!("{}", out.report.as_deref().unwrap_or(""));
+            }
+            println!(
+                "seed {}: {} at {:.3}s",
+                out.seed,
+                v.invariant,
+                v.at.as_secs_f64()
+            );
+            violations.push((out.seed, v.invariant));
+        }
+    }
+    let took = started.elapsed();
+    println!("seeds run: {seeds} (from {first}, {threads} threads)");
+    println!("violations: {}", violations.len());
+    let mut by_invariant: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+    for (seed, inv) in &violations {
+        by_invariant.entry(inv).or_default().push(*seed);
+    }
+    for (inv, seeds) in &by_invariant {
+        let shown: Vec<String> = seeds.iter().take(10).map(u64::to_string).collect();
+        println!("  {inv}: {} (seeds {})", seeds.len(), shown.join(", "));
+    }
+    println!("faults injected:");
+    for (k, n) in &faults {
+        println!("  {k:<14} {n}");
+    }
+    println!("wall time: {:.1}s", took.as_secs_f64());
+    Ok(if violations.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
