@@ -29,7 +29,7 @@ use std::fmt::Debug;
 use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::NamespaceResourceScope;
@@ -56,6 +56,7 @@ use crate::drift;
 use crate::metrics::Metrics;
 use crate::status::{self, Observed, Problem};
 use crate::validate::validate;
+use crate::watches;
 
 /// The one field manager of every write the operator makes.
 pub const FIELD_MANAGER: &str = "troupe-operator";
@@ -202,6 +203,30 @@ pub fn backoff(failures: u32) -> Duration {
     Duration::from_secs(secs)
 }
 
+/// Passes objects on and drops watch errors after logging them. Each watch retries on its
+/// own backoff ([`watches::WatchBackoff`]); an error that reached the controller would make
+/// it pause EVERY trigger stream on its own backoff (up to a minute), which is what kept a
+/// change made after an API-server outage unapplied for minutes.
+fn watch_errors_logged<K>(
+    kind: &'static str,
+    r: Result<K, watcher::Error>,
+) -> Option<Result<K, watcher::Error>> {
+    match r {
+        Ok(obj) => Some(Ok(obj)),
+        Err(e) => {
+            tracing::debug!(kind, error = %e, "watch failed; retrying");
+            None
+        }
+    }
+}
+
+/// A per-kind salt for the watch backoff's jitter.
+fn salt(kind: &str) -> u64 {
+    kind.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 fn strip<K: Resource>(obj: &mut K) {
     obj.meta_mut().managed_fields = None;
 }
@@ -211,24 +236,29 @@ pub async fn run(
     client: Client,
     config: Config,
     metrics: Metrics,
+    watch_health: watches::WatchHealth,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let owned = watcher::Config::default()
-        .labels(&format!(
-            "{}={}",
-            labels::MANAGED_BY,
-            labels::MANAGED_BY_VALUE
-        ))
-        .any_semantic();
+    let owned = watcher::Config::default().labels(&format!(
+        "{}={}",
+        labels::MANAGED_BY,
+        labels::MANAGED_BY_VALUE
+    ));
 
     macro_rules! cache {
         ($kind:ty, $cfg:expr) => {{
             let (store, writer) = reflector::store::<$kind>();
-            let stream = watcher(Api::<$kind>::all(client.clone()), $cfg)
-                .default_backoff()
-                .modify(strip::<$kind>)
-                .reflect(writer)
-                .touched_objects();
+            let health = watch_health.clone();
+            let stream = watcher(
+                Api::<$kind>::all(client.clone()),
+                watches::list_config($cfg),
+            )
+            .backoff(watches::WatchBackoff::new(salt(stringify!($kind))))
+            .inspect(move |r| health.record(stringify!($kind), r.is_ok(), Instant::now()))
+            .modify(strip::<$kind>)
+            .reflect(writer)
+            .touched_objects()
+            .filter_map(|r| std::future::ready(watch_errors_logged(stringify!($kind), r)));
             (store, stream)
         }};
     }
@@ -239,7 +269,7 @@ pub async fn run(
     let (role_bindings, rb_stream) = cache!(RoleBinding, owned.clone());
     let (pdbs, pdb_stream) = cache!(PodDisruptionBudget, owned.clone());
     let (hpas, hpa_stream) = cache!(HorizontalPodAutoscaler, owned.clone());
-    let (leases, lease_stream) = cache!(Lease, watcher::Config::default().any_semantic());
+    let (leases, lease_stream) = cache!(Lease, watcher::Config::default());
 
     let recorder = Recorder::new(
         client.clone(),
@@ -283,12 +313,14 @@ pub async fn run(
     let (clusters, cluster_writer) = reflector::store::<ActorCluster>();
     let cluster_stream = watcher(
         Api::<ActorCluster>::all(client),
-        watcher::Config::default().any_semantic(),
+        watches::list_config(watcher::Config::default()),
     )
-    .default_backoff()
+    .backoff(watches::WatchBackoff::new(salt("ActorCluster")))
+    .inspect(move |r| watch_health.record("ActorCluster", r.is_ok(), Instant::now()))
     .modify(strip::<ActorCluster>)
     .reflect(cluster_writer)
-    .applied_objects();
+    .applied_objects()
+    .filter_map(|r| std::future::ready(watch_errors_logged("ActorCluster", r)));
 
     Controller::for_stream(cluster_stream, clusters)
         .with_config(controller::Config::default().concurrency(concurrency))

@@ -16,7 +16,8 @@
 //! ```
 //!
 //! Pure modules: [`crd`], [`validate`], [`build`], [`drift`], [`status`].
-//! Edges: [`controller`] (kube client), [`server`] (HTTP), [`leader`] (Lease election).
+//! Edges: [`controller`] (kube client), [`server`] (HTTP), [`leader`] (Lease election);
+//! [`watches`] says how every watch lists and retries (quick recovery after an outage).
 //! Autoscaling support (node scraping, the `custom.metrics.k8s.io` API, depth in status and
 //! pod deletion costs): [`custom_metrics`].
 pub mod build;
@@ -29,3 +30,4 @@ pub mod metrics;
 pub mod server;
 pub mod status;
 pub mod validate;
+pub mod watches;

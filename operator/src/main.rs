@@ -99,9 +99,11 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.http_addr)
         .await
         .with_context(|| format!("binding the HTTP server to {}", args.http_addr))?;
+    let watch_health = troupe_operator::watches::WatchHealth::default();
     let app = server::app(ServerState {
         metrics: metrics.clone(),
         ready: ready.clone(),
+        watches: watch_health.clone(),
     });
     let mut server_stop = stop_rx.clone();
     let server = tokio::spawn(async move {
@@ -148,20 +150,43 @@ async fn main() -> anyhow::Result<()> {
         ready.store(true, Ordering::Relaxed);
         metrics.leader.set(1);
         let mut stop = stop_rx.clone();
-        controller::run(client, config, metrics.clone(), async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
+        controller::run(
+            client,
+            config,
+            metrics.clone(),
+            watch_health.clone(),
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+        )
         .await;
     } else {
         loop {
-            let mut election = Election::join(
-                client.clone(),
-                &args.namespace,
-                &args.leader_lease,
-                &identity,
-            )
-            .await
-            .context("joining the leader election (check the Role on leases)")?;
+            // The API server may be away (an outage is when a lease is lost): keep trying
+            // instead of exiting, so the operator resumes without a restart.
+            let joined = loop {
+                match Election::join(
+                    client.clone(),
+                    &args.namespace,
+                    &args.leader_lease,
+                    &identity,
+                )
+                .await
+                {
+                    Ok(e) => break Some(e),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot join the leader election (API server reachable? Role on leases?); retrying in 2 s");
+                        let mut stop = stop_rx.clone();
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                            _ = stop.wait_for(|s| *s) => break None,
+                        }
+                    }
+                }
+            };
+            let Some(mut election) = joined else {
+                break;
+            };
             ready.store(true, Ordering::Relaxed);
             tracing::info!("standing by for the leader lease");
             let mut stop = stop_rx.clone();
@@ -181,6 +206,7 @@ async fn main() -> anyhow::Result<()> {
                 client.clone(),
                 config.clone(),
                 metrics.clone(),
+                watch_health.clone(),
                 async move {
                     tokio::select! {
                         _ = Election::until_lost(&mut lost) => tracing::warn!("leader lease lost"),

@@ -1,5 +1,6 @@
 //! The operator's HTTP server: `/healthz` (the process answers), `/readyz` (initialised:
-//! either leading with warm caches or standing by) and `/metrics`.
+//! either leading with warm caches or standing by — and no watch dead for longer than
+//! [`crate::watches::DEAD_AFTER`]) and `/metrics`.
 //!
 //! [`app`] is a plain `Router`, tested without a socket.
 
@@ -13,6 +14,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 
 use crate::metrics::Metrics;
+use crate::watches::{DEAD_AFTER, WatchHealth};
 
 /// What the server reads.
 #[derive(Debug, Clone)]
@@ -21,6 +23,8 @@ pub struct ServerState {
     pub metrics: Metrics,
     /// Set once the operator is initialised (see [`app`]).
     pub ready: Arc<AtomicBool>,
+    /// The controller's watches (see [`crate::watches`]).
+    pub watches: WatchHealth,
 }
 
 /// The router: `/healthz`, `/readyz`, `/metrics`.
@@ -33,11 +37,24 @@ pub fn app(state: ServerState) -> Router {
 }
 
 async fn readyz(State(s): State<ServerState>) -> impl IntoResponse {
-    if s.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting")
+    if !s.ready.load(Ordering::Relaxed) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "starting".to_owned());
     }
+    let dead = s.watches.dead(std::time::Instant::now(), DEAD_AFTER);
+    if dead.is_empty() {
+        return (StatusCode::OK, "ready".to_owned());
+    }
+    let list: Vec<String> = dead
+        .iter()
+        .map(|(kind, d)| format!("{kind} for {}s", d.as_secs()))
+        .collect();
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "watches failing (is the API server reachable?): {}",
+            list.join(", ")
+        ),
+    )
 }
 
 async fn metrics(State(s): State<ServerState>) -> impl IntoResponse {
@@ -58,6 +75,7 @@ mod tests {
         ServerState {
             metrics: Metrics::new().expect("metrics"),
             ready: Arc::new(AtomicBool::new(false)),
+            watches: WatchHealth::default(),
         }
     }
 
@@ -76,6 +94,25 @@ mod tests {
         );
         s.ready.store(true, Ordering::Relaxed);
         assert_eq!(status(app(s.clone()), "/readyz").await, StatusCode::OK);
-        assert_eq!(status(app(s), "/metrics").await, StatusCode::OK);
+        assert_eq!(status(app(s.clone()), "/metrics").await, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn readyz_fails_while_a_watch_has_been_dead_for_long() {
+        let s = state();
+        s.ready.store(true, Ordering::Relaxed);
+        let long_ago = std::time::Instant::now()
+            .checked_sub(DEAD_AFTER + std::time::Duration::from_secs(1))
+            .expect("a monotonic clock this old");
+        s.watches.record("Deployment", false, long_ago);
+        s.watches
+            .record("Deployment", false, std::time::Instant::now());
+        assert_eq!(
+            status(app(s.clone()), "/readyz").await,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        s.watches
+            .record("Deployment", true, std::time::Instant::now());
+        assert_eq!(status(app(s), "/readyz").await, StatusCode::OK);
     }
 }

@@ -77,7 +77,7 @@ pub async fn run(
             Api::<ActorCluster>::all(client.clone()),
             watcher::Config::default(),
         )
-        .default_backoff()
+        .backoff(crate::watches::WatchBackoff::new(11))
         .reflect(writer)
         .applied_objects()
         .for_each(|_| async {}),

@@ -116,7 +116,7 @@ pub async fn run(
         Api::<Pod>::all(client),
         watcher::Config::default().labels(&node_pods_selector()),
     )
-    .default_backoff()
+    .backoff(crate::watches::WatchBackoff::new(13))
     .reflect(writer)
     .applied_objects()
     .for_each(|r| async move {
