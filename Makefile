@@ -36,6 +36,10 @@ e2e: ## End-to-end tests against the running local cluster (make cluster-up firs
 soak-formation: ## 50 rounds of deleting all 5 pods at once on the running cluster: exactly one cluster each time
 	TROUPE_E2E_FORMATION_ROUNDS=$${ROUNDS:-50} RUST_TEST_NOCAPTURE=1 hack/e2e.sh --test node deleting_every_pod_at_once
 
+.PHONY: soak-suite
+soak-suite: ## The whole e2e suite RUNS times (default 3) on the running cluster; stops at the first failure and says which test and why
+	hack/soak-suite.sh $${RUNS:-3}
+
 .PHONY: images
 images: ## Build the node, operator and pause images and import them into the local cluster
 	hack/images.sh all
