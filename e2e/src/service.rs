@@ -25,8 +25,8 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::ListParams;
 
-use crate::http::{self, Response};
 use crate::TestContext;
+use crate::http::{self, Response};
 
 /// Requests in a row a Service must answer well before a test uses it. With two ready
 /// endpoints and one stale one still programmed, 20 in a row miss the stale one by
@@ -310,7 +310,10 @@ pub async fn until_serving(
         eprintln!(
             "[service] {name} at {addr}: {} of {requests} probe requests were not answered well before {CONSECUTIVE} in a row (first: {first}; last: {}) in {:.1}s",
             streak.bad(),
-            streak.last_bad().map(ToString::to_string).unwrap_or_default(),
+            streak
+                .last_bad()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
             started.elapsed().as_secs_f64()
         );
     }
@@ -382,8 +385,15 @@ mod tests {
     #[test]
     fn a_refused_connection_is_no_answer() {
         let e = anyhow::anyhow!("Connection refused (os error 111)").context("connecting");
-        let o = judge(&Probe::get("/ready", 200), Err(&e), &ready(&["10.0.0.1"], &[]));
-        assert!(matches!(o, Outcome::NoAnswer(ref m) if m.contains("refused")), "{o:?}");
+        let o = judge(
+            &Probe::get("/ready", 200),
+            Err(&e),
+            &ready(&["10.0.0.1"], &[]),
+        );
+        assert!(
+            matches!(o, Outcome::NoAnswer(ref m) if m.contains("refused")),
+            "{o:?}"
+        );
     }
 
     #[test]

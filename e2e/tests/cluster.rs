@@ -119,8 +119,7 @@ async fn probes_drive_readiness_and_readiness_gates_service_traffic() -> anyhow:
         .await?;
         // The fresh Service answers through its ClusterIP only once kube-proxy programmed it.
         let serving =
-            service::until_serving(&ctx, APP, 80, &ready_probe(), service::DEFAULT_TIMEOUT)
-                .await?;
+            service::until_serving(&ctx, APP, 80, &ready_probe(), service::DEFAULT_TIMEOUT).await?;
         ensure!(
             serving.endpoints.addresses == all,
             "the Service served from {:?}, not from every Ready pod {all:?}",
