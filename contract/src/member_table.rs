@@ -288,7 +288,10 @@ mod tests {
             version: 100,
             ..a.clone()
         };
-        assert!(restored.is_newer_than(&a), "a restore outranks any version before it");
+        assert!(
+            restored.is_newer_than(&a),
+            "a restore outranks any version before it"
+        );
         assert!(!a.is_newer_than(&restored));
         assert_eq!(other.compare(&a), None);
         assert!(!other.is_newer_than(&a) && !a.is_newer_than(&other));
@@ -297,7 +300,10 @@ mod tests {
     #[test]
     fn tables_from_before_epochs_still_parse() {
         let t = MemberTable::from_json(r#"{"version":7,"members":[]}"#).ok();
-        assert_eq!(t.map(|t| (t.cluster, t.epoch, t.version)), Some((String::new(), 0, 7)));
+        assert_eq!(
+            t.map(|t| (t.cluster, t.epoch, t.version)),
+            Some((String::new(), 0, 7))
+        );
     }
 
     #[test]
