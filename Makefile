@@ -41,6 +41,10 @@ simulate: ## Deterministic simulation of membership: SEEDS=N seeds (default 1000
 	$(CARGO) build --quiet --locked --profile sim -p troupe-sim
 	SEEDS=$${SEEDS:-10000} $(CARGO_TARGET_DIR)/sim/troupe-sim
 
+.PHONY: soak-suite
+soak-suite: ## The whole e2e suite RUNS times (default 3) on the running cluster; stops at the first failure and says which test and why
+	hack/soak-suite.sh $${RUNS:-3}
+
 .PHONY: images
 images: ## Build the node, operator and pause images and import them into the local cluster
 	hack/images.sh all

@@ -41,6 +41,7 @@ cert admin ca "/O=system:masters/CN=troupe-admin" clientAuth
 cert controller-manager ca "/CN=system:kube-controller-manager" clientAuth
 cert scheduler ca "/CN=system:kube-scheduler" clientAuth
 cert kube-proxy ca "/CN=system:kube-proxy" clientAuth
+cert coredns ca "/CN=troupe:coredns" clientAuth
 cert kubelet-client ca "/O=system:nodes/CN=system:node:$NODE_NAME" clientAuth
 cert kubelet-serving ca "/CN=$NODE_NAME" serverAuth "DNS:$NODE_NAME,DNS:localhost,IP:$NODE_IP,IP:127.0.0.1"
 cert front-proxy-client front-proxy-ca "/CN=front-proxy-client" clientAuth

@@ -41,12 +41,15 @@ if [ -d "$runc_root" ]; then
 fi
 pkill -9 -f "containerd-shim-runc-v2 .*-address $CONTAINERD_SOCK" 2>/dev/null || true
 stop_pid containerd
-for c in kube-apiserver etcd; do stop_pid "$c"; done
-# Anything of ours a killed run left without a pid file.
+for c in coredns kube-apiserver etcd; do stop_pid "$c"; done
+# Anything of ours a killed run left without a pid file: only processes whose command line
+# names our $CLUSTER_DIR, never another user of the same cached binaries (e.g. a test's
+# own etcd and kube-apiserver).
 for b in kubelet kube-proxy kube-scheduler kube-controller-manager kube-apiserver etcd; do
-  pkill -9 -f "^$K8S_BIN/$b( |$)" 2>/dev/null || true
+  pkill -9 -f "^$K8S_BIN/$b .*$CLUSTER_DIR/" 2>/dev/null || true
 done
 pkill -9 -f "^containerd --config $CLUSTER_DIR/" 2>/dev/null || true
+pkill -9 -f "^$COREDNS_BIN/coredns -conf $CLUSTER_DIR/" 2>/dev/null || true
 
 log "unmounting and removing network namespaces"
 # 3. Mounts below our directories (deepest first), and the pods' network namespaces.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Brings up a real single-node Kubernetes cluster on this machine, the way
 # kubernetes/hack/local-up-cluster.sh does: etcd, kube-apiserver, kube-controller-manager,
-# kube-scheduler, kubelet with containerd, and kube-proxy, started as processes.
+# kube-scheduler, kubelet with containerd, kube-proxy and CoreDNS, started as processes.
 #
 # It CHANGES THE HOST and needs root on Linux: it creates a dummy interface and a bridge,
 # adds iptables chains, mounts filesystems for pods and runs its own containerd.
@@ -19,6 +19,7 @@ log "NOTE: this changes the host (address $NODE_IP on lo, bridge $BRIDGE_IF, ipt
 
 "$here/install-deps.sh"
 "$here/build-k8s.sh"
+"$here/build-coredns.sh"
 "$here/cluster-down.sh"
 
 pki="$CLUSTER_DIR/pki"
@@ -60,6 +61,7 @@ kubeconfig controller-manager controller-manager "$api"
 kubeconfig scheduler scheduler "$api"
 kubeconfig kubelet kubelet-client "$api"
 kubeconfig kube-proxy kube-proxy "$api"
+kubeconfig coredns coredns "$api"
 
 start() { # name binary args...
   local name="$1"; shift
@@ -97,6 +99,40 @@ start kube-apiserver "$K8S_BIN/kube-apiserver" \
   --enable-aggregator-routing=true
 export KUBECONFIG="$KUBECONFIG_PATH"
 wait_for kube-apiserver 90 "$kubectl" get --raw /readyz
+
+# --- CoreDNS -------------------------------------------------------------------------
+# Serves $CLUSTER_DOMAIN from the API (the kubernetes plugin) and nothing else: no forward
+# plugin, so names outside the cluster are refused. It runs as the user troupe:coredns,
+# which may only list and watch what the plugin reads. It listens on $CLUSTER_DNS_IP, the
+# node address pods reach through their bridge gateway; the kubelet's clusterDNS points
+# every pod's /etc/resolv.conf there.
+"$kubectl" apply -f - >/dev/null <<YAML
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: { name: "troupe:coredns" }
+rules:
+  - { apiGroups: [""], resources: [services, namespaces], verbs: [list, watch] }
+  - { apiGroups: [discovery.k8s.io], resources: [endpointslices], verbs: [list, watch] }
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: { name: "troupe:coredns" }
+roleRef: { apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "troupe:coredns" }
+subjects:
+  - { apiGroup: rbac.authorization.k8s.io, kind: User, name: "troupe:coredns" }
+YAML
+cat >"$CLUSTER_DIR/Corefile" <<COREFILE
+$CLUSTER_DOMAIN:53 {
+    bind $CLUSTER_DNS_IP
+    errors
+    ready 127.0.0.1:8181
+    kubernetes $CLUSTER_DOMAIN {
+        kubeconfig $CLUSTER_DIR/coredns.kubeconfig local
+    }
+}
+COREFILE
+start coredns "$COREDNS_BIN/coredns" -conf "$CLUSTER_DIR/Corefile"
+wait_for coredns 30 curl -fsS http://127.0.0.1:8181/ready
 
 # --- containerd ----------------------------------------------------------------------
 cat >"$CLUSTER_DIR/containerd.toml" <<TOML
@@ -174,7 +210,8 @@ imageGCLowThresholdPercent: 99
 evictionHard: { memory.available: "100Mi", nodefs.available: "1%", imagefs.available: "1%", nodefs.inodesFree: "1%" }
 serializeImagePulls: false
 resolvConf: /etc/resolv.conf
-clusterDomain: cluster.local
+clusterDNS: ["$CLUSTER_DNS_IP"]
+clusterDomain: "$CLUSTER_DOMAIN"
 maxPods: 110
 podPidsLimit: -1
 rotateCertificates: false

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs the end-to-end suite against the running local cluster: builds and imports the
 # images, installs the operator with the project's own Helm chart (so it runs under the
-# chart's RBAC), then runs `cargo test -p troupe-e2e`. Extra arguments go to cargo test,
-# e.g. `hack/e2e.sh --test cluster`.
+# chart's RBAC), then runs `cargo test -p troupe-e2e` and prints how long each suite took.
+# Extra arguments go to cargo test, e.g. `hack/e2e.sh --test cluster`.
+#   TROUPE_E2E_SETUP=0   skip the images and the chart (hack/soak-suite.sh does them once)
+#   TROUPE_E2E_LOG=FILE  keep cargo's output there (default: a temporary file)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/.." && pwd)"
@@ -11,13 +13,17 @@ root="$(cd "$here/.." && pwd)"
 eval "$("$here/cluster-env.sh")"
 kubectl get --raw /readyz >/dev/null 2>&1 || die "the local cluster is not up: run 'make cluster-up' first"
 
-"$here/images.sh" all
-if [ -f "$root/charts/troupe/Chart.yaml" ]; then
+if [ "${TROUPE_E2E_SETUP:-1}" != 0 ]; then
+  "$here/images.sh" all
+  [ -f "$root/charts/troupe/Chart.yaml" ] || die "charts/troupe is missing: the operator cannot be installed"
   log "installing the operator with charts/troupe"
   helm upgrade --install troupe "$root/charts/troupe" --namespace troupe-system --create-namespace \
     --wait --timeout 180s
-else
-  die "charts/troupe is missing: the operator cannot be installed"
 fi
 cd "$root"
-cargo test --no-fail-fast -p troupe-e2e "$@" -- --test-threads=2
+out="${TROUPE_E2E_LOG:-$(mktemp /tmp/troupe-e2e.XXXXXX.log)}"
+rc=0
+cargo test --no-fail-fast -p troupe-e2e "$@" -- --test-threads=2 2>&1 | tee "$out" || rc=$?
+log "e2e suites (cargo's log: $out):"
+"$here/e2e-summary.sh" "$out" >&2
+exit "$rc"

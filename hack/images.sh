@@ -2,10 +2,11 @@
 # Builds the project's container images from static binaries, without Docker, and imports
 # them into the local cluster's containerd:
 #   troupe-pause:0.1.0     the pod sandbox (hack/images/pause.c, musl-gcc -static)
+#   troupe-resolve:0.1.0   the e2e DNS check run as a pod (hack/images/resolve.c, musl-gcc -static)
 #   troupe-node:0.1.0      target/x86_64-unknown-linux-musl/release/troupe-node
 #   troupe-operator:0.1.0  target/x86_64-unknown-linux-musl/release/troupe-operator
 #   troupe-sidecar-example:0.1.0  the sidecar-mode example (actors/examples/sidecar_greeter.rs)
-# usage: images.sh [pause|node|operator|sidecar-example|all]   (default all)
+# usage: images.sh [pause|resolve|node|operator|sidecar-example|all]   (default all)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/.." && pwd)"
@@ -33,6 +34,14 @@ if [ "$what" = pause ] || [ "$what" = all ]; then
   python3 "$here/images/mkimage.py" --name "$PAUSE_IMAGE" --out "$out/pause.tar" \
     --entrypoint /pause --user 65535:65535 --file "$out/pause:/pause"
   import "$out/pause.tar"
+fi
+
+if [ "$what" = resolve ] || [ "$what" = all ]; then
+  musl-gcc -static -Os -o "$out/resolve" "$here/images/resolve.c"
+  strip "$out/resolve"
+  python3 "$here/images/mkimage.py" --name troupe-resolve:0.1.0 --out "$out/resolve.tar" \
+    --entrypoint /resolve --user 65532:65532 --file "$out/resolve:/resolve"
+  import "$out/resolve.tar"
 fi
 
 # Builds the given binaries in one cargo invocation (one feature resolution, one build),
@@ -65,6 +74,6 @@ case "$what" in
   sidecar-example) sidecar_example ;;
   node) rust_images troupe-node ;;
   operator) rust_images troupe-operator ;;
-  pause) ;;
-  *) die "usage: images.sh [pause|node|operator|sidecar-example|all]" ;;
+  pause | resolve) ;;
+  *) die "usage: images.sh [pause|resolve|node|operator|sidecar-example|all]" ;;
 esac

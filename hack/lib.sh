@@ -32,3 +32,10 @@ NODE_IF="troupe0"
 BRIDGE_IF="troupebr0"
 KUBECONFIG_PATH="$CLUSTER_DIR/admin.kubeconfig"
 PAUSE_IMAGE="troupe-pause:0.1.0"
+
+# CoreDNS, the local cluster's DNS (hack/build-coredns.sh, hack/cluster-up.sh).
+COREDNS_VERSION="${COREDNS_VERSION:-v1.12.4}"
+COREDNS_BIN="$TROUPE_CACHE/coredns-$COREDNS_VERSION/bin"
+CLUSTER_DOMAIN="${CLUSTER_DOMAIN:-cluster.local}"
+# CoreDNS listens on the node address, which pods reach through the bridge's gateway.
+CLUSTER_DNS_IP="${CLUSTER_DNS_IP:-$NODE_IP}"

@@ -5,13 +5,12 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use k8s_openapi::api::core::v1::Service;
 use kube::Api;
 use kube::api::{ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::GroupVersionKind;
 use serde_json::{Value, json};
 
-use crate::{TestContext, wait};
+use crate::{TestContext, service, wait};
 
 /// The `ActorCluster` resource.
 pub fn resource() -> ApiResource {
@@ -57,16 +56,21 @@ pub async fn scale(ctx: &TestContext, name: &str, replicas: i32) -> anyhow::Resu
     Ok(())
 }
 
-/// The `ip:port` of the ActorCluster's client Service (its ClusterIP and the client port).
+/// The `ip:port` of the ActorCluster's client Service (its ClusterIP and the client port),
+/// once it serves: [`service::until_serving`] with an ask to the built-in `echo` actor,
+/// which a node answers 200 only while it accepts clients and the actor's owner is
+/// reachable. Call it again after a scale when the test needs traffic to follow the new
+/// endpoints.
 pub async fn client_address(ctx: &TestContext, name: &str) -> anyhow::Result<String> {
-    let ip = ctx
-        .api::<Service>()
-        .get(name)
-        .await?
-        .spec
-        .and_then(|s| s.cluster_ip)
-        .with_context(|| format!("client Service {name} has no ClusterIP"))?;
-    Ok(format!("{ip}:{}", troupe_contract::ports::CLIENT))
+    let serving = service::until_serving(
+        ctx,
+        name,
+        troupe_contract::ports::CLIENT,
+        &service::Probe::post("/actors/echo/e2e-probe/ask", Some("{}".into()), 200),
+        service::DEFAULT_TIMEOUT,
+    )
+    .await?;
+    Ok(serving.addr)
 }
 
 /// Waits until the status reports `n` pods, `n` Ready and `n` Up members.

@@ -10,11 +10,14 @@
 //!    Ready, plus the namespace's Events;
 //! 5. deletes the namespace, pass or fail.
 //!
-//! Helpers for waiting and for HTTP requests to ClusterIPs live in [`wait`] and [`http`].
+//! Helpers for waiting and for HTTP requests live in [`wait`] and [`http`]. A test reaches a
+//! Service's ClusterIP only through [`service::until_serving`], which waits until kube-proxy
+//! routes it to the Service's ready endpoints.
 
 pub mod actor_cluster;
 pub mod diagnostics;
 pub mod http;
+pub mod service;
 pub mod wait;
 
 use std::future::Future;

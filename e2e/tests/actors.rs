@@ -108,6 +108,8 @@ async fn counters_stay_exact_while_the_cluster_scales_3_5_2() -> anyhow::Result<
             w.await?;
         }
 
+        // The final reads go to the two remaining pods only once kube-proxy follows.
+        let vip = actor_cluster::client_address(&ctx, NAME).await?;
         let t = tally.lock().await.clone();
         let total_sent: u64 = t.sent.values().sum();
         let total_acked: u64 = t.acked.values().sum();

@@ -20,12 +20,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 use troupe_e2e::diagnostics::is_ready;
-use troupe_e2e::{TestContext, http, wait, with_namespace};
+use troupe_e2e::{TestContext, actor_cluster, http, wait, with_namespace};
 
 const CLUSTER: &str = "scaler";
 const TARGET_DEPTH: f64 = 5.0;
@@ -107,7 +107,8 @@ fn pod_name(p: &Pod) -> String {
     p.metadata.name.clone().unwrap_or_default()
 }
 
-/// Sum of every series `name` on a node's management `/metrics`.
+/// Sum of the series `name` of the `load` actor type on a node's management `/metrics`
+/// (other types, e.g. the harness's `echo` probe of the client Service, do not count).
 async fn node_sum(pod: &Pod, name: &str) -> anyhow::Result<f64> {
     let ip = pod
         .status
@@ -127,7 +128,7 @@ async fn node_sum(pod: &Pod, name: &str) -> anyhow::Result<f64> {
         .filter_map(|l| {
             let (series, value) = l.rsplit_once(' ')?;
             let metric = series.split('{').next()?;
-            (metric == name)
+            (metric == name && series.contains("actor_type=\"load\""))
                 .then(|| value.parse::<f64>().ok())
                 .flatten()
         })
@@ -266,13 +267,7 @@ async fn mailbox_depth_scales_the_cluster_out_and_back_in() -> anyhow::Result<()
         println!("HPA {CLUSTER}: target {target:?}");
 
         // Load through the client Service (Ready pods only).
-        let svc = ctx.api::<Service>().get(CLUSTER).await.context("client Service")?;
-        let ip = svc
-            .spec
-            .and_then(|s| s.cluster_ip)
-            .filter(|ip| ip != "None")
-            .context("client Service without ClusterIP")?;
-        let addr = format!("{ip}:{}", troupe_contract::ports::CLIENT);
+        let addr = actor_cluster::client_address(&ctx, CLUSTER).await?;
         let load = Arc::new(Load::default());
         let stop = Arc::new(AtomicBool::new(false));
         let load_started = Instant::now();

@@ -11,11 +11,12 @@ use anyhow::{Context, bail, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{Pod, Service, ServiceAccount};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client, Config};
 use serde_json::json;
-use troupe_e2e::{TestContext, diagnostics, diagnostics::is_ready, http, wait, with_namespace};
+use troupe_e2e::{
+    TestContext, diagnostics, diagnostics::is_ready, http, service, wait, with_namespace,
+};
 
 const APP: &str = "skeleton";
 const REPLICAS: usize = 3;
@@ -79,17 +80,7 @@ async fn wait_ready_pods(ctx: &TestContext, n: usize) -> anyhow::Result<Vec<Pod>
 
 /// The IPs of the ready endpoints of the Service, from its EndpointSlices.
 async fn ready_endpoints(ctx: &TestContext) -> anyhow::Result<BTreeSet<String>> {
-    let slices = ctx
-        .api::<EndpointSlice>()
-        .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={APP}")))
-        .await?;
-    Ok(slices
-        .items
-        .iter()
-        .flat_map(|s| s.endpoints.iter())
-        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(false))
-        .flat_map(|e| e.addresses.iter().cloned())
-        .collect())
+    Ok(service::ready_endpoints(ctx, APP).await?.addresses)
 }
 
 fn pod_ip(p: &Pod) -> anyhow::Result<String> {
@@ -99,13 +90,9 @@ fn pod_ip(p: &Pod) -> anyhow::Result<String> {
         .context("pod has no IP")
 }
 
-async fn cluster_ip(ctx: &TestContext) -> anyhow::Result<String> {
-    ctx.api::<Service>()
-        .get(APP)
-        .await?
-        .spec
-        .and_then(|s| s.cluster_ip)
-        .context("service has no ClusterIP")
+/// A Ready skeleton pod answers `/ready` with 200; a drained one with 503.
+fn ready_probe() -> service::Probe {
+    service::Probe::get("/ready", 200)
 }
 
 async fn setup(ctx: &TestContext) -> anyhow::Result<Vec<Pod>> {
@@ -130,6 +117,14 @@ async fn probes_drive_readiness_and_readiness_gates_service_traffic() -> anyhow:
             || async { Ok((ready_endpoints(&ctx).await? == all).then_some(())) },
         )
         .await?;
+        // The fresh Service answers through its ClusterIP only once kube-proxy programmed it.
+        let serving =
+            service::until_serving(&ctx, APP, 80, &ready_probe(), service::DEFAULT_TIMEOUT).await?;
+        ensure!(
+            serving.endpoints.addresses == all,
+            "the Service served from {:?}, not from every Ready pod {all:?}",
+            serving.endpoints.addresses
+        );
 
         // Take one pod out of readiness through its own management endpoint. The kubelet's
         // readiness probe must notice and flip the pod's Ready condition.
@@ -167,24 +162,12 @@ async fn probes_drive_readiness_and_readiness_gates_service_traffic() -> anyhow:
             "drained pod answered /ready with {}",
             direct.status
         );
-        let vip = format!("{}:80", cluster_ip(&ctx).await?);
         // kube-proxy programs the change a moment after the EndpointSlice has it: wait
-        // until 20 requests in a row avoid the drained pod ((2/3)^20 < 0.001 by chance),
+        // until the Service answers /ready with 200 `service::CONSECUTIVE` times in a row,
         // then require every one of 60 more to do so.
-        wait::until(
-            "kube-proxy to stop sending traffic to the drained pod",
-            Duration::from_secs(30),
-            Duration::from_millis(200),
-            || async {
-                for _ in 0..20 {
-                    if http::get(&vip, "/ready").await?.status != 200 {
-                        return Ok(None);
-                    }
-                }
-                Ok(Some(()))
-            },
-        )
-        .await?;
+        let vip = service::until_serving(&ctx, APP, 80, &ready_probe(), service::DEFAULT_TIMEOUT)
+            .await?
+            .addr;
         for i in 0..60 {
             let r = http::get(&vip, "/ready").await?;
             ensure!(

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use anyhow::ensure;
 use serde_json::{Value, json};
-use troupe_e2e::{actor_cluster, http, with_namespace};
+use troupe_e2e::http::Response;
+use troupe_e2e::{actor_cluster, http, service, with_namespace};
 
 const NAME: &str = "greeters";
 const GREETERS: usize = 12;
@@ -28,6 +29,22 @@ async fn greet(vip: &str, id: usize) -> anyhow::Result<Value> {
         r.body
     );
     Ok(serde_json::from_str(&r.body)?)
+}
+
+/// A greeting of the probe greeter (not one of the test's), answered with the name of the
+/// application pod that hosts it.
+fn greeter_probe() -> service::Probe {
+    service::Probe::post(
+        "/actors/greeter/e2e-probe/ask/greet",
+        Some(r#"{"name":"probe"}"#.into()),
+        200,
+    )
+    .answered_by(greeting_pod)
+}
+
+fn greeting_pod(r: &Response) -> Option<String> {
+    let v: Value = serde_json::from_str(&r.body).ok()?;
+    v.get("pod")?.as_str().map(str::to_owned)
 }
 
 #[tokio::test]
@@ -52,7 +69,17 @@ async fn a_sidecar_application_serves_actor_types_and_its_state_follows_hand_ove
         )
         .await?;
         actor_cluster::until_settled(&ctx, NAME, 3, Duration::from_secs(180)).await?;
-        let vip = actor_cluster::client_address(&ctx, NAME).await?;
+        // The client Service serves (kube-proxy programmed it) and the application's actor
+        // type answers, from a pod among the Service's ready endpoints.
+        let vip = service::until_serving(
+            &ctx,
+            NAME,
+            troupe_contract::ports::CLIENT,
+            &greeter_probe(),
+            service::DEFAULT_TIMEOUT,
+        )
+        .await?
+        .addr;
 
         let mut pods = std::collections::BTreeSet::new();
         for round in 1..=3u64 {
@@ -74,6 +101,15 @@ async fn a_sidecar_application_serves_actor_types_and_its_state_follows_hand_ove
         // $deactivate / $activate, and counts continue where they were.
         actor_cluster::scale(&ctx, NAME, 2).await?;
         actor_cluster::until_settled(&ctx, NAME, 2, Duration::from_secs(180)).await?;
+        let vip = service::until_serving(
+            &ctx,
+            NAME,
+            troupe_contract::ports::CLIENT,
+            &greeter_probe(),
+            service::DEFAULT_TIMEOUT,
+        )
+        .await?
+        .addr;
         for id in 0..GREETERS {
             let reply = troupe_e2e::wait::until(
                 &format!("greeter g{id} to answer after the scale-down"),
