@@ -25,8 +25,9 @@ lint: ## cargo fmt --check, clippy -D warnings, generated CRDs up to date
 	hack/check-crds.sh
 
 .PHONY: unit
-unit: ## Unit and loopback multi-node tests (no cluster needed)
+unit: ## Unit and loopback multi-node tests, and a few hundred simulation seeds (no cluster needed)
 	$(CARGO) test --locked
+	SIM_TEST_SEEDS=$${SIM_TEST_SEEDS:-200} $(CARGO) test --locked -p troupe-sim
 
 .PHONY: e2e
 e2e: ## End-to-end tests against the running local cluster (make cluster-up first)

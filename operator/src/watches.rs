@@ -97,8 +97,11 @@ pub const QUIET_AFTER: Duration = Duration::from_secs(12);
 /// healthy). Cheap to clone; every clone is the same record.
 #[derive(Debug, Clone, Default)]
 pub struct WatchHealth {
-    failing: Arc<Mutex<BTreeMap<&'static str, Option<(Instant, Instant)>>>>,
+    failing: Arc<Mutex<BTreeMap<&'static str, Option<Failing>>>>,
 }
+
+/// `(failing since, last error)` of one watch.
+type Failing = (Instant, Instant);
 
 impl WatchHealth {
     /// Records one outcome of the watch of `kind` (an event, or an error) at `now`.
