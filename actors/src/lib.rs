@@ -67,6 +67,7 @@ pub mod placement;
 pub mod runtime;
 pub mod sidecar;
 pub mod supervision;
+mod sync;
 pub mod transport;
 pub mod wire;
 

@@ -42,12 +42,7 @@ impl<S: MemberStore> Driver<S> {
                         .transition(&me.pod, &me.incarnation, MemberStatus::Leaving)
                         .unwrap_or(false);
                 }
-                if record.holder.as_deref() == Some(my_id.as_str()) {
-                    record.holder = None;
-                    record.renew_ms = wall();
-                    dirty = true;
-                }
-                dirty
+                dirty | release_lease(record, &my_id, wall())
             })
             .await;
         let out_of_time = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline));
@@ -67,13 +62,8 @@ impl<S: MemberStore> Driver<S> {
         }
         let removed = self
             .cas_until(deadline, |record| {
-                let mut dirty = record.table.remove(&me.pod, &me.incarnation);
-                if record.holder.as_deref() == Some(my_id.as_str()) {
-                    record.holder = None;
-                    record.renew_ms = wall();
-                    dirty = true;
-                }
-                dirty
+                let dirty = record.table.remove(&me.pod, &me.incarnation);
+                dirty | release_lease(record, &my_id, wall())
             })
             .await;
         self.state.leaving = Some(BootstrapState::Left);
@@ -132,4 +122,15 @@ impl<S: MemberStore> Driver<S> {
         }
         false
     }
+}
+
+/// Releases the coordinator lease in `record` if `my_id` holds it (stamped `now_ms`, so
+/// observers see the change); returns whether the record changed.
+fn release_lease(record: &mut LeaseRecord, my_id: &str, now_ms: i64) -> bool {
+    if record.holder.as_deref() != Some(my_id) {
+        return false;
+    }
+    record.holder = None;
+    record.renew_ms = now_ms;
+    true
 }
