@@ -102,13 +102,14 @@ impl PodSet {
     }
 
     /// Whether a peer other than `me` has a node container that started more than
-    /// `margin_ms` before `my_start_ms`: then a cluster may already exist.
+    /// `margin_ms` before `my_start_ms`, or may have (its start time is unknown): then a
+    /// cluster may already exist. Not knowing is never a cold start.
     pub fn peer_started_before(&self, me: &str, my_start_ms: i64, margin_ms: i64) -> bool {
         self.pods.iter().any(|(name, p)| {
             name != me
                 && p.is_peer()
                 && p.started_at_ms
-                    .is_some_and(|t| t.saturating_add(margin_ms) < my_start_ms)
+                    .is_none_or(|t| t.saturating_add(margin_ms) < my_start_ms)
         })
     }
 
@@ -215,6 +216,9 @@ mod tests {
         assert!(s.peer_started_before("b", 1_767_225_620_000, 5_000));
         assert!(!s.peer_started_before("b", 1_767_225_612_000, 5_000));
         assert!(!s.peer_started_before("a", 1_767_225_620_000, 5_000));
+        // A peer whose start is unknown may have run long before: never a cold start.
+        s.pods.insert("c".into(), PodInfo::running("10.0.0.3"));
+        assert!(s.peer_started_before("b", 1_767_225_612_000, 5_000));
     }
 
     #[test]

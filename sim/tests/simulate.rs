@@ -114,42 +114,45 @@ fn m2_a_partitioned_node_does_not_serve_on_a_slow_read_after_its_eviction() {
     assert!(out.status.success(), "{}", text(&out));
 }
 
-// Open findings on wip/membership 0b273f7 (found by `make simulate SEEDS=10000`, 31 of
-// 10000 seeds failed); the membership helper owns the fixes. Un-ignore when fixed.
+// Found by `make simulate SEEDS=10000` on wip/membership 0b273f7 (31 of 10000 seeds
+// failed); fixed on wip/membership.
 
 #[test]
-#[ignore = "open: a fresh pod forms a second cluster while the old members still serve (Lease deleted, store slow)"]
 fn a_new_pod_does_not_form_beside_members_that_still_serve_after_a_deletion() {
-    // Shrunk: store-slow +760 ms at 9.34 s; Lease deleted at 12.28 s; pod-3 starts at
-    // 12.38 s and forms cluster d1ed90 alone at once while pod-0..2 serve 2374c8 (12.41 s).
+    // Failed before the fix. Shrunk: store-slow +760 ms at 9.34 s; Lease deleted at 12.28 s;
+    // pod-3 starts at 12.38 s and forms cluster d1ed90 alone at once while pod-0..2 serve
+    // 2374c8 (12.41 s): the pods carry no start time, and not knowing counted as a cold
+    // start. Now not knowing is never a cold start, and a fresh node asks every peer pod
+    // before it forms.
     let out = sim(&[("SEED", "308")]);
     assert!(out.status.success(), "{}", text(&out));
 }
 
 #[test]
-#[ignore = "open: a restarted pod forms a second cluster while the old members still serve (Lease deleted, watch lagging)"]
 fn a_restarted_pod_does_not_form_beside_members_that_still_serve() {
-    // Shrunk: crash pod-0 at 23.40 s (back at 33.20 s); watch-lag +1210 ms from 26.41 s;
-    // Lease deleted at 33.20 s: restarted pod-0 forms b2307e while pod-1..4 serve 649845.
+    // Failed before the fix. Shrunk: crash pod-0 at 23.40 s (back at 33.20 s); watch-lag
+    // +1210 ms from 26.41 s; Lease deleted at 33.20 s: restarted pod-0 forms b2307e while
+    // pod-1..4 serve 649845 (the same cause as seed 308).
     let out = sim(&[("SEED", "336")]);
     assert!(out.status.success(), "{}", text(&out));
 }
 
 #[test]
-#[ignore = "open: a restore from a stale table resurrects a downed incarnation as Up"]
 fn a_restore_does_not_undo_a_down() {
-    // Shrunk (8 faults): pod-2 downs pod-1 at 28.58 s (epoch 1 v20); the Lease is stripped
-    // at 29.94 s; pod-0, which never saw v20 (store slow, watch lagging), restores its v19
-    // as epoch 2 at 31.02 s with pod-1 Up; pod-1 serves again at 34.89 s.
+    // Failed before the fix. Shrunk (8 faults): pod-2 downs pod-1 at 28.58 s (epoch 1 v20);
+    // the Lease is stripped at 29.94 s; pod-0, which never saw v20 (store slow, watch
+    // lagging), restores its v19 as epoch 2 at 31.02 s with pod-1 Up; pod-1 serves again at
+    // 34.89 s. Now a restored epoch holds only the restorer's new incarnation: no
+    // incarnation is Up in two epochs.
     let out = sim(&[("SEED", "1187")]);
     assert!(out.status.success(), "{}", text(&out));
 }
 
 #[test]
-#[ignore = "open: after store outages, a leave that could not finish and a strip, nobody takes the coordinator lease"]
 fn a_joiner_is_promoted_after_the_store_comes_back() {
-    // Shrunk (6 faults): at the end (90 s) holder is none, pod-2 is Joining for ~35 s and
-    // the table still lists the departed pod-0 Up.
+    // Failed before the fix. Shrunk (6 faults): at the end (90 s) holder is none, pod-2 is
+    // Joining for ~35 s and the table still lists the departed pod-0 Up (restored from a
+    // table that had it Up). Now a restore carries nobody over.
     let out = sim(&[("SEED", "9094")]);
     assert!(out.status.success(), "{}", text(&out));
 }

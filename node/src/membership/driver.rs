@@ -156,7 +156,7 @@ impl<S: MemberStore> Driver<S> {
 
     fn on_probe(&mut self, r: ProbeResult, now: Instant) {
         if r.survey {
-            self.state.on_survey(r.reply.as_ref(), r.sent_at);
+            self.state.on_survey(&r.key.pod, r.reply.as_ref(), r.sent_at);
         } else {
             self.state.on_probe(r, now);
         }
@@ -316,12 +316,12 @@ impl<S: MemberStore> Driver<S> {
                 let res = timed(timeout, self.store.replace(&base.resource_version, &record)).await;
                 (res, Written::Replace { base, applied })
             }
-            Write::Restore { base, record } => {
+            Write::Restore { base, record, me } => {
                 let res = match &base {
                     None => timed(timeout, self.store.create(&record)).await,
                     Some(rv) => timed(timeout, self.store.replace(rv, &record)).await,
                 };
-                (res, Written::Restore)
+                (res, Written::Restore(me))
             }
             Write::Form { base, record } => {
                 let res = match &base {
@@ -363,8 +363,9 @@ impl<S: MemberStore> Driver<S> {
                     }
                 }
             }
-            Written::Restore => {
-                tracing::warn!(me = %self.state.me, cluster = %t.cluster, epoch = t.epoch, version = t.version, "restored the member table into the Lease");
+            Written::Restore(me) => {
+                tracing::warn!(cluster = %t.cluster, epoch = t.epoch, version = t.version, "restored the cluster into the Lease");
+                self.state.restored_as(me, now);
             }
             Written::Form => {
                 tracing::info!(me = %self.state.me, cluster = %t.cluster, "formed a new cluster");
@@ -380,7 +381,7 @@ impl<S: MemberStore> Driver<S> {
 /// What a successful write was, for its logs and bookkeeping.
 enum Written {
     Replace { base: Stored, applied: Vec<Change> },
-    Restore,
+    Restore(MemberKey),
     Form,
 }
 

@@ -22,11 +22,14 @@
 //!   that cluster as a new incarnation; from a peer it is ignored (that peer counts neither
 //!   as reached nor as store contact);
 //! * a Lease found **absent** (deleted) or **stripped** (no table) is not store contact:
-//!   a node that follows a cluster stops serving and **restores** its last table into it
-//!   with `epoch + 1` (create, or CAS over the stripped record: one restorer wins, the
-//!   others adopt the higher epoch); a fresh node never forms a new cluster while a peer
-//!   pod answers that it follows one, and otherwise only on a cold start, or after a
-//!   restore grace with the Lease still missing;
+//!   a node that follows a cluster stops serving and **restores** the cluster with
+//!   `epoch + 1` and itself, as a new incarnation, its only member (create, or CAS over
+//!   the stripped record: one restorer wins; everybody else finds itself out of the
+//!   higher epoch and rejoins as a new incarnation, so no incarnation is ever Up in two
+//!   epochs and a Down lost with the old Lease cannot come back); a fresh node never forms
+//!   a new cluster before it asked every peer pod whether it follows one, nor while one
+//!   does, and otherwise only on a cold start, or after a restore grace with the Lease
+//!   still missing;
 //! * after adopting a later epoch a node waits `isolation_timeout` before serving it, so
 //!   that whoever still served the previous epoch has stopped.
 //!

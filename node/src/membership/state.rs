@@ -9,6 +9,7 @@
 //! majority.
 
 use std::cmp::Ordering;
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use troupe_contract::{Member, MemberStatus, MemberTable};
@@ -50,11 +51,13 @@ pub(crate) enum Write {
         record: LeaseRecord,
         applied: Vec<Change>,
     },
-    /// Restore this node's table into the Lease (create when `base` is `None`, CAS over
-    /// the stripped record otherwise).
+    /// Restore the cluster into the Lease one epoch later (create when `base` is `None`,
+    /// CAS over the stripped record otherwise), with this node as the new incarnation
+    /// `me`, alone and Up; everybody else rejoins.
     Restore {
         base: Option<String>,
         record: LeaseRecord,
+        me: MemberKey,
     },
     /// Form a new cluster (create, or CAS over the stripped record `base`).
     Form {
@@ -86,6 +89,9 @@ pub(crate) struct MemberState {
     epoch_hold: Option<Instant>,
     /// When a peer pod last answered (a fresh node's survey) that it follows a cluster.
     follower_seen: Option<Instant>,
+    /// Per peer pod, when the latest survey probe that came back (answered or failed)
+    /// was sent.
+    surveyed: BTreeMap<String, Instant>,
     observer: LeaseObserver,
     fd: FailureDetector,
     /// Last store contact, direct or through a peer (when the confirming call was sent).
@@ -126,6 +132,7 @@ impl MemberState {
             lost: None,
             epoch_hold: None,
             follower_seen: None,
+            surveyed: BTreeMap::new(),
             observer: LeaseObserver::new(now),
             fd: FailureDetector::default(),
             store_contact: None,
@@ -292,13 +299,24 @@ impl MemberState {
             .collect()
     }
 
-    /// A survey answer (see [`MemberState::survey`]) to a probe sent at `sent_at`.
-    pub(crate) fn on_survey(&mut self, reply: Option<&PingReply>, sent_at: Instant) {
+    /// The outcome of a survey probe (see [`MemberState::survey`]) of `pod`, sent at
+    /// `sent_at`: its answer, or `None` when it did not answer.
+    pub(crate) fn on_survey(&mut self, pod: &str, reply: Option<&PingReply>, sent_at: Instant) {
         let follows =
             reply.is_some_and(|r| !r.table.cluster.is_empty() && !r.table.members.is_empty());
         if follows {
             self.follower_seen = self.follower_seen.max(Some(sent_at));
         }
+        let last = self.surveyed.entry(pod.to_owned()).or_insert(sent_at);
+        *last = (*last).max(sent_at);
+    }
+
+    /// Whether every peer pod was asked, since `since`, whether it follows a cluster, and
+    /// the probe came back (answered or failed).
+    fn surveyed_since(&self, since: Instant, pods: &PodSet) -> bool {
+        pods.peers()
+            .filter(|(name, _)| *name != self.identity.pod)
+            .all(|(name, _)| self.surveyed.get(name).is_some_and(|t| *t >= since))
     }
 
     /// Makes `table` (of our cluster, not older) the node's table, and notices whether
@@ -498,22 +516,43 @@ impl MemberState {
         dirty.then_some((record, applied))
     }
 
-    /// This node's last table, one epoch later, for a deleted or stripped Lease.
+    /// The cluster one epoch later, for a deleted or stripped Lease: the same cluster id,
+    /// `epoch + 1`, a version above ours, and as its only member this node as a **new
+    /// incarnation**, Up and holding the coordinator lease. Nobody is carried over: this
+    /// node's table may be behind the one the store lost (a member downed or removed in
+    /// the lost versions), so no incarnation of an earlier epoch is ever Up again — every
+    /// other node finds itself out of the restored table and rejoins as a new incarnation.
     fn restore(&self, base: Option<String>) -> Write {
-        let table = MemberTable {
+        let me = MemberKey::new(self.identity.pod.clone(), self.sources.id());
+        let mut table = MemberTable {
             epoch: self.table.epoch + 1,
             version: self.table.version + 1,
+            members: Vec::new(),
             ..self.table.clone()
         };
+        table.join(&me.pod, &me.incarnation, &self.identity.address);
+        table
+            .transition(&me.pod, &me.incarnation, MemberStatus::Up)
+            .ok();
         Write::Restore {
             base,
             record: LeaseRecord {
-                holder: None,
+                holder: Some(election::identity(&me.pod, &me.incarnation)),
                 renew_ms: self.sources.wall(),
                 lease_duration_s: lease_seconds(self.timing.lease_duration),
                 table,
             },
+            me,
         }
+    }
+
+    /// A restore this node wrote took: it is now the new incarnation `me`, the first
+    /// member of the restored epoch, and holds the coordinator lease.
+    pub(crate) fn restored_as(&mut self, me: MemberKey, now: Instant) {
+        tracing::warn!(old = %self.me, new = %me, "restored the cluster one epoch later as a new incarnation; the other members rejoin");
+        self.me = me;
+        self.was_member = false;
+        self.last_renew = Some(now);
     }
 
     /// How long a fresh node waits for the followers of a cluster to restore a missing
@@ -527,6 +566,14 @@ impl MemberState {
     /// stayed missing for the restore grace.
     fn may_form(&mut self, now: Instant, pods: &PodSet) -> bool {
         let grace = self.restore_grace();
+        let Some((first_lost, last_lost)) = self.lost else {
+            return false;
+        };
+        if !self.surveyed_since(first_lost, pods) {
+            // Not every peer pod was asked yet whether it follows a cluster (its answer
+            // is what keeps a fresh node from forming beside a serving one).
+            return false;
+        }
         if self
             .follower_seen
             .is_some_and(|t| now.saturating_duration_since(t) < grace)
@@ -550,9 +597,7 @@ impl MemberState {
         if !pods.peer_started_before(&self.identity.pod, mine, margin) {
             return true;
         }
-        let waited = self
-            .lost
-            .is_some_and(|(first, last)| last.saturating_duration_since(first) >= grace);
+        let waited = last_lost.saturating_duration_since(first_lost) >= grace;
         if !waited && !self.waiting_for_restore_logged {
             self.waiting_for_restore_logged = true;
             tracing::info!(
@@ -700,17 +745,66 @@ mod tests {
         assert!(s.view(t0).serving);
         s.on_absent(None, t0 + 10 * MS);
         assert!(!s.view(t0 + 10 * MS).serving);
-        let Write::Restore { base, record } = s.desired(t0 + 10 * MS, &PodSet::default()) else {
+        let Write::Restore { base, record, me } = s.desired(t0 + 10 * MS, &PodSet::default())
+        else {
             panic!("no restore");
         };
         assert_eq!(base, None);
         assert_eq!(record.table.cluster, "c");
-        assert_eq!(record.table.order(), (1, s.table.version + 1));
+        assert_eq!(record.table.epoch, 1);
+        assert!(record.table.version > s.table.version);
+        assert_eq!(record.holder, Some(election::identity("a", &me.incarnation)));
+        s.restored_as(me.clone(), t0 + 20 * MS);
+        s.on_stored(stored("2", record.table), Some(t0 + 10 * MS), t0 + 20 * MS);
+        assert_eq!(s.me, me);
+        assert_eq!(s.view(t0 + 20 * MS).status, Some(MemberStatus::Up));
         // Stripped: a CAS over the stripped record.
         s.on_absent(Some(stored("9", MemberTable::default())), t0 + 20 * MS);
         assert!(matches!(
             s.desired(t0 + 20 * MS, &PodSet::default()),
             Write::Restore { base: Some(rv), .. } if rv == "9"
+        ));
+    }
+
+    #[test]
+    fn a_restore_from_a_stale_table_admits_no_incarnation_of_an_earlier_epoch() {
+        // Seed 1187: the coordinator downed a (epoch 1), the Lease was stripped, and b,
+        // which had not seen the Down, restored its older table with a Up as epoch 2; a,
+        // which had not seen its Down either, served again.
+        let t0 = Instant::now();
+        let iso = Timing::fast().isolation_timeout;
+        let stale = table(1, &["a", "b", "c"]);
+        let mut b = state("b", t0);
+        b.on_stored(stored("1", stale.clone()), Some(t0), t0);
+        let t1 = t0 + 100 * MS;
+        b.on_absent(Some(stored("9", MemberTable::default())), t1);
+        let Write::Restore { record, me, .. } = b.desired(t1, &PodSet::default()) else {
+            panic!("no restore");
+        };
+        assert_ne!(me.incarnation, "i-1", "the restorer kept its old incarnation");
+        let earlier: Vec<String> = record
+            .table
+            .members
+            .iter()
+            .filter(|m| m.incarnation == "i-1")
+            .map(|m| m.pod.clone())
+            .collect();
+        assert!(
+            earlier.is_empty(),
+            "the restored table carries incarnations of the earlier epoch: {earlier:?}"
+        );
+        // a never saw its Down: it adopts the restored epoch, finds itself out of it, and
+        // rejoins as a new incarnation; the old one never serves again.
+        let mut a = state("a", t0);
+        a.on_stored(stored("1", stale), Some(t0), t0);
+        let t2 = t1 + 100 * MS;
+        a.on_stored(stored("10", record.table), Some(t2), t2);
+        assert_ne!(a.me.incarnation, "i-1");
+        assert!(!a.view(t2 + iso).serving);
+        assert!(matches!(
+            a.desired(t2, &PodSet::default()),
+            Write::Replace { record, .. }
+            if record.table.get("a").is_some_and(|m| m.status == MemberStatus::Joining)
         ));
     }
 
@@ -762,28 +856,41 @@ mod tests {
         assert!(s.view(t1).serving, "a majority of our own cluster answered");
     }
 
+    /// Pods `d` (this node, started at 1 000 ms) and `a`, started at `a_started_ms`
+    /// (`None`: unknown).
+    fn two_pods(a_started_ms: Option<i64>) -> PodSet {
+        let mut pods = PodSet {
+            synced: true,
+            ..PodSet::default()
+        };
+        let a = match a_started_ms {
+            Some(t) => PodInfo::running_since("10.0.0.1", t),
+            None => PodInfo::running("10.0.0.1"),
+        };
+        pods.pods.insert("a".into(), a);
+        pods.pods
+            .insert("d".into(), PodInfo::running_since("10.0.0.4", 1_000));
+        pods
+    }
+
     #[test]
     fn a_fresh_node_forms_at_once_on_a_cold_start_and_waits_for_restorers_otherwise() {
         let t0 = Instant::now();
         let grace = Timing::fast().store_refresh + Timing::fast().store_timeout();
         let mut cold = state("d", t0);
         cold.on_absent(None, t0);
-        let pods = PodSet::from_list([("d", "10.0.0.4"), ("a", "10.0.0.1")]);
+        let pods = two_pods(Some(900));
+        assert_eq!(cold.desired(t0, &pods), Write::Nothing, "formed unasked");
+        cold.on_survey("a", None, t0);
         assert!(matches!(
             cold.desired(t0, &pods),
             Write::Form { base: None, .. }
         ));
 
         let mut late = state("d", t0);
-        let mut pods = PodSet {
-            synced: true,
-            ..PodSet::default()
-        };
-        pods.pods
-            .insert("a".into(), PodInfo::running_since("10.0.0.1", -10_000));
-        pods.pods
-            .insert("d".into(), PodInfo::running_since("10.0.0.4", 1_000));
+        let pods = two_pods(Some(-10_000));
         late.on_absent(None, t0);
+        late.on_survey("a", None, t0);
         assert_eq!(late.desired(t0, &pods), Write::Nothing);
         late.on_absent(None, t0 + grace / 2);
         assert_eq!(late.desired(t0 + grace / 2, &pods), Write::Nothing);
@@ -795,16 +902,36 @@ mod tests {
     }
 
     #[test]
+    fn a_fresh_node_that_does_not_know_when_its_peers_started_is_not_on_a_cold_start() {
+        // Seeds 308 and 336: a pod (scaled up, or restarted) that came up just after the
+        // Lease was deleted formed a second cluster at once beside the old members, which
+        // still served on reads sent before the deletion.
+        let t0 = Instant::now();
+        let grace = Timing::fast().store_refresh + Timing::fast().store_timeout();
+        let pods = two_pods(None);
+        let mut s = state("d", t0);
+        s.on_absent(None, t0);
+        s.on_survey("a", None, t0);
+        assert_eq!(
+            s.desired(t0, &pods),
+            Write::Nothing,
+            "formed at once beside a pod that may have run for long"
+        );
+        s.on_absent(None, t0 + grace);
+        assert!(matches!(s.desired(t0 + grace, &pods), Write::Form { .. }));
+    }
+
+    #[test]
     fn a_fresh_node_never_forms_while_a_peer_follows_a_cluster() {
         let t0 = Instant::now();
-        let pods = PodSet::from_list([("d", "10.0.0.4"), ("a", "10.0.0.1")]);
+        let pods = two_pods(Some(1_000));
         let mut s = state("d", t0);
         s.on_absent(None, t0);
         let targets = s.survey(&pods);
         let asked: Vec<&str> = targets.iter().map(|m| m.pod.as_str()).collect();
         assert_eq!(asked, ["a"]);
         let answer = reply("a", table(0, &["a"]), t0);
-        s.on_survey(answer.reply.as_ref(), t0);
+        s.on_survey("a", answer.reply.as_ref(), t0);
         assert_eq!(
             s.desired(t0, &pods),
             Write::Nothing,
@@ -814,7 +941,7 @@ mod tests {
         let mut s = state("d", t0);
         s.on_absent(None, t0);
         let fresh = reply("a", MemberTable::default(), t0);
-        s.on_survey(fresh.reply.as_ref(), t0);
+        s.on_survey("a", fresh.reply.as_ref(), t0);
         assert!(matches!(s.desired(t0, &pods), Write::Form { .. }));
     }
 
