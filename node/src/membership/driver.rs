@@ -156,7 +156,8 @@ impl<S: MemberStore> Driver<S> {
 
     fn on_probe(&mut self, r: ProbeResult, now: Instant) {
         if r.survey {
-            self.state.on_survey(&r.key.pod, r.reply.as_ref(), r.sent_at);
+            self.state
+                .on_survey(&r.key.pod, r.reply.as_ref(), r.sent_at);
         } else {
             self.state.on_probe(r, now);
         }

@@ -753,7 +753,10 @@ mod tests {
         assert_eq!(record.table.cluster, "c");
         assert_eq!(record.table.epoch, 1);
         assert!(record.table.version > s.table.version);
-        assert_eq!(record.holder, Some(election::identity("a", &me.incarnation)));
+        assert_eq!(
+            record.holder,
+            Some(election::identity("a", &me.incarnation))
+        );
         s.restored_as(me.clone(), t0 + 20 * MS);
         s.on_stored(stored("2", record.table), Some(t0 + 10 * MS), t0 + 20 * MS);
         assert_eq!(s.me, me);
@@ -781,7 +784,10 @@ mod tests {
         let Write::Restore { record, me, .. } = b.desired(t1, &PodSet::default()) else {
             panic!("no restore");
         };
-        assert_ne!(me.incarnation, "i-1", "the restorer kept its old incarnation");
+        assert_ne!(
+            me.incarnation, "i-1",
+            "the restorer kept its old incarnation"
+        );
         let earlier: Vec<String> = record
             .table
             .members
