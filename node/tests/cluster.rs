@@ -1248,3 +1248,96 @@ async fn a_fresh_node_does_not_form_beside_followers_cut_from_the_store() -> any
     assert_eq!(c.table().cluster, before.cluster, "{:?}", c.table());
     Ok(())
 }
+
+/// A store that, while `hang` is on, answers nothing: every call (and every watch event)
+/// waits until it is off again — an API server that accepts connections but never
+/// replies. The node's own store timeout ends each call.
+#[derive(Clone)]
+struct Hanging {
+    inner: MemoryStore,
+    hang: Arc<AtomicBool>,
+}
+
+impl Hanging {
+    async fn gate(&self) {
+        while self.hang.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+impl MemberStore for Hanging {
+    async fn read(&self) -> Result<Found, StoreError> {
+        self.gate().await;
+        self.inner.read().await
+    }
+
+    async fn create(&self, record: &LeaseRecord) -> Result<Stored, StoreError> {
+        self.gate().await;
+        self.inner.create(record).await
+    }
+
+    async fn replace(
+        &self,
+        resource_version: &str,
+        record: &LeaseRecord,
+    ) -> Result<Stored, StoreError> {
+        self.gate().await;
+        self.inner.replace(resource_version, record).await
+    }
+
+    fn changes(&self) -> ChangeStream {
+        use futures::StreamExt;
+        let me = self.clone();
+        self.inner
+            .changes()
+            .then(move |ev| {
+                let me = me.clone();
+                async move {
+                    me.gate().await;
+                    ev
+                }
+            })
+            .boxed()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_store_does_not_make_ready_flap() -> anyhow::Result<()> {
+    // The API server hangs for a long stretch: every store call runs into the store
+    // timeout. The members keep serving on each other's answers, and must stay Ready
+    // throughout — the loop waiting on the store must not let those answers go stale.
+    let hang = Arc::new(AtomicBool::new(false));
+    let mut c = TestCluster::new();
+    for p in &FIVE[..3] {
+        let hang = hang.clone();
+        c.start_on(p, move |inner| Hanging { inner, hang }).await?;
+    }
+    until("cluster formed", Duration::from_secs(10), &c, |c| {
+        c.all_up(&FIVE[..3])
+    })
+    .await?;
+    hang.store(true, Ordering::SeqCst);
+    let start = Instant::now();
+    let stretch = c.timing.detect_timeout * 4;
+    let mut samples = 0u64;
+    while start.elapsed() < stretch {
+        for n in &c.nodes {
+            assert!(
+                n.ready(),
+                "{} stopped being Ready {:?} into the store hang (sample {samples})",
+                n.pod,
+                start.elapsed()
+            );
+        }
+        samples += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    hang.store(false, Ordering::SeqCst);
+    until("all Up", Duration::from_secs(10), &c, |c| {
+        c.all_up(&FIVE[..3])
+    })
+    .await?;
+    println!("[membership] store hung for {stretch:?}: 3 nodes Ready at all {samples} samples");
+    Ok(())
+}

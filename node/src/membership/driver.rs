@@ -1,6 +1,7 @@
 //! The membership driver: the select loop that feeds [`MemberState`] with store answers,
 //! watch events, probe replies, pod changes and ticks, carries out the writes it asks for
-//! (each store call through [`timed`]), and publishes its view. No decisions here.
+//! (each store call through [`Driver::call`]: within the store timeout, taking in probe
+//! replies meanwhile), and publishes its view. No decisions here.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -238,7 +239,8 @@ impl<S: MemberStore> Driver<S> {
     pub(super) async fn read(&mut self) -> bool {
         let sent = seams::now();
         self.state.reading(sent);
-        match timed(self.timing().store_timeout(), self.store.read()).await {
+        let store = self.store.clone();
+        match self.call(store.read()).await {
             Ok(Found::Table(stored)) => self.on_written(stored, sent),
             Ok(Found::Absent) => {
                 self.state.on_absent(None, sent);
@@ -305,7 +307,7 @@ impl<S: MemberStore> Driver<S> {
     async fn write_once(&mut self) -> WriteOutcome {
         let now = seams::now();
         let pods = self.pods.borrow().clone();
-        let timeout = self.timing().store_timeout();
+        let store = self.store.clone();
         let sent = seams::now();
         let (res, what) = match self.state.desired(now, &pods) {
             Write::Nothing => return WriteOutcome::Nothing,
@@ -314,20 +316,22 @@ impl<S: MemberStore> Driver<S> {
                 record,
                 applied,
             } => {
-                let res = timed(timeout, self.store.replace(&base.resource_version, &record)).await;
+                let res = self
+                    .call(store.replace(&base.resource_version, &record))
+                    .await;
                 (res, Written::Replace { base, applied })
             }
             Write::Restore { base, record, me } => {
                 let res = match &base {
-                    None => timed(timeout, self.store.create(&record)).await,
-                    Some(rv) => timed(timeout, self.store.replace(rv, &record)).await,
+                    None => self.call(store.create(&record)).await,
+                    Some(rv) => self.call(store.replace(rv, &record)).await,
                 };
                 (res, Written::Restore(me))
             }
             Write::Form { base, record } => {
                 let res = match &base {
-                    None => timed(timeout, self.store.create(&record)).await,
-                    Some(rv) => timed(timeout, self.store.replace(rv, &record)).await,
+                    None => self.call(store.create(&record)).await,
+                    Some(rv) => self.call(store.replace(rv, &record)).await,
                 };
                 (res, Written::Form)
             }
@@ -391,6 +395,33 @@ enum WriteOutcome {
     Nothing,
     Conflict,
     Failed,
+}
+
+impl<S: MemberStore> Driver<S> {
+    /// Runs one store call within the store timeout (a timeout is a failure like any
+    /// other), taking in probe replies meanwhile: a store that hangs must not hold up the
+    /// peers' answers, which keep the node fresh (and Ready) while the API server is gone.
+    pub(super) async fn call<T>(
+        &mut self,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let call = timed(self.timing().store_timeout(), call);
+        tokio::pin!(call);
+        loop {
+            tokio::select! {
+                biased;
+                res = &mut call => return res,
+                Some(r) = self.probes.recv() => {
+                    let now = seams::now();
+                    self.on_probe(r, now);
+                    while let Ok(r) = self.probes.try_recv() {
+                        self.on_probe(r, now);
+                    }
+                    self.publish();
+                }
+            }
+        }
+    }
 }
 
 /// Runs one store call within `timeout`; a timeout is a failure like any other.

@@ -9,7 +9,7 @@ use futures::future::BoxFuture;
 use troupe_contract::MemberStatus;
 
 use super::LeaveReport;
-use super::driver::{Driver, timed};
+use super::driver::Driver;
 use crate::seams;
 use crate::store::{LeaseRecord, MemberStore, StoreError};
 use crate::view::BootstrapState;
@@ -102,11 +102,10 @@ impl<S: MemberStore> Driver<S> {
                 return true;
             }
             let sent = seams::now();
-            match timed(
-                self.timing().store_timeout(),
-                self.store.replace(&stored.resource_version, &record),
-            )
-            .await
+            let store = self.store.clone();
+            match self
+                .call(store.replace(&stored.resource_version, &record))
+                .await
             {
                 Ok(new) => {
                     self.on_written(new, sent);
