@@ -1341,3 +1341,41 @@ async fn a_hanging_store_does_not_make_ready_flap() -> anyhow::Result<()> {
     println!("[membership] store hung for {stretch:?}: 3 nodes Ready at all {samples} samples");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_cut_from_the_store_learn_a_restore_from_the_restorers_answers()
+-> anyhow::Result<()> {
+    // Seeds 366, 1706, ... of `make simulate`: node-a and node-b cannot reach the store
+    // when the Lease is deleted; node-c restores it, as a new incarnation alone in the
+    // restored epoch. node-a and node-b, a majority of the old table, serve it on each
+    // other's word; they must learn the restored epoch from node-c's answers (another
+    // incarnation now) before node-c serves it, not stay beside it.
+    let c = formed(&FIVE[..3]).await?;
+    let before = c.table();
+    for n in &c.nodes[..2] {
+        n.store.set_cut(true);
+    }
+    c.store.delete();
+    until(
+        "node-a and node-b follow the restored epoch",
+        Duration::from_secs(10),
+        &c,
+        |c| {
+            c.nodes[..2].iter().all(|n| {
+                n.node
+                    .as_ref()
+                    .is_some_and(|x| x.view().borrow().table.epoch == before.epoch + 1)
+            })
+        },
+    )
+    .await?;
+    for n in &c.nodes[..2] {
+        n.store.set_cut(false);
+    }
+    until("all Up", Duration::from_secs(10), &c, |c| {
+        c.all_up(&FIVE[..3])
+    })
+    .await?;
+    assert_eq!(c.table().cluster, before.cluster);
+    Ok(())
+}

@@ -506,12 +506,10 @@ pub(crate) async fn probe_loop<P: Prober>(
             let member = m.clone();
             tokio::spawn(async move {
                 let sent_at = seams::now();
+                // Another incarnation's answer is passed on too: it is no answer of the
+                // member probed, but its table is news (a restored epoch, say).
                 let reply = match prober.probe(&member).await {
-                    Ok(r) if r.pod == key.pod && r.incarnation == key.incarnation => Some(r),
-                    Ok(r) => {
-                        tracing::debug!(member = %key, answered = %r.incarnation, "another incarnation answered");
-                        None
-                    }
+                    Ok(r) => Some(r),
                     Err(e) => {
                         tracing::debug!(member = %key, error = %e, "probe failed");
                         None

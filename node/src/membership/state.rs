@@ -260,6 +260,18 @@ impl MemberState {
             self.fd.record(&r.key, false, r.sent_at);
             return;
         };
+        if reply.pod != r.key.pod || reply.incarnation != r.key.incarnation {
+            // Another incarnation runs there: the member probed did not answer. A later
+            // table of our cluster it follows is news all the same — after a restore the
+            // members of the earlier epoch rejoin as new incarnations, and their answers
+            // are how the others learn of the restored epoch.
+            tracing::debug!(member = %r.key, answered = %reply.incarnation, "another incarnation answered");
+            self.fd.record(&r.key, false, r.sent_at);
+            if order == Ordering::Greater {
+                self.adopt_from_peer(reply.table, now);
+            }
+            return;
+        }
         self.fd.record(&r.key, true, r.sent_at);
         if order != Ordering::Less
             && let Some(age) = reply.store_age_ms
@@ -271,14 +283,19 @@ impl MemberState {
         }
         if order == Ordering::Greater {
             tracing::debug!(from = %r.key, epoch = reply.table.epoch, version = reply.table.version, "newer member table from a peer");
-            if reply.table.epoch > self.table.epoch && self.lost.is_some() {
-                // Somebody restored the Lease: read it before writing.
-                self.lost = None;
-                self.lease = LeaseState::Unknown;
-                self.need_read = true;
-            }
-            self.adopt(reply.table, now);
+            self.adopt_from_peer(reply.table, now);
         }
+    }
+
+    /// A later table of our cluster from a peer.
+    fn adopt_from_peer(&mut self, table: MemberTable, now: Instant) {
+        if table.epoch > self.table.epoch && self.lost.is_some() {
+            // Somebody restored the Lease: read it before writing.
+            self.lost = None;
+            self.lease = LeaseState::Unknown;
+            self.need_read = true;
+        }
+        self.adopt(table, now);
     }
 
     /// The pods a fresh node asks, while the Lease holds no table, whether they follow a
