@@ -87,6 +87,10 @@ pub(crate) struct MemberState {
     lost: Option<(Instant, Instant)>,
     /// After adopting a later epoch, serving waits until then.
     epoch_hold: Option<Instant>,
+    /// When this node, Up in its table, last lost its freshness, until store contact
+    /// (direct or relayed) from a call sent since then: meanwhile its peers' answers do
+    /// not make it serve (it may have been downed while cut off, and nobody told them).
+    lapsed: Option<Instant>,
     /// When a peer pod last answered (a fresh node's survey) that it follows a cluster.
     follower_seen: Option<Instant>,
     /// Per peer pod, when the latest survey probe that came back (answered or failed)
@@ -131,6 +135,7 @@ impl MemberState {
             following: false,
             lost: None,
             epoch_hold: None,
+            lapsed: None,
             follower_seen: None,
             surveyed: BTreeMap::new(),
             observer: LeaseObserver::new(now),
@@ -177,6 +182,7 @@ impl MemberState {
     /// A record with a table. `contact` is when the call that returned it was sent (a
     /// read or a write), `None` for a watch event (news, never contact: it may lag).
     pub(crate) fn on_stored(&mut self, stored: Stored, contact: Option<Instant>, now: Instant) {
+        self.note_lapse(now);
         let table = stored.record.table.clone();
         if self.following && table.compare(&self.table).is_none() {
             self.switch_cluster(&table);
@@ -251,6 +257,7 @@ impl MemberState {
     /// A probe's outcome. A peer of another cluster counts neither as reached nor as
     /// store contact, and its table is never adopted.
     pub(crate) fn on_probe(&mut self, r: ProbeResult, now: Instant) {
+        self.note_lapse(now);
         let Some(reply) = r.reply else {
             self.fd.record(&r.key, false, r.sent_at);
             return;
@@ -382,18 +389,8 @@ impl MemberState {
             .iter()
             .find(|m| self.me.is(m))
             .map(|m| m.status);
-        let held = self.lease_lost() || self.epoch_hold.is_some_and(|h| now < h);
-        let serving_until = if self.leaving.is_none() && !held {
-            serving_until(
-                &self.table,
-                &self.me,
-                self.store_contact,
-                &self.fd,
-                self.timing.isolation_timeout,
-            )
-        } else {
-            None
-        };
+        self.note_lapse(now);
+        let serving_until = self.serving_until(now);
         let serving = serving_until.is_some_and(|u| now <= u);
         let coordinator = self
             .stored
@@ -422,6 +419,52 @@ impl MemberState {
             store_contact: self.store_contact,
             up_after: self.up_after,
             started_at_ms: self.started_at_ms,
+        }
+    }
+
+    /// Until when this node may serve, as of `now` (`None`: not at all): Up in its table,
+    /// not leaving, not held (Lease lost, or a later epoch just adopted), and fresh. After
+    /// a lapse of freshness only store contact since the lapse counts: a node cut off
+    /// long enough may have been downed meanwhile, and its peers need not know it (the
+    /// coordinator's write may have taken although its answer never came back).
+    fn serving_until(&self, now: Instant) -> Option<Instant> {
+        let held = self.lease_lost() || self.epoch_hold.is_some_and(|h| now < h);
+        if self.leaving.is_some() || held {
+            return None;
+        }
+        let iso = self.timing.isolation_timeout;
+        match self.lapsed {
+            Some(t) if self.store_contact.is_none_or(|c| c < t) => None,
+            _ => serving_until(&self.table, &self.me, self.store_contact, &self.fd, iso),
+        }
+    }
+
+    /// Notes, before taking in news at `now`, whether this node's freshness has lapsed
+    /// (see [`MemberState::serving_until`]), and clears a lapse that store contact since
+    /// then ended.
+    fn note_lapse(&mut self, now: Instant) {
+        if let Some(t) = self.lapsed {
+            if self.store_contact.is_some_and(|c| c >= t) {
+                self.lapsed = None;
+            }
+            return;
+        }
+        let up = self
+            .table
+            .members
+            .iter()
+            .any(|m| self.me.is(m) && m.status == MemberStatus::Up);
+        if !up {
+            return;
+        }
+        if let Some(u) = self.serving_until(now)
+            && u < now
+        {
+            tracing::info!(
+                lapsed_ms = now.saturating_duration_since(u).as_millis() as u64,
+                "freshness lapsed; serving again only after store contact"
+            );
+            self.lapsed = Some(u);
         }
     }
 
@@ -829,6 +872,39 @@ mod tests {
             Write::Replace { record, .. }
             if record.table.get("a").is_some_and(|m| m.status == MemberStatus::Joining)
         ));
+    }
+
+    #[test]
+    fn a_node_that_lost_its_freshness_serves_again_only_after_store_contact() {
+        // Seed 9214: pod-1 was cut from its peers (net delay) while the store answered
+        // too late for everybody; the coordinator downed it (the write took, its answer
+        // timed out). When the delay healed, pod-1 served again on its peers' word, whose
+        // tables all predated the Down.
+        let t0 = Instant::now();
+        let mut s = state("a", t0);
+        let t = table(0, &["a", "b", "c"]);
+        s.on_stored(stored("1", t.clone()), Some(t0), t0);
+        assert!(s.view(t0).serving);
+        let t1 = t0 + 1500 * MS;
+        assert!(!s.view(t1).serving, "still fresh without store or peers");
+        let no_store = |at: Instant| {
+            let mut r = reply("b", t.clone(), at);
+            if let Some(p) = r.reply.as_mut() {
+                p.store_age_ms = None;
+            }
+            r
+        };
+        s.on_probe(no_store(t1), t1);
+        assert!(
+            !s.view(t1).serving,
+            "served again on its peers' word after its freshness lapsed"
+        );
+        // A read sent after the lapse: serving again, and peers count again.
+        let t2 = t1 + 10 * MS;
+        s.on_stored(stored("1", t.clone()), Some(t2), t2);
+        assert!(s.view(t2).serving);
+        s.on_probe(no_store(t2 + 900 * MS), t2 + 900 * MS);
+        assert!(s.view(t2 + 1500 * MS).serving, "a majority answered");
     }
 
     #[test]
