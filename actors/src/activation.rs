@@ -25,7 +25,6 @@
 
 use std::{
     cell::Cell,
-    collections::HashMap,
     panic::AssertUnwindSafe,
     sync::{
         Arc, Mutex, RwLock,
@@ -45,6 +44,7 @@ use crate::{
     mailbox::{Envelope, Mailbox},
     message::Reply,
     metrics::TypeStats,
+    hashing::HashMap,
     placement::{TableOrder, key_hash},
     supervision::Backoff,
 };
@@ -145,6 +145,12 @@ impl Activation {
         *lock(&self.generation)
     }
 
+    /// Whether [`stop_now`](Self::stop_now) was called: it handles no message after the
+    /// one in hand.
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Acquire) != STOP_NONE
+    }
+
     /// Stops the actor at once: the message being handled finishes, queued asks are
     /// answered `Unavailable` (503), queued tells are counted as aborted dead letters. Its
     /// state is parked when `keep_state`, dropped otherwise.
@@ -189,7 +195,7 @@ impl Activation {
 
 const SHARDS: usize = 16;
 
-type Shard = RwLock<HashMap<Box<str>, Arc<Activation>, foldhash::fast::RandomState>>;
+type Shard = RwLock<HashMap<Box<str>, Arc<Activation>>>;
 
 /// Everything a node keeps about one actor type.
 pub struct TypeEntry {
@@ -202,7 +208,7 @@ pub struct TypeEntry {
     /// Its metrics.
     pub stats: TypeStats,
     shards: Box<[Shard]>,
-    parked: Mutex<HashMap<Box<str>, State, foldhash::fast::RandomState>>,
+    parked: Mutex<HashMap<Box<str>, State>>,
 }
 
 impl std::fmt::Debug for TypeEntry {
