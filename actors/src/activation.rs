@@ -30,7 +30,7 @@ use std::{
         Arc, Mutex, RwLock,
         atomic::{AtomicBool, AtomicU8, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use bytes::Bytes;
@@ -41,10 +41,10 @@ use crate::{
     behavior::{Actor, ActorType, Step},
     config::{MailboxConfig, SupervisionConfig},
     error::{ActorError, DeliveryError},
+    hashing::HashMap,
     mailbox::{Envelope, Mailbox},
     message::Reply,
     metrics::TypeStats,
-    hashing::HashMap,
     placement::{TableOrder, key_hash},
     supervision::Backoff,
 };
@@ -495,7 +495,7 @@ pub async fn run(
         }
         handled_since_check += 1;
         let started = envelope.enqueued.map(|queued| {
-            let now = Instant::now();
+            let now = crate::time::now();
             entry
                 .stats
                 .waiting
@@ -505,7 +505,10 @@ pub async fn run(
         let outcome = handle(&mut *actor, &envelope).await;
         entry.stats.processed.inc();
         if let Some(s) = started {
-            entry.stats.processing.observe(s.elapsed().as_secs_f64());
+            entry
+                .stats
+                .processing
+                .observe(crate::time::since(s).as_secs_f64());
         }
         match outcome {
             Ok(reply) => {
@@ -515,7 +518,7 @@ pub async fn run(
             }
             Err(panic) => {
                 entry.stats.restarts.inc();
-                let delay = backoff.on_failure(Instant::now());
+                let delay = backoff.on_failure(crate::time::now());
                 tracing::warn!(
                     actor_type = %entry.name, id = %id, panic = %panic,
                     restart_in_ms = delay.as_millis() as u64,

@@ -69,6 +69,7 @@ pub mod runtime;
 pub mod sidecar;
 pub mod supervision;
 mod sync;
+pub mod time;
 pub mod transport;
 pub mod wire;
 

@@ -439,3 +439,75 @@ pub async fn serve_connection(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus::Opts;
+
+    /// Connects every address to a fresh in-memory pipe served by `serve_connection`,
+    /// which answers a `Deliver` with its payload; "refused" addresses are refused.
+    #[derive(Debug)]
+    struct Pipes(IntCounterVec);
+
+    impl Connector for Pipes {
+        fn connect<'a>(&'a self, addr: &'a str) -> Connecting<'a> {
+            Box::pin(async move {
+                if addr.starts_with("refused") {
+                    return Err(std::io::ErrorKind::ConnectionRefused.into());
+                }
+                let (client, server) = tokio::io::duplex(1024);
+                let (sr, sw) = tokio::io::split(server);
+                let fast: FastPath = Arc::new(Err);
+                let handler: Handler = Arc::new(|req| {
+                    Box::pin(async move {
+                        match req {
+                            Request::Deliver { payload, .. } => Response::Reply(payload),
+                            _ => Response::HandOffAck,
+                        }
+                    })
+                });
+                tokio::spawn(serve_connection(
+                    Box::new(sr),
+                    Box::new(sw),
+                    addr.to_owned(),
+                    fast,
+                    handler,
+                    1 << 20,
+                    self.0.clone(),
+                ));
+                let (cr, cw) = tokio::io::split(client);
+                Ok((Box::new(cr) as ReadHalf, Box::new(cw) as WriteHalf))
+            })
+        }
+    }
+
+    fn deliver(payload: &'static str) -> Request {
+        Request::Deliver {
+            ask: true,
+            order: (0, 1),
+            hops: 1,
+            actor_type: "counter".into(),
+            id: "x".into(),
+            method: "add".into(),
+            payload: Bytes::from_static(payload.as_bytes()),
+        }
+    }
+
+    #[tokio::test]
+    async fn links_made_by_another_connector_carry_the_same_frames() {
+        let errors =
+            IntCounterVec::new(Opts::new("errors", "errors"), &["kind"]).unwrap_or_else(|e| {
+                panic!("metric: {e}");
+            });
+        let peers = Peers::with_connector(1 << 20, errors.clone(), Arc::new(Pipes(errors)));
+        let timeout = Duration::from_secs(5);
+        for p in ["one", "two", "three"] {
+            let r = peers.request("b:7000", deliver(p), timeout).await;
+            assert_eq!(r, Ok(Response::Reply(Bytes::from_static(p.as_bytes()))));
+        }
+        assert_eq!(lock(&peers.links).len(), 1, "one link per peer, reused");
+        let r = peers.request("refused:7000", deliver("x"), timeout).await;
+        assert_eq!(r, Err(TransportError::Refused("refused:7000".into())));
+    }
+}

@@ -181,10 +181,16 @@ mod tests {
 
     #[test]
     fn two_running_activations_of_one_actor_break_oracle_a() {
-        let a = [held("x", Phase::Active, false), held("y", Phase::Active, false)];
+        let a = [
+            held("x", Phase::Active, false),
+            held("y", Phase::Active, false),
+        ];
         let b = [held("x", Phase::Closing, false)];
         let found = double_activations(&[("p0", &a), ("p1", &b)]);
-        assert!(found.as_deref().is_some_and(|f| f.contains("counter/x")), "{found:?}");
+        assert!(
+            found.as_deref().is_some_and(|f| f.contains("counter/x")),
+            "{found:?}"
+        );
         assert!(!found.unwrap_or_default().contains("counter/y"));
     }
 
@@ -207,8 +213,12 @@ mod tests {
             ("c".to_owned(), Tally { sent: 2, acked: 2 }),
         ]
         .into();
-        let values: BTreeMap<String, i64> =
-            [("a".to_owned(), 1), ("b".to_owned(), 1), ("c".to_owned(), 3)].into();
+        let values: BTreeMap<String, i64> = [
+            ("a".to_owned(), 1),
+            ("b".to_owned(), 1),
+            ("c".to_owned(), 3),
+        ]
+        .into();
         let exposed: BTreeSet<String> = ["a".to_owned()].into();
         let r = losses(&values, &tallies, &exposed, 1);
         assert_eq!((r.short, r.missing, r.counted), (2, 6, 1));

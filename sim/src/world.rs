@@ -395,11 +395,15 @@ impl Workload {
 
 /// The counters `actors` holds now: active or closing (oracle (a)'s sense), or parked.
 fn counters_held(actors: &ActorRuntime) -> BTreeSet<String> {
-    let mut held: BTreeSet<String> = actors
-        .activations()
-        .into_iter()
+    held_of(actors, &actors.activations())
+}
+
+/// [`counters_held`] with the activations already listed.
+fn held_of(actors: &ActorRuntime, acts: &[troupe_actors::HeldActivation]) -> BTreeSet<String> {
+    let mut held: BTreeSet<String> = acts
+        .iter()
         .filter(|a| a.actor_type == COUNTER && is_active(a))
-        .map(|a| a.id)
+        .map(|a| a.id.clone())
         .collect();
     held.extend(
         actors
@@ -1014,7 +1018,8 @@ impl World {
             if matches!(n.life, Life::Paused { .. }) {
                 continue;
             }
-            let held = counters_held(&n.actors);
+            let acts = n.actors.activations();
+            let held = held_of(&n.actors, &acts);
             let evictions = n.actors.evictions();
             if evictions > n.evictions || self.work.doomed.contains(&n.incarnation) {
                 self.work.exposed.extend(n.held.iter().cloned());
@@ -1022,7 +1027,7 @@ impl World {
             }
             n.evictions = evictions;
             n.held = held;
-            holdings.push((pod.clone(), n.actors.activations()));
+            holdings.push((pod.clone(), acts));
         }
         let refs: Vec<(&str, &[troupe_actors::HeldActivation])> = holdings
             .iter()
@@ -1104,7 +1109,11 @@ impl World {
         let mut line = String::from("actors:");
         for (id, t) in &tallies {
             let v = self.values.get(id).copied().unwrap_or(0);
-            let mark = if self.work.exposed.contains(id) { "*" } else { "" };
+            let mark = if self.work.exposed.contains(id) {
+                "*"
+            } else {
+                ""
+            };
             let _ = write!(line, " {id}{mark}={v} (acked {}, sent {})", t.acked, t.sent);
         }
         let _ = write!(

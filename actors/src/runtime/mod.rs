@@ -271,7 +271,7 @@ impl Drop for InFlight<'_> {
 
 /// A deadline "for ever" for [`ActorRuntime::set_accepting`].
 fn far_future() -> Instant {
-    let now = Instant::now();
+    let now = crate::time::now();
     now.checked_add(Duration::from_secs(10 * 365 * 86_400))
         .unwrap_or(now + Duration::from_secs(86_400))
 }
@@ -463,7 +463,7 @@ impl ActorRuntime {
             pushed == Pushed::OtherCluster,
         );
         {
-            let now = Instant::now();
+            let now = crate::time::now();
             let mut down = lock(&self.inner.down_since);
             down.retain(|(p, i), _| placement.status_of(p, i) == Some(MemberStatus::Down));
             for (m, s) in &placement.members {
@@ -605,6 +605,7 @@ impl ActorRuntime {
             .inner
             .entries()
             .iter()
+            .filter(|e| e.active_count() > 0)
             .flat_map(|e| {
                 e.activations().into_iter().map(|(id, a)| HeldActivation {
                     actor_type: e.name.to_string(),
@@ -729,7 +730,7 @@ impl Inner {
     pub(super) fn serving_now(&self) -> bool {
         self.serving_until
             .borrow()
-            .is_some_and(|u| Instant::now() <= u)
+            .is_some_and(|u| crate::time::now() <= u)
     }
 
     /// Whether client and in-process work is taken.

@@ -322,7 +322,7 @@ impl Inner {
         entry: &TypeEntry,
         id: &str,
     ) -> Result<Grant, ()> {
-        let give_up = Instant::now() + self.config.ask_timeout * 2;
+        let give_up = crate::time::now() + self.config.ask_timeout * 2;
         loop {
             let request = Request::Claim {
                 cluster: current.cluster.to_string(),
@@ -368,7 +368,7 @@ impl Inner {
                     let since = lock(&self.down_since)
                         .get(&(member.pod.clone(), member.incarnation.clone()))
                         .copied();
-                    (status, since.map(|t| t.elapsed()))
+                    (status, since.map(crate::time::since))
                 }
                 None => (None, None),
             };
@@ -378,7 +378,7 @@ impl Inner {
                     tracing::warn!(peer = %member.pod, ?status, error = %error, actor_type = %entry.name, id, "previous owner is gone; activating without its state");
                     return Ok(Grant::State(None));
                 }
-                Unanswered::Wait if Instant::now() > give_up => {
+                Unanswered::Wait if crate::time::now() > give_up => {
                     tracing::warn!(peer = %member.pod, ?status, error = %error, "previous owner unreachable; not activating");
                     return Err(());
                 }
