@@ -52,7 +52,8 @@
 //! [`activation`] (running actors, supervision, passivation), [`placement`] (rendezvous),
 //! [`runtime`] (routing, claims, hand-over, drain), [`wire`] and [`transport`]
 //! (node-to-node), [`client_api`] (HTTP), [`metrics`], [`supervision`] (backoff),
-//! [`config`], [`error`], [`message`].
+//! [`config`], [`error`], [`message`]; [`time`] and [`hashing`] (the runtime's clock and
+//! map hasher, seams for deterministic simulation).
 
 pub mod activation;
 pub mod behavior;

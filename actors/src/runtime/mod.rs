@@ -96,6 +96,15 @@
 //! longer makes this node an owner, close every actor (each finishes its mailbox), push
 //! every parked state to its new owner, and wait for in-flight requests to finish.
 //!
+//! **Determinism seams** (the simulation in `sim/` runs this runtime unchanged): links to
+//! peers are made by a [`transport::Connector`] ([`ActorRuntime::with_connector`]; TCP in
+//! production) and peers' connections can be served one by one
+//! ([`ActorRuntime::serve_transport_connection`]); every instant the runtime measures is
+//! tokio's ([`crate::time`]), so paused time drives it; maps hash with a fixed seed on a
+//! thread that asks for it ([`crate::hashing`]), so iteration order replays; and
+//! [`ActorRuntime::activations`], [`ActorRuntime::parked_states`] and
+//! [`ActorRuntime::evictions`] are read-only views for the simulation's oracles.
+//!
 //! Assumptions: a node that is cut off stops serving (its deadline passes) before the
 //! coordinator may down it, and `down_grace` covers the time until it notices; clocks are
 //! monotonic per node. Not covered: a chain of holders longer than [`MAX_CLAIM_CHAIN`], and
