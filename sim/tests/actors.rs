@@ -96,3 +96,19 @@ fn crashes_that_lose_state_are_exposed_and_counted() {
     );
     assert!(counted > 0, "losses were never counted by the metric:\n{t}");
 }
+
+/// Seed 289 (found by `make simulate`): pod-0 is partitioned while it can still reach the
+/// store, so it serves on; the coordinator downs it and removes it one second later
+/// (`down_linger`). pod-1 activated counter c5 under the table without pod-0 at once,
+/// without claiming it (previous owners gone from the table were taken to hold nothing),
+/// while pod-0 still ran it. A member removed without a leave is now claimed, and waited
+/// for, until the down grace has passed since it was first seen Down or gone.
+#[test]
+fn a_holder_removed_right_after_its_down_is_claimed_before_the_actor_moves() {
+    let t = text(&sim(&[("SEED", "289")]));
+    assert!(!t.contains("one activation at a time"), "{t}");
+    assert!(
+        t.contains("] actors: "),
+        "the run did not reach the final reads:\n{t}"
+    );
+}

@@ -453,12 +453,13 @@ impl ActorRuntime {
         let port = self.inner.config.transport_port;
         let placement = Arc::new(Placement::from_table(table, |a| transport_addr(a, port)));
         let pod = self.inner.config.pod.clone();
-        let (pushed, before) = {
+        let (pushed, before, previous) = {
             let mut view = write(&self.inner.view);
-            let before = view
-                .current()
+            let previous = view.current().cloned();
+            let before = previous
+                .as_ref()
                 .and_then(|p| p.member(&pod).map(|(m, s)| (m.incarnation.clone(), *s)));
-            (view.push(placement.clone()), before)
+            (view.push(placement.clone()), before, previous)
         };
         if !pushed.recorded() {
             return;
@@ -473,8 +474,27 @@ impl ActorRuntime {
         );
         {
             let now = crate::time::now();
+            let grace = self.inner.config.down_grace;
             let mut down = lock(&self.inner.down_since);
-            down.retain(|(p, i), _| placement.status_of(p, i) == Some(MemberStatus::Down));
+            // Down, or gone from the table without a leave (and not replaced by a new
+            // incarnation, whose start means the old process is dead) for less than the
+            // grace: it may still serve (`ownership::unanswered`).
+            let gone = |p: &str| placement.member(p).is_none();
+            down.retain(|(p, i), since| match placement.status_of(p, i) {
+                Some(MemberStatus::Down) => true,
+                Some(_) => false,
+                None => gone(p) && crate::time::since(*since) < grace,
+            });
+            if pushed != Pushed::OtherCluster
+                && let Some(prev) = &previous
+            {
+                for (m, s) in &prev.members {
+                    if *s != MemberStatus::Leaving && gone(&m.pod) {
+                        down.entry((m.pod.clone(), m.incarnation.clone()))
+                            .or_insert(now);
+                    }
+                }
+            }
             for (m, s) in &placement.members {
                 if *s == MemberStatus::Down {
                     down.entry((m.pod.clone(), m.incarnation.clone()))
