@@ -112,3 +112,17 @@ fn a_holder_removed_right_after_its_down_is_claimed_before_the_actor_moves() {
         "the run did not reach the final reads:\n{t}"
     );
 }
+
+/// Open finding (seed 850, also 2083 and 4064): acknowledged increments of a counter go
+/// missing although no process that held it crashed, was downed, evicted or left holding
+/// it. Shrunk (`SEED=850 SHRINK=1 make simulate`): pod-1 partitioned 8.5 s, pod-2 slowed,
+/// the Lease deleted (a new cluster id forms), pod-0 scaled down, pod-2 deleted and
+/// recreated, pod-3 scaled up; c5 ends 4 below its acknowledged 94. Not yet diagnosed: a
+/// hand-off refused as `Conflict` while the leaving pod-0 drained into the new cluster is
+/// the first suspect; or a gap in the oracle's exposure sampling (once per step).
+#[test]
+#[ignore = "open: acknowledged increments lost without a crash (seed 850), see the doc comment"]
+fn a_lease_deletion_and_a_leave_lose_no_acknowledged_increment() {
+    let t = text(&sim(&[("SEED", "850")]));
+    assert!(!t.contains("no acknowledged update lost"), "{t}");
+}
