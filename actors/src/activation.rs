@@ -25,13 +25,12 @@
 
 use std::{
     cell::Cell,
-    collections::HashMap,
     panic::AssertUnwindSafe,
     sync::{
         Arc, Mutex, RwLock,
         atomic::{AtomicBool, AtomicU8, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use bytes::Bytes;
@@ -42,6 +41,7 @@ use crate::{
     behavior::{Actor, ActorType, Step},
     config::{MailboxConfig, SupervisionConfig},
     error::{ActorError, DeliveryError},
+    hashing::HashMap,
     mailbox::{Envelope, Mailbox},
     message::Reply,
     metrics::TypeStats,
@@ -145,6 +145,12 @@ impl Activation {
         *lock(&self.generation)
     }
 
+    /// Whether [`stop_now`](Self::stop_now) was called: it handles no message after the
+    /// one in hand.
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Acquire) != STOP_NONE
+    }
+
     /// Stops the actor at once: the message being handled finishes, queued asks are
     /// answered `Unavailable` (503), queued tells are counted as aborted dead letters. Its
     /// state is parked when `keep_state`, dropped otherwise.
@@ -189,7 +195,7 @@ impl Activation {
 
 const SHARDS: usize = 16;
 
-type Shard = RwLock<HashMap<Box<str>, Arc<Activation>, foldhash::fast::RandomState>>;
+type Shard = RwLock<HashMap<Box<str>, Arc<Activation>>>;
 
 /// Everything a node keeps about one actor type.
 pub struct TypeEntry {
@@ -202,7 +208,7 @@ pub struct TypeEntry {
     /// Its metrics.
     pub stats: TypeStats,
     shards: Box<[Shard]>,
-    parked: Mutex<HashMap<Box<str>, State, foldhash::fast::RandomState>>,
+    parked: Mutex<HashMap<Box<str>, State>>,
 }
 
 impl std::fmt::Debug for TypeEntry {
@@ -489,7 +495,7 @@ pub async fn run(
         }
         handled_since_check += 1;
         let started = envelope.enqueued.map(|queued| {
-            let now = Instant::now();
+            let now = crate::time::now();
             entry
                 .stats
                 .waiting
@@ -499,7 +505,10 @@ pub async fn run(
         let outcome = handle(&mut *actor, &envelope).await;
         entry.stats.processed.inc();
         if let Some(s) = started {
-            entry.stats.processing.observe(s.elapsed().as_secs_f64());
+            entry
+                .stats
+                .processing
+                .observe(crate::time::since(s).as_secs_f64());
         }
         match outcome {
             Ok(reply) => {
@@ -509,7 +518,7 @@ pub async fn run(
             }
             Err(panic) => {
                 entry.stats.restarts.inc();
-                let delay = backoff.on_failure(Instant::now());
+                let delay = backoff.on_failure(crate::time::now());
                 tracing::warn!(
                     actor_type = %entry.name, id = %id, panic = %panic,
                     restart_in_ms = delay.as_millis() as u64,

@@ -52,7 +52,8 @@
 //! [`activation`] (running actors, supervision, passivation), [`placement`] (rendezvous),
 //! [`runtime`] (routing, claims, hand-over, drain), [`wire`] and [`transport`]
 //! (node-to-node), [`client_api`] (HTTP), [`metrics`], [`supervision`] (backoff),
-//! [`config`], [`error`], [`message`].
+//! [`config`], [`error`], [`message`]; [`time`] and [`hashing`] (the runtime's clock and
+//! map hasher, seams for deterministic simulation).
 
 pub mod activation;
 pub mod behavior;
@@ -60,6 +61,7 @@ pub mod builtin;
 pub mod client_api;
 pub mod config;
 pub mod error;
+pub mod hashing;
 pub mod mailbox;
 pub mod message;
 pub mod metrics;
@@ -68,6 +70,7 @@ pub mod runtime;
 pub mod sidecar;
 pub mod supervision;
 mod sync;
+pub mod time;
 pub mod transport;
 pub mod wire;
 
@@ -75,4 +78,4 @@ pub use behavior::{Actor, ActorType, ReplyFuture, Step};
 pub use config::{MailboxConfig, OverflowPolicy, RuntimeConfig, SupervisionConfig};
 pub use error::{ActorError, DeliveryError, Error};
 pub use message::{Answer, Message, Reply};
-pub use runtime::{ActorRef, ActorRuntime, DrainReport};
+pub use runtime::{ActorRef, ActorRuntime, DrainReport, HeldActivation};

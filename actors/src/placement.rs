@@ -236,6 +236,33 @@ impl PlacementHistory {
 }
 
 impl PlacementHistory {
+    /// Members other than `self_pod` that owned `(actor_type, id)` under an earlier
+    /// placement and whose pod is gone from the current table, as they were placed then
+    /// (the caller keeps those removed without a leave so recently that they may still
+    /// serve).
+    pub fn previous_owners_gone(
+        &self,
+        actor_type: &str,
+        id: &str,
+        self_pod: &str,
+    ) -> Vec<PlacedMember> {
+        let Some(current) = self.current() else {
+            return Vec::new();
+        };
+        let key = key_hash(actor_type, id);
+        let mut out: Vec<PlacedMember> = Vec::new();
+        for p in self.placements.iter().rev() {
+            if let Some(o) = p.owner_of_hash(key)
+                && &*o.pod != self_pod
+                && current.member(&o.pod).is_none()
+                && !out.iter().any(|x| x.pod == o.pod)
+            {
+                out.push(o.clone());
+            }
+        }
+        out
+    }
+
     /// When the first placement this node ever saw (of this cluster) already made
     /// `self_pod` the owner of `(actor_type, id)`, the history cannot say who had it
     /// before (the tables in between were never fed here): the member that would own it in

@@ -15,10 +15,15 @@
 //! dropped, e.g. after a conntrack flush): it is closed and replaced on the next request.
 //! This module knows nothing of actors: it moves [`Request`]s and [`Response`]s.
 //!
+//! **Seam.** Links are made by a [`Connector`] and connections are served by
+//! [`serve_connection`], both over any byte stream; production uses [`TcpConnector`] and
+//! [`serve`] (a `TcpListener`), the deterministic simulation in-memory pipes routed by its
+//! network. The wire format is the same either way.
+//!
 //! [`wire`]: crate::wire
 
 use std::{
-    collections::HashMap,
+    fmt,
     future::Future,
     pin::Pin,
     sync::{
@@ -31,11 +36,12 @@ use std::{
 use bytes::{Bytes, BytesMut};
 use prometheus::IntCounterVec;
 use tokio::{
-    io::{AsyncWrite, AsyncWriteExt, BufReader, BufWriter},
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter},
     net::{TcpListener, TcpStream},
     sync::{mpsc, oneshot},
 };
 
+use crate::hashing::HashMap;
 use crate::wire::{self, Frame, Request, Response};
 
 /// Frames queued for one connection's writer before senders wait.
@@ -55,6 +61,39 @@ fn set_keepalive(stream: &TcpStream) {
         .with_retries(retries);
     if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&ka) {
         tracing::debug!(error = %e, "cannot set TCP keepalive");
+    }
+}
+
+/// The reading half of a transport connection.
+pub type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+/// The writing half of a transport connection.
+pub type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
+/// A transport connection, split.
+pub type Connection = (ReadHalf, WriteHalf);
+/// What [`Connector::connect`] returns.
+pub type Connecting<'a> = Pin<Box<dyn Future<Output = std::io::Result<Connection>> + Send + 'a>>;
+
+/// Opens connections to peers' transport addresses (`host:port`). An error of kind
+/// `ConnectionRefused` means nothing listens there ([`TransportError::Refused`]); the
+/// caller bounds the attempt with its own timeout.
+pub trait Connector: Send + Sync + fmt::Debug {
+    /// Connects to `addr`.
+    fn connect<'a>(&'a self, addr: &'a str) -> Connecting<'a>;
+}
+
+/// The production [`Connector`]: TCP with `TCP_NODELAY` and [`KEEPALIVE`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TcpConnector;
+
+impl Connector for TcpConnector {
+    fn connect<'a>(&'a self, addr: &'a str) -> Connecting<'a> {
+        Box::pin(async move {
+            let stream = TcpStream::connect(addr).await?;
+            let _ = stream.set_nodelay(true);
+            set_keepalive(&stream);
+            let (r, w) = stream.into_split();
+            Ok((Box::new(r) as ReadHalf, Box::new(w) as WriteHalf))
+        })
     }
 }
 
@@ -147,16 +186,27 @@ pub struct Peers {
     next_corr: AtomicU64,
     max_frame: usize,
     errors: IntCounterVec,
+    connector: Arc<dyn Connector>,
 }
 
 impl Peers {
-    /// No links yet; frames above `max_frame` bytes are refused.
+    /// No links yet; frames above `max_frame` bytes are refused; links are TCP.
     pub fn new(max_frame: usize, errors: IntCounterVec) -> Self {
+        Self::with_connector(max_frame, errors, Arc::new(TcpConnector))
+    }
+
+    /// Like [`new`](Self::new), with links made by `connector`.
+    pub fn with_connector(
+        max_frame: usize,
+        errors: IntCounterVec,
+        connector: Arc<dyn Connector>,
+    ) -> Self {
         Self {
-            links: Mutex::new(HashMap::new()),
+            links: Mutex::new(HashMap::default()),
             next_corr: AtomicU64::new(1),
             max_frame,
             errors,
+            connector,
         }
     }
 
@@ -166,7 +216,7 @@ impl Peers {
         {
             return Ok(l.clone());
         }
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        let (r, w) = tokio::time::timeout(CONNECT_TIMEOUT, self.connector.connect(addr))
             .await
             .map_err(|_| TransportError::Unreachable(addr.into(), "connect timed out".into()))?
             .map_err(|e| {
@@ -176,9 +226,6 @@ impl Peers {
                     TransportError::Unreachable(addr.into(), e.to_string())
                 }
             })?;
-        let _ = stream.set_nodelay(true);
-        set_keepalive(&stream);
-        let (r, w) = stream.into_split();
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         let pending: Arc<Pending> = Arc::default();
         let alive = Arc::new(AtomicBool::new(true));
@@ -326,51 +373,141 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         set_keepalive(&stream);
-        let handler = handler.clone();
-        let fast = fast.clone();
-        let errors = errors.clone();
-        tokio::spawn(async move {
-            let (r, w) = stream.into_split();
-            let (tx, rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
-            tokio::spawn(write_frames(rx, w));
-            let mut r = BufReader::with_capacity(64 * 1024, r);
-            loop {
-                match wire::read_frame(&mut r, max_frame).await {
-                    Ok(Some(Ok(Frame::Request(corr, req)))) => {
-                        // Requests that need no waiting (a tell to an active actor) are
-                        // answered inline, in order, without a task per request.
-                        let req = match fast(req) {
-                            Ok(resp) => {
-                                if tx
-                                    .send(encode_response(corr, resp, max_frame))
-                                    .await
-                                    .is_err()
-                                {
-                                    break;
-                                }
-                                continue;
-                            }
-                            Err(req) => req,
-                        };
-                        let handler = handler.clone();
-                        let tx = tx.clone();
-                        tokio::spawn(async move {
-                            let resp = handler(req).await;
-                            let _ = tx.send(encode_response(corr, resp, max_frame)).await;
-                        });
+        let (r, w) = stream.into_split();
+        tokio::spawn(serve_connection(
+            Box::new(r),
+            Box::new(w),
+            peer.to_string(),
+            fast.clone(),
+            handler.clone(),
+            max_frame,
+            errors.clone(),
+        ));
+    }
+}
+
+/// Serves one accepted peer connection until it closes: every request is answered with
+/// `fast` when it can be at once, else with `handler` in a task of its own. `peer` names
+/// the connection in logs.
+pub async fn serve_connection(
+    r: ReadHalf,
+    w: WriteHalf,
+    peer: String,
+    fast: FastPath,
+    handler: Handler,
+    max_frame: usize,
+    errors: IntCounterVec,
+) {
+    let (tx, rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
+    tokio::spawn(write_frames(rx, w));
+    let mut r = BufReader::with_capacity(64 * 1024, r);
+    loop {
+        match wire::read_frame(&mut r, max_frame).await {
+            Ok(Some(Ok(Frame::Request(corr, req)))) => {
+                // Requests that need no waiting (a tell to an active actor) are
+                // answered inline, in order, without a task per request.
+                let req = match fast(req) {
+                    Ok(resp) => {
+                        if tx
+                            .send(encode_response(corr, resp, max_frame))
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
+                        continue;
                     }
-                    Ok(Some(Ok(Frame::Response(..)))) | Ok(Some(Err(_))) => {
-                        errors.with_label_values(&["malformed_frame"]).inc();
-                        tracing::warn!(%peer, "malformed frame from peer; closing the connection");
-                        break;
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::debug!(%peer, error = %e, "peer connection closed");
-                        break;
-                    }
-                }
+                    Err(req) => req,
+                };
+                let handler = handler.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let resp = handler(req).await;
+                    let _ = tx.send(encode_response(corr, resp, max_frame)).await;
+                });
             }
-        });
+            Ok(Some(Ok(Frame::Response(..)))) | Ok(Some(Err(_))) => {
+                errors.with_label_values(&["malformed_frame"]).inc();
+                tracing::warn!(%peer, "malformed frame from peer; closing the connection");
+                break;
+            }
+            Ok(None) => break,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "peer connection closed");
+                break;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus::Opts;
+
+    /// Connects every address to a fresh in-memory pipe served by `serve_connection`,
+    /// which answers a `Deliver` with its payload; "refused" addresses are refused.
+    #[derive(Debug)]
+    struct Pipes(IntCounterVec);
+
+    impl Connector for Pipes {
+        fn connect<'a>(&'a self, addr: &'a str) -> Connecting<'a> {
+            Box::pin(async move {
+                if addr.starts_with("refused") {
+                    return Err(std::io::ErrorKind::ConnectionRefused.into());
+                }
+                let (client, server) = tokio::io::duplex(1024);
+                let (sr, sw) = tokio::io::split(server);
+                let fast: FastPath = Arc::new(Err);
+                let handler: Handler = Arc::new(|req| {
+                    Box::pin(async move {
+                        match req {
+                            Request::Deliver { payload, .. } => Response::Reply(payload),
+                            _ => Response::HandOffAck,
+                        }
+                    })
+                });
+                tokio::spawn(serve_connection(
+                    Box::new(sr),
+                    Box::new(sw),
+                    addr.to_owned(),
+                    fast,
+                    handler,
+                    1 << 20,
+                    self.0.clone(),
+                ));
+                let (cr, cw) = tokio::io::split(client);
+                Ok((Box::new(cr) as ReadHalf, Box::new(cw) as WriteHalf))
+            })
+        }
+    }
+
+    fn deliver(payload: &'static str) -> Request {
+        Request::Deliver {
+            ask: true,
+            order: (0, 1),
+            hops: 1,
+            actor_type: "counter".into(),
+            id: "x".into(),
+            method: "add".into(),
+            payload: Bytes::from_static(payload.as_bytes()),
+        }
+    }
+
+    #[tokio::test]
+    async fn links_made_by_another_connector_carry_the_same_frames() {
+        let errors =
+            IntCounterVec::new(Opts::new("errors", "errors"), &["kind"]).unwrap_or_else(|e| {
+                panic!("metric: {e}");
+            });
+        let peers = Peers::with_connector(1 << 20, errors.clone(), Arc::new(Pipes(errors)));
+        let timeout = Duration::from_secs(5);
+        for p in ["one", "two", "three"] {
+            let r = peers.request("b:7000", deliver(p), timeout).await;
+            assert_eq!(r, Ok(Response::Reply(Bytes::from_static(p.as_bytes()))));
+        }
+        assert_eq!(lock(&peers.links).len(), 1, "one link per peer, reused");
+        let r = peers.request("refused:7000", deliver("x"), timeout).await;
+        assert_eq!(r, Err(TransportError::Refused("refused:7000".into())));
     }
 }

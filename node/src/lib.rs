@@ -28,6 +28,7 @@ pub mod discovery;
 pub mod election;
 pub mod failure_detector;
 pub mod health;
+pub mod host;
 pub mod http;
 pub mod k8s;
 pub mod member_key;

@@ -126,10 +126,7 @@ async fn main() -> anyhow::Result<()> {
     let handover = {
         let actors = actors.clone();
         async move {
-            actors.set_accepting(false);
-            let report = actors
-                .drain(leave_timeout.saturating_sub(Duration::from_secs(2)))
-                .await;
+            let report = troupe_node::host::hand_over(actors, leave_timeout).await;
             tracing::info!(?report, "actors drained");
         }
     };
@@ -180,26 +177,11 @@ async fn host_actors(node: &Node) -> anyhow::Result<ActorRuntime> {
         }
     });
 
-    let mut view = node.view();
-    let health = node.health().clone();
-    let rt = actors.clone();
-    tokio::spawn(async move {
-        loop {
-            {
-                let v = view.borrow_and_update();
-                // Draining first: a Leaving node has no serving deadline, and its actors
-                // must finish their mailboxes rather than stop at once.
-                rt.set_draining(health.is_draining());
-                rt.update_members(&v.table);
-                // The deadline itself: the runtime checks it on every delivery.
-                rt.set_serving_until(v.serving_until.filter(|_| v.serving));
-            }
-            // Draining is set outside membership; look again at least every second.
-            if let Ok(Err(_)) = tokio::time::timeout(Duration::from_secs(1), view.changed()).await {
-                break; // membership stopped: the node is leaving
-            }
-        }
-    });
+    tokio::spawn(troupe_node::host::feed_actors(
+        node.view(),
+        node.health().clone(),
+        actors.clone(),
+    ));
     tracing::info!(
         client = ports::CLIENT,
         transport = ports::TRANSPORT,

@@ -1,4 +1,5 @@
-//! `troupe-sim`: runs seeds of the membership simulation (see the crate docs).
+//! `troupe-sim`: runs seeds of the simulation (membership and actor runtime; see the crate
+//! docs).
 //!
 //! Environment: `SEED=<n>` runs that one seed and prints its full trace; otherwise
 //! `SEEDS=<n>` (default 10000) seeds from `FIRST_SEED` (default 0) on `SIM_THREADS`
@@ -85,6 +86,7 @@ fn real_main() -> Result<ExitCode, String> {
     let started = Instant::now();
     let mut faults: BTreeMap<FaultKind, u64> = BTreeMap::new();
     let mut violations: Vec<(u64, &'static str)> = Vec::new();
+    let (mut checked, mut short_runs, mut short, mut missing, mut counted) = (0u64, 0, 0, 0, 0);
     let threads = match number("SIM_THREADS", 0)? {
         0 => std::thread::available_parallelism().map_or(1, usize::from),
         n => usize::try_from(n).unwrap_or(1),
@@ -92,6 +94,13 @@ fn real_main() -> Result<ExitCode, String> {
     for out in run_seeds(first, seeds, &cfg, threads) {
         for (k, n) in &out.faults {
             *faults.entry(*k).or_default() += n;
+        }
+        if let Some(l) = &out.losses {
+            checked += 1;
+            short_runs += u64::from(l.short > 0);
+            short += l.short;
+            missing += l.missing;
+            counted += l.counted;
         }
         if let Some(v) = &out.violation {
             if violations.is_empty() {
@@ -117,6 +126,11 @@ fn real_main() -> Result<ExitCode, String> {
         let shown: Vec<String> = seeds.iter().take(10).map(u64::to_string).collect();
         println!("  {inv}: {} (seeds {})", seeds.len(), shown.join(", "));
     }
+    println!(
+        "actor state losses (runs that reached the final reads: {checked}): {short_runs} runs \
+         with {short} counters short by {missing} acknowledged increments in all, all exposed \
+         to a crash, downing, eviction or unfinished leave; loss metric rose by {counted}"
+    );
     println!("faults injected:");
     for (k, n) in &faults {
         println!("  {k:<14} {n}");

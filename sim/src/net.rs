@@ -2,19 +2,21 @@
 //! view (`troupe_node::http::ping_reply`, the same answer `GET /cluster/ping` gives), with
 //! the faults the schedule injects: a node partitioned off, one-way cuts (probes from A to
 //! B fail, B to A work), extra latency per node, random latency (reordering), and paused
-//! or dead nodes that answer nothing.
+//! or dead nodes that answer nothing. The actor runtime's transport links
+//! ([`crate::transport`]) take the same legs ([`SimNet::leg`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use troupe_contract::Member;
 use troupe_node::MembershipView;
 use troupe_node::probe::{PingReply, ProbeError, Prober};
 
 use crate::rng::Rng;
+use crate::transport::Incoming;
 
 /// Latency of every probe leg without faults.
 const BASE_LATENCY: Duration = Duration::from_millis(1);
@@ -33,6 +35,11 @@ struct State {
     delay: BTreeMap<String, Duration>,
     jitter: Duration,
     rng: Rng,
+    /// The jitter of transport links (apart, so that actor traffic leaves the probes'
+    /// draws as they were).
+    link_rng: Rng,
+    /// pod → (node process, host, where its transport accepts connections).
+    listeners: BTreeMap<String, (u64, String, mpsc::UnboundedSender<Incoming>)>,
 }
 
 /// The simulated network between the nodes of one run.
@@ -51,7 +58,9 @@ impl SimNet {
                 one_way: BTreeSet::new(),
                 delay: BTreeMap::new(),
                 jitter: Duration::ZERO,
+                link_rng: Rng::new(rng.clone().next_u64() ^ 0x6c69_6e6b),
                 rng,
+                listeners: BTreeMap::new(),
             })),
         }
     }
@@ -76,6 +85,61 @@ impl SimNet {
     /// Nothing answers at `pod` any more (the node died).
     pub fn detach(&self, pod: &str) {
         self.state().endpoints.remove(pod);
+    }
+
+    /// The node process `process` at `pod` (address `host`) accepts transport
+    /// connections on `accept`.
+    pub fn listen(
+        &self,
+        pod: &str,
+        host: &str,
+        process: u64,
+        accept: mpsc::UnboundedSender<Incoming>,
+    ) {
+        self.state()
+            .listeners
+            .insert(pod.to_owned(), (process, host.to_owned(), accept));
+    }
+
+    /// The node process at `pod` is gone: connections to it are refused, its links die.
+    pub fn unlisten(&self, pod: &str) {
+        self.state().listeners.remove(pod);
+    }
+
+    /// The pod, process and acceptor of the node listening at `host`.
+    pub(crate) fn listener_at(
+        &self,
+        host: &str,
+    ) -> Option<(String, u64, mpsc::UnboundedSender<Incoming>)> {
+        self.state()
+            .listeners
+            .iter()
+            .find(|(_, (_, h, _))| h == host)
+            .map(|(p, (n, _, tx))| (p.clone(), *n, tx.clone()))
+    }
+
+    /// Whether the node process `process` still runs at `pod`.
+    pub(crate) fn process_alive(&self, pod: &str, process: u64) -> bool {
+        self.state()
+            .listeners
+            .get(pod)
+            .is_some_and(|(n, _, _)| *n == process)
+    }
+
+    /// The latency of one packet from `from` to `to`, or `None` while that leg is cut.
+    pub fn leg(&self, from: &str, to: &str) -> Option<Duration> {
+        let mut s = self.state();
+        if s.isolated.contains(from)
+            || s.isolated.contains(to)
+            || s.one_way.contains(&(from.to_owned(), to.to_owned()))
+        {
+            return None;
+        }
+        let extra = s.delay.get(from).copied().unwrap_or_default()
+            + s.delay.get(to).copied().unwrap_or_default();
+        let jitter_ms = u64::try_from(s.jitter.as_millis()).unwrap_or(0);
+        let j = s.link_rng.range(0, jitter_ms);
+        Some(BASE_LATENCY + extra / 2 + Duration::from_millis(j))
     }
 
     /// The node at `pod` answers (`true`) or is paused.

@@ -8,6 +8,14 @@
 //! tasks freeze as a stopped process's would, and on resume its clock jumps, so every
 //! timer is due at once. A crash drops the node and its runtime.
 //!
+//! Beside each node runs the production actor runtime (`troupe_actors::ActorRuntime`), fed
+//! by the same glue as the binary (`troupe_node::host`: draining, member table, serving
+//! deadline; a graceful leave drains it as the hand-over), its transport links on the
+//! simulated network ([`crate::transport`]), and a client workload of counter increments
+//! ([`crate::actors`]). Actor oracles: (a) one activation at a time, after every step;
+//! (b) no acknowledged increment lost without a failure that can lose it, at the end
+//! (both defined in [`crate::actors`]), and every counter readable after the settle period.
+//!
 //! Invariants (checked after every step, `W = isolation_timeout + probe_interval`):
 //! 1. **one epoch serves**: every node serving at that instant follows the same
 //!    `(cluster, epoch)`;
@@ -21,7 +29,7 @@
 //! 3. **liveness**: `settle` after every fault healed, every live node is serving, Up, in
 //!    one `(cluster, epoch)` that is the store's, and Up in the store's table.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -30,21 +38,31 @@ use prometheus::Registry;
 use tokio::runtime::Runtime;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use troupe_actors::{ActorRuntime, Message, RuntimeConfig};
+use troupe_contract::MemberStatus;
 use troupe_node::discovery::{PodInfo, PodSet};
 use troupe_node::seams::Sources;
 use troupe_node::{Identity, LeaveReport, MembershipView, Node, NodeError, Timing};
 
+use crate::actors::{Ledger, LossReport, double_activations, is_active, losses};
 use crate::clock;
 use crate::invariants;
 use crate::net::{SimNet, SimProber};
 use crate::rng::Rng;
 use crate::schedule::{Fault, FaultKind, Schedule, Shape};
 use crate::store::{SimStore, describe, short};
+use crate::transport::{SimConnector, accept_loop};
 
 /// Task polls per runtime per step (each lets every ready task run once).
 const YIELDS_PER_STEP: usize = 2;
 /// How long a graceful leave may take.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The actor type of the workload.
+const COUNTER: &str = "counter";
+/// The loss metric.
+const STATES_LOST: &str = "troupe_actor_states_lost_total";
+/// How long the final reads of the counters may take after the settle period.
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How runs are made.
 #[derive(Clone, Debug)]
@@ -93,6 +111,8 @@ pub struct Outcome {
     pub violation: Option<Violation>,
     /// The environment that draws the same schedule (`SIM_FAULTS=… ` when not every kind).
     pub replay_env: String,
+    /// What oracle (b) found, when the run got that far.
+    pub losses: Option<LossReport>,
 }
 
 impl Outcome {
@@ -141,6 +161,29 @@ struct SimNode {
     life: Life,
     summary: String,
     serving: bool,
+    actors: ActorRuntime,
+    registry: Registry,
+    incarnation: String,
+    /// Counters this process held (active, closing or parked) at the last sample.
+    held: BTreeSet<String>,
+    /// Its runtime's eviction count at the last sample.
+    evictions: u64,
+}
+
+/// The client workload of one run (see [`crate::actors`]).
+#[derive(Debug)]
+struct Workload {
+    rng: Rng,
+    counters: Vec<String>,
+    next_at_ms: u64,
+    stop_at_ms: u64,
+    ledger: Ledger,
+    /// Counters a failure may have lost (oracle (b)).
+    exposed: BTreeSet<String>,
+    /// Incarnations seen Down in some table: whatever they hold is exposed.
+    doomed: BTreeSet<String>,
+    /// The loss metric of node processes that are gone.
+    lost_gone: u64,
 }
 
 /// A concrete action at a point of simulated time.
@@ -185,6 +228,10 @@ struct World {
     faults: BTreeMap<FaultKind, u64>,
     healed: bool,
     sources: Sources,
+    work: Workload,
+    next_process: u64,
+    /// The counters' values read at the end.
+    values: BTreeMap<String, i64>,
 }
 
 /// Runs `seed` under `cfg`.
@@ -208,6 +255,7 @@ pub fn run_schedule(schedule: Schedule, rng: Rng, cfg: &Config) -> Outcome {
             trace: Vec::new(),
             faults: BTreeMap::new(),
             replay_env: String::new(),
+            losses: None,
             violation: Some(Violation {
                 at: Duration::ZERO,
                 invariant: "setup: virtual clock",
@@ -260,6 +308,14 @@ pub fn shrink(seed: u64, cfg: &Config) -> Option<Outcome> {
 }
 
 fn run_started(schedule: Schedule, mut rng: Rng, cfg: &Config) -> Outcome {
+    // Every map the actor runtimes create on this thread iterates in one order.
+    troupe_actors::hashing::set_deterministic(true);
+    let outcome = run_world(schedule, &mut rng, cfg);
+    troupe_actors::hashing::set_deterministic(false);
+    outcome
+}
+
+fn run_world(schedule: Schedule, rng: &mut Rng, cfg: &Config) -> Outcome {
     let seed = schedule.seed;
     let mut w = World {
         cfg: cfg.clone(),
@@ -278,6 +334,9 @@ fn run_started(schedule: Schedule, mut rng: Rng, cfg: &Config) -> Outcome {
         faults: BTreeMap::new(),
         healed: false,
         sources: seeded_sources(Rng::new(rng.next_u64())),
+        work: Workload::draw(Rng::new(rng.next_u64()), &cfg.shape),
+        next_process: 0,
+        values: BTreeMap::new(),
     };
     for at in &schedule.start_ms {
         let pod = w.new_pod_name();
@@ -287,7 +346,19 @@ fn run_started(schedule: Schedule, mut rng: Rng, cfg: &Config) -> Outcome {
         w.push(f.at_ms, Action::Fault(f.clone()));
     }
     w.push(cfg.shape.heal_at_ms, Action::HealAll);
-    let violation = w.run_all();
+    let mut violation = w.run_all();
+    let mut found = None;
+    if violation.is_none() {
+        match w.final_reads() {
+            Ok(report) => {
+                if let Some(v) = report.violations.first() {
+                    violation = Some(w.violation("actors: no acknowledged update lost", v.clone()));
+                }
+                found = Some(report);
+            }
+            Err(v) => violation = Some(v),
+        }
+    }
     for (_, n) in std::mem::take(&mut w.nodes) {
         drop(n.node);
         drop(n.rt);
@@ -299,7 +370,73 @@ fn run_started(schedule: Schedule, mut rng: Rng, cfg: &Config) -> Outcome {
         faults: w.faults,
         violation,
         replay_env: String::new(),
+        losses: found,
     }
+}
+
+impl Workload {
+    /// A few counters, and asks every 20–200 ms from when the first faults may strike
+    /// until half-way through the settle period (so that every ask has ended, one way or
+    /// the other, before the final reads).
+    fn draw(mut rng: Rng, shape: &Shape) -> Self {
+        let n = rng.range(3, 8);
+        Self {
+            counters: (0..n).map(|i| format!("c{i}")).collect(),
+            next_at_ms: shape.faults_from_ms.saturating_sub(2_000),
+            stop_at_ms: shape.heal_at_ms + shape.settle_ms / 2,
+            rng,
+            ledger: Ledger::default(),
+            exposed: BTreeSet::new(),
+            doomed: BTreeSet::new(),
+            lost_gone: 0,
+        }
+    }
+}
+
+/// The counters `actors` holds now: active or closing (oracle (a)'s sense), or parked.
+fn counters_held(actors: &ActorRuntime) -> BTreeSet<String> {
+    held_of(actors, &actors.activations())
+}
+
+/// [`counters_held`] with the activations already listed.
+fn held_of(actors: &ActorRuntime, acts: &[troupe_actors::HeldActivation]) -> BTreeSet<String> {
+    let mut held: BTreeSet<String> = acts
+        .iter()
+        .filter(|a| a.actor_type == COUNTER && is_active(a))
+        .map(|a| a.id.clone())
+        .collect();
+    held.extend(
+        actors
+            .parked_states()
+            .into_iter()
+            .filter(|(t, _, _)| t == COUNTER)
+            .map(|(_, id, _)| id),
+    );
+    held
+}
+
+/// `troupe_actor_states_lost_total{actor_type="counter"}` in `registry`.
+fn states_lost(registry: &Registry) -> u64 {
+    registry
+        .gather()
+        .iter()
+        .filter(|f| f.name() == STATES_LOST)
+        .flat_map(|f| f.get_metric())
+        .filter(|m| {
+            m.get_label()
+                .iter()
+                .any(|l| l.name() == "actor_type" && l.value() == COUNTER)
+        })
+        .map(|m| m.get_counter().get_value() as u64)
+        .sum()
+}
+
+/// The `value` of a counter's reply.
+fn counter_value(reply: &[u8]) -> Option<i64> {
+    serde_json::from_slice::<serde_json::Value>(reply)
+        .ok()?
+        .get("value")?
+        .as_i64()
 }
 
 /// Ids from the run's generator, and the virtual wall clock.
@@ -353,6 +490,7 @@ impl World {
             if let Some(v) = self.apply_due() {
                 return Some(v);
             }
+            self.issue_work();
             clock::advance(self.cfg.step);
             if let Some(v) = self.drive_all() {
                 return Some(v);
@@ -363,6 +501,9 @@ impl World {
             }
             self.record_views();
             if let Some(v) = self.check_safety(w) {
+                return Some(v);
+            }
+            if let Some(v) = self.check_actors() {
                 return Some(v);
             }
         }
@@ -639,6 +780,18 @@ impl World {
             Err(e) => return Some(self.setup_failed(format!("Node::start failed: {e}"))),
         };
         let view = node.view();
+        let incarnation = view.borrow().me.incarnation.clone();
+        let registry = node.registry().clone();
+        self.next_process += 1;
+        let process = self.next_process;
+        let hosted = {
+            let _guard = rt.enter();
+            self.host_actors(&node, pod, &address, process)
+        };
+        let actors = match hosted {
+            Ok(a) => a,
+            Err(e) => return Some(self.setup_failed(format!("ActorRuntime::new failed: {e}"))),
+        };
         self.net.attach(pod, view.clone());
         self.pods.send_modify(|s| {
             s.pods.insert(pod.to_owned(), PodInfo::running(address));
@@ -656,9 +809,45 @@ impl World {
                 life: Life::Running,
                 summary: String::new(),
                 serving: false,
+                actors,
+                registry,
+                incarnation,
+                held: BTreeSet::new(),
+                evictions: 0,
             },
         );
         None
+    }
+
+    /// The actor runtime beside `node`, as the binary hosts it: metrics in the node's
+    /// registry, the transport on the simulated network, the membership feed. Call inside
+    /// the node's runtime.
+    fn host_actors(
+        &self,
+        node: &Node,
+        pod: &str,
+        address: &str,
+        process: u64,
+    ) -> Result<ActorRuntime, troupe_actors::Error> {
+        let me = node.view().borrow().me.clone();
+        let config = RuntimeConfig::new(me.pod.clone(), me.incarnation.clone());
+        let connector = Arc::new(SimConnector::new(&self.net, pod, process));
+        let actors = ActorRuntime::with_connector(config, node.registry(), connector)?;
+        let (accept, incoming) = tokio::sync::mpsc::unbounded_channel();
+        self.net.listen(pod, address, process, accept);
+        tokio::spawn(accept_loop(
+            self.net.clone(),
+            pod.to_owned(),
+            process,
+            incoming,
+            actors.clone(),
+        ));
+        tokio::spawn(troupe_node::host::feed_actors(
+            node.view(),
+            node.health().clone(),
+            actors.clone(),
+        ));
+        Ok(actors)
     }
 
     fn setup_failed(&self, detail: String) -> Violation {
@@ -670,11 +859,22 @@ impl World {
     }
 
     fn kill(&mut self, pod: &str) {
+        self.net.unlisten(pod);
         if let Some(n) = self.nodes.remove(pod) {
+            self.process_gone(&n);
             drop(n.node);
             drop(n.rt);
         }
         self.net.detach(pod);
+    }
+
+    /// A node process ends (killed, or done leaving): what it still held is exposed, and
+    /// its loss metric is kept.
+    fn process_gone(&mut self, n: &SimNode) {
+        let mut held = n.held.clone();
+        held.extend(counters_held(&n.actors));
+        self.work.exposed.extend(held);
+        self.work.lost_gone += states_lost(&n.registry);
     }
 
     fn resume(&mut self, pod: &str) {
@@ -703,7 +903,11 @@ impl World {
         let Some(node) = n.node.take() else {
             return;
         };
-        n.life = Life::Leaving(n.rt.spawn(node.leave(async {}, LEAVE_TIMEOUT)));
+        let actors = n.actors.clone();
+        let handover = async move {
+            let _ = troupe_node::host::hand_over(actors, LEAVE_TIMEOUT).await;
+        };
+        n.life = Life::Leaving(n.rt.spawn(node.leave(handover, LEAVE_TIMEOUT)));
         self.pods.send_modify(|s| {
             if let Some(p) = s.pods.get_mut(pod) {
                 p.terminating = true;
@@ -720,13 +924,15 @@ impl World {
             .map(|(p, _)| p.clone())
             .collect();
         for pod in done {
-            let Some(n) = self.nodes.remove(&pod) else {
+            let Some(mut n) = self.nodes.remove(&pod) else {
                 continue;
             };
-            let report = match n.life {
+            let report = match &mut n.life {
                 Life::Leaving(h) => n.rt.block_on(h),
                 _ => continue,
             };
+            self.net.unlisten(&pod);
+            self.process_gone(&n);
             drop(n.rt);
             self.net.detach(&pod);
             self.pods.send_modify(|s| {
@@ -761,6 +967,162 @@ impl World {
                  simulation is no longer in lockstep"
             ))
         })
+    }
+
+    /// Starts the client asks that are due, each on a random running node.
+    fn issue_work(&mut self) {
+        let now = ms(self.now());
+        while self.work.next_at_ms <= now && self.work.next_at_ms < self.work.stop_at_ms {
+            self.work.next_at_ms += self.work.rng.range(20, 200);
+            let running: Vec<&SimNode> = self
+                .nodes
+                .values()
+                .filter(|n| matches!(n.life, Life::Running))
+                .collect();
+            let pick = self.work.rng.next_u64();
+            let which = self.work.rng.next_u64();
+            if running.is_empty() || self.work.counters.is_empty() {
+                continue;
+            }
+            let n = running[usize::try_from(pick % running.len() as u64).unwrap_or(0)];
+            let id = self.work.counters
+                [usize::try_from(which % self.work.counters.len() as u64).unwrap_or(0)]
+            .clone();
+            self.work.ledger.sent(&id);
+            let ledger = self.work.ledger.clone();
+            let actors = n.actors.clone();
+            n.rt.spawn(async move {
+                if actors
+                    .ask(COUNTER, &id, Message::new("add", ""))
+                    .await
+                    .is_ok()
+                {
+                    ledger.acked(&id);
+                }
+            });
+        }
+    }
+
+    /// Samples what every running process holds (for oracle (b)'s exposure) and checks
+    /// oracle (a).
+    fn check_actors(&mut self) -> Option<Violation> {
+        for n in self.nodes.values() {
+            for m in &n.view.borrow().table.members {
+                if m.status == MemberStatus::Down {
+                    self.work.doomed.insert(m.incarnation.clone());
+                }
+            }
+        }
+        let mut holdings = Vec::new();
+        for (pod, n) in &mut self.nodes {
+            if matches!(n.life, Life::Paused { .. }) {
+                continue;
+            }
+            let acts = n.actors.activations();
+            let held = held_of(&n.actors, &acts);
+            let evictions = n.actors.evictions();
+            if evictions > n.evictions || self.work.doomed.contains(&n.incarnation) {
+                self.work.exposed.extend(n.held.iter().cloned());
+                self.work.exposed.extend(held.iter().cloned());
+            }
+            n.evictions = evictions;
+            n.held = held;
+            holdings.push((pod.clone(), acts));
+        }
+        let refs: Vec<(&str, &[troupe_actors::HeldActivation])> = holdings
+            .iter()
+            .map(|(p, a)| (p.as_str(), a.as_slice()))
+            .collect();
+        let found = double_activations(&refs)?;
+        Some(self.violation("actors: one activation at a time", found))
+    }
+
+    /// After the settle period: reads every counter through a running node (retrying,
+    /// within [`READ_TIMEOUT`], with oracle (a) still checked every step), then oracle (b).
+    fn final_reads(&mut self) -> Result<LossReport, Violation> {
+        type Reads = Arc<Mutex<BTreeMap<String, Result<i64, String>>>>;
+        let reads: Reads = Arc::default();
+        let mut pending: BTreeSet<String> = self.work.counters.iter().cloned().collect();
+        let mut inflight: BTreeSet<String> = BTreeSet::new();
+        let mut attempt = 0usize;
+        let until = self.now() + READ_TIMEOUT;
+        while !pending.is_empty() {
+            if self.now() >= until {
+                let last = reads.lock().map(|r| format!("{r:?}")).unwrap_or_default();
+                return Err(self.violation(
+                    "actors: every counter readable after the settle period",
+                    format!("unread after {READ_TIMEOUT:?}: {pending:?}; last answers {last}"),
+                ));
+            }
+            let done: Vec<(String, Result<i64, String>)> = reads
+                .lock()
+                .map(|mut r| std::mem::take(&mut *r).into_iter().collect())
+                .unwrap_or_default();
+            for (id, r) in done {
+                inflight.remove(&id);
+                if let Ok(v) = r {
+                    pending.remove(&id);
+                    self.values.insert(id, v);
+                }
+            }
+            let running: Vec<&SimNode> = self
+                .nodes
+                .values()
+                .filter(|n| matches!(n.life, Life::Running))
+                .collect();
+            let idle: Vec<String> = pending.difference(&inflight).cloned().collect();
+            for id in &idle {
+                if running.is_empty() {
+                    break;
+                }
+                attempt += 1;
+                let n = running[attempt % running.len()];
+                let (actors, reads, id2) = (n.actors.clone(), reads.clone(), id.clone());
+                inflight.insert(id.clone());
+                n.rt.spawn(async move {
+                    let r = actors.ask(COUNTER, &id2, Message::new("get", "")).await;
+                    let v = match r {
+                        Ok(b) => counter_value(&b).ok_or_else(|| "not a counter reply".into()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    if let Ok(mut m) = reads.lock() {
+                        m.insert(id2, v);
+                    }
+                });
+            }
+            clock::advance(self.cfg.step);
+            if let Some(v) = self.drive_all() {
+                return Err(v);
+            }
+            if let Some(v) = self.check_actors() {
+                return Err(v);
+            }
+        }
+        let tallies = self.work.ledger.snapshot();
+        let counted = self.work.lost_gone
+            + self
+                .nodes
+                .values()
+                .map(|n| states_lost(&n.registry))
+                .sum::<u64>();
+        let report = losses(&self.values, &tallies, &self.work.exposed, counted);
+        let mut line = String::from("actors:");
+        for (id, t) in &tallies {
+            let v = self.values.get(id).copied().unwrap_or(0);
+            let mark = if self.work.exposed.contains(id) {
+                "*"
+            } else {
+                ""
+            };
+            let _ = write!(line, " {id}{mark}={v} (acked {}, sent {})", t.acked, t.sent);
+        }
+        let _ = write!(
+            line,
+            "; short {} missing {} lost-metric {} (* exposed)",
+            report.short, report.missing, report.counted
+        );
+        self.log(line);
+        Ok(report)
     }
 
     fn record_views(&mut self) {
@@ -881,6 +1243,8 @@ pub struct Summary {
     pub violation: Option<Violation>,
     /// The failure report (seed, schedule, step, invariant), when it failed.
     pub report: Option<String>,
+    /// What oracle (b) found, when the run got that far.
+    pub losses: Option<LossReport>,
 }
 
 /// Runs `count` seeds from `first` on `threads` threads (each seed on one thread, with its
@@ -904,6 +1268,7 @@ pub fn run_seeds(first: u64, count: u64, cfg: &Config, threads: usize) -> Vec<Su
                         report: out.violation.is_some().then(|| out.report()),
                         faults: out.faults,
                         violation: out.violation,
+                        losses: out.losses,
                     };
                     if let Ok(mut r) = results.lock() {
                         r.push(summary);

@@ -42,7 +42,7 @@ impl ActorRef {
     pub async fn tell(&mut self, message: Message) -> Result<(), DeliveryError> {
         let mut env = Envelope::tell(message);
         if activation::sample(self.inner.config.timing_sample_every) {
-            env.enqueued = Some(Instant::now());
+            env.enqueued = Some(crate::time::now());
         }
         self.send(env).await
     }
@@ -51,7 +51,7 @@ impl ActorRef {
     pub async fn ask(&mut self, message: Message) -> Answer {
         let (mut env, rx) = Envelope::ask(message);
         if activation::sample(self.inner.config.timing_sample_every) {
-            env.enqueued = Some(Instant::now());
+            env.enqueued = Some(crate::time::now());
         }
         self.send(env).await?;
         match tokio::time::timeout(self.inner.config.ask_timeout, rx).await {

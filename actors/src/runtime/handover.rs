@@ -85,7 +85,7 @@ impl Inner {
     }
 
     pub(super) async fn drain(self: &Arc<Self>, deadline: Duration) -> DrainReport {
-        let started = Instant::now();
+        let started = crate::time::now();
         let until = tokio::time::Instant::now() + deadline;
         self.draining.store(true, Ordering::Release);
         let mut report = DrainReport::default();
@@ -129,7 +129,7 @@ impl Inner {
         }
         report.actors_left = self.entries().iter().map(|e| e.active_count()).sum();
         report.requests_left = self.inflight.load(Ordering::Acquire);
-        report.elapsed = started.elapsed();
+        report.elapsed = crate::time::since(started);
         report.complete = report.left_ownership
             && report.actors_left == 0
             && report.states_left == 0

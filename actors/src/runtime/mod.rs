@@ -96,6 +96,15 @@
 //! longer makes this node an owner, close every actor (each finishes its mailbox), push
 //! every parked state to its new owner, and wait for in-flight requests to finish.
 //!
+//! **Determinism seams** (the simulation in `sim/` runs this runtime unchanged): links to
+//! peers are made by a [`transport::Connector`] ([`ActorRuntime::with_connector`]; TCP in
+//! production) and peers' connections can be served one by one
+//! ([`ActorRuntime::serve_transport_connection`]); every instant the runtime measures is
+//! tokio's ([`crate::time`]), so paused time drives it; maps hash with a fixed seed on a
+//! thread that asks for it ([`crate::hashing`]), so iteration order replays; and
+//! [`ActorRuntime::activations`], [`ActorRuntime::parked_states`] and
+//! [`ActorRuntime::evictions`] are read-only views for the simulation's oracles.
+//!
 //! Assumptions: a node that is cut off stops serving (its deadline passes) before the
 //! coordinator may down it, and `down_grace` covers the time until it notices; clocks are
 //! monotonic per node. Not covered: a chain of holders longer than [`MAX_CLAIM_CHAIN`], and
@@ -112,11 +121,10 @@ use ownership::{Standing, standing};
 use routing::settle;
 
 use std::{
-    collections::HashMap,
     net::{IpAddr, SocketAddr},
     sync::{
         Arc, Mutex, RwLock,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -134,6 +142,7 @@ use crate::{
     builtin::{CounterType, EchoType, KvType, LoadType},
     config::RuntimeConfig,
     error::{DeliveryError, Error},
+    hashing::HashMap,
     mailbox::{Envelope, Push, retry_after},
     message::{Answer, Message, valid_name},
     metrics::RuntimeMetrics,
@@ -179,6 +188,26 @@ pub struct DrainReport {
     pub elapsed: Duration,
 }
 
+/// One activation a runtime holds ([`ActorRuntime::activations`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeldActivation {
+    /// Its actor type.
+    pub actor_type: String,
+    /// Its actor id.
+    pub id: String,
+    /// The generation it runs on (the default while claiming).
+    pub generation: Generation,
+    /// Claiming (holds no state yet, handles nothing), active, closing (finishing its
+    /// mailbox before it parks its state) or gone.
+    pub phase: activation::Phase,
+    /// Stopped at once (serving lapsed, or evicted): it handles nothing after the message
+    /// in hand.
+    pub stopping: bool,
+    /// Its claim was given up (another owner claimed the actor first, or it was closed
+    /// while claiming): it never runs.
+    pub aborted: bool,
+}
+
 /// A virtual-actor runtime. Cheap to clone: every clone is the same runtime.
 #[derive(Clone, Debug)]
 pub struct ActorRuntime {
@@ -211,7 +240,7 @@ type PodKey = (Arc<str>, Arc<str>);
 struct Inner {
     config: RuntimeConfig,
     metrics: RuntimeMetrics,
-    types: RwLock<HashMap<Arc<str>, Arc<TypeEntry>, foldhash::fast::RandomState>>,
+    types: RwLock<HashMap<Arc<str>, Arc<TypeEntry>>>,
     sidecar: Option<SidecarApp>,
     view: RwLock<PlacementHistory>,
     /// The cluster id and table order routed by; bumped on every recorded table.
@@ -227,6 +256,8 @@ struct Inner {
     markers: Mutex<HashMap<ActorKey, Marker>>,
     inflight: AtomicUsize,
     settings: RunSettings,
+    /// Times this node was evicted ([`Inner::evict`]).
+    evictions: AtomicU64,
 }
 
 pub(crate) use crate::sync::{lock, read, write};
@@ -249,7 +280,7 @@ impl Drop for InFlight<'_> {
 
 /// A deadline "for ever" for [`ActorRuntime::set_accepting`].
 fn far_future() -> Instant {
-    let now = Instant::now();
+    let now = crate::time::now();
     now.checked_add(Duration::from_secs(10 * 365 * 86_400))
         .unwrap_or(now + Duration::from_secs(86_400))
 }
@@ -264,6 +295,17 @@ impl ActorRuntime {
     ///
     /// Must be called inside a Tokio runtime.
     pub fn new(config: RuntimeConfig, registry: &prometheus::Registry) -> Result<Self, Error> {
+        Self::with_connector(config, registry, Arc::new(transport::TcpConnector))
+    }
+
+    /// Like [`new`](Self::new), with links to peers made by `connector` (the deterministic
+    /// simulation's in-memory network; [`new`](Self::new) uses TCP). Serve the peers'
+    /// connections with [`serve_transport_connection`](Self::serve_transport_connection).
+    pub fn with_connector(
+        config: RuntimeConfig,
+        registry: &prometheus::Registry,
+        connector: Arc<dyn transport::Connector>,
+    ) -> Result<Self, Error> {
         config.validate()?;
         let metrics = RuntimeMetrics::register(registry)?;
         let sidecar = config.app_url.as_deref().map(SidecarApp::new);
@@ -291,7 +333,7 @@ impl ActorRuntime {
                 factories.push(Arc::new(SidecarType::new(t, app.clone())));
             }
         }
-        let mut types = HashMap::with_hasher(foldhash::fast::RandomState::default());
+        let mut types = HashMap::default();
         for f in factories {
             let name: Arc<str> = f.name().into();
             let entry = TypeEntry::new(f, config.mailbox_for(&name), metrics.for_type(&name));
@@ -302,7 +344,11 @@ impl ActorRuntime {
             passivate_after: config.passivate_after,
             supervision: config.supervision,
         };
-        let peers = Peers::new(config.max_frame_bytes, metrics.transport_errors.clone());
+        let peers = Peers::with_connector(
+            config.max_frame_bytes,
+            metrics.transport_errors.clone(),
+            connector,
+        );
         let rt = Self {
             inner: Arc::new(Inner {
                 config,
@@ -319,6 +365,7 @@ impl ActorRuntime {
                 markers: Mutex::default(),
                 inflight: AtomicUsize::new(0),
                 settings,
+                evictions: AtomicU64::new(0),
             }),
         };
         let weak = Arc::downgrade(&rt.inner);
@@ -348,15 +395,7 @@ impl ActorRuntime {
     /// Serves the node-to-node transport on `listener` (bind it to
     /// `0.0.0.0:`[`troupe_contract::ports::TRANSPORT`]); runs until the task is dropped.
     pub async fn serve_transport(&self, listener: tokio::net::TcpListener) -> Result<(), Error> {
-        let fast_inner = self.inner.clone();
-        // The request comes back by value (no allocation on the fast path).
-        #[allow(clippy::result_large_err)]
-        let fast: transport::FastPath = Arc::new(move |req| fast_inner.try_answer_now(req));
-        let inner = self.inner.clone();
-        let handler: transport::Handler = Arc::new(move |req| {
-            let inner = inner.clone();
-            Box::pin(async move { inner.handle_request(req).await })
-        });
+        let (fast, handler) = self.transport_handlers();
         transport::serve(
             listener,
             fast,
@@ -366,6 +405,41 @@ impl ActorRuntime {
         )
         .await?;
         Ok(())
+    }
+
+    /// Serves one peer connection accepted by other means than
+    /// [`serve_transport`](Self::serve_transport) (the simulation's in-memory network),
+    /// until it closes; `peer` names it in logs.
+    pub async fn serve_transport_connection(
+        &self,
+        r: transport::ReadHalf,
+        w: transport::WriteHalf,
+        peer: String,
+    ) {
+        let (fast, handler) = self.transport_handlers();
+        transport::serve_connection(
+            r,
+            w,
+            peer,
+            fast,
+            handler,
+            self.inner.config.max_frame_bytes,
+            self.inner.metrics.transport_errors.clone(),
+        )
+        .await;
+    }
+
+    fn transport_handlers(&self) -> (transport::FastPath, transport::Handler) {
+        let fast_inner = self.inner.clone();
+        // The request comes back by value (no allocation on the fast path).
+        #[allow(clippy::result_large_err)]
+        let fast: transport::FastPath = Arc::new(move |req| fast_inner.try_answer_now(req));
+        let inner = self.inner.clone();
+        let handler: transport::Handler = Arc::new(move |req| {
+            let inner = inner.clone();
+            Box::pin(async move { inner.handle_request(req).await })
+        });
+        (fast, handler)
     }
 
     /// Feeds a new member table (call on every change). Tables are ordered with
@@ -379,12 +453,13 @@ impl ActorRuntime {
         let port = self.inner.config.transport_port;
         let placement = Arc::new(Placement::from_table(table, |a| transport_addr(a, port)));
         let pod = self.inner.config.pod.clone();
-        let (pushed, before) = {
+        let (pushed, before, previous) = {
             let mut view = write(&self.inner.view);
-            let before = view
-                .current()
+            let previous = view.current().cloned();
+            let before = previous
+                .as_ref()
                 .and_then(|p| p.member(&pod).map(|(m, s)| (m.incarnation.clone(), *s)));
-            (view.push(placement.clone()), before)
+            (view.push(placement.clone()), before, previous)
         };
         if !pushed.recorded() {
             return;
@@ -398,9 +473,28 @@ impl ActorRuntime {
             pushed == Pushed::OtherCluster,
         );
         {
-            let now = Instant::now();
+            let now = crate::time::now();
+            let grace = self.inner.config.down_grace;
             let mut down = lock(&self.inner.down_since);
-            down.retain(|(p, i), _| placement.status_of(p, i) == Some(MemberStatus::Down));
+            // Down, or gone from the table without a leave (and not replaced by a new
+            // incarnation, whose start means the old process is dead) for less than the
+            // grace: it may still serve (`ownership::unanswered`).
+            let gone = |p: &str| placement.member(p).is_none();
+            down.retain(|(p, i), since| match placement.status_of(p, i) {
+                Some(MemberStatus::Down) => true,
+                Some(_) => false,
+                None => gone(p) && crate::time::since(*since) < grace,
+            });
+            if pushed != Pushed::OtherCluster
+                && let Some(prev) = &previous
+            {
+                for (m, s) in &prev.members {
+                    if *s != MemberStatus::Leaving && gone(&m.pod) {
+                        down.entry((m.pod.clone(), m.incarnation.clone()))
+                            .or_insert(now);
+                    }
+                }
+            }
             for (m, s) in &placement.members {
                 if *s == MemberStatus::Down {
                     down.entry((m.pod.clone(), m.incarnation.clone()))
@@ -533,6 +627,52 @@ impl ActorRuntime {
             .unwrap_or_default()
     }
 
+    /// Every activation this node holds now, in any phase, sorted by type and id: a
+    /// read-only view for observers (the simulation's "one activation at a time" oracle).
+    pub fn activations(&self) -> Vec<HeldActivation> {
+        let mut out: Vec<HeldActivation> = self
+            .inner
+            .entries()
+            .iter()
+            .filter(|e| e.active_count() > 0)
+            .flat_map(|e| {
+                e.activations().into_iter().map(|(id, a)| HeldActivation {
+                    actor_type: e.name.to_string(),
+                    id: id.to_string(),
+                    generation: a.generation(),
+                    phase: a.phase(),
+                    stopping: a.stopping(),
+                    aborted: a.aborted.load(Ordering::Acquire),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.actor_type, &a.id).cmp(&(&b.actor_type, &b.id)));
+        out
+    }
+
+    /// Every state this node keeps for an actor not active here (passivated, moved away,
+    /// handed to it), as `(type, id, generation)`, sorted.
+    pub fn parked_states(&self) -> Vec<(String, String, Generation)> {
+        let mut out: Vec<(String, String, Generation)> = self
+            .inner
+            .entries()
+            .iter()
+            .flat_map(|e| {
+                e.parked()
+                    .into_iter()
+                    .map(|(id, g, _)| (e.name.to_string(), id.to_string(), g))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// How many times this node was evicted (downed, replaced, removed without a leave,
+    /// or moved to another cluster), each time dropping every kept state.
+    pub fn evictions(&self) -> u64 {
+        self.inner.evictions.load(Ordering::Acquire)
+    }
+
     /// Actors active on this node, all types.
     pub fn active_count(&self) -> usize {
         read(&self.inner.types)
@@ -619,7 +759,7 @@ impl Inner {
     pub(super) fn serving_now(&self) -> bool {
         self.serving_until
             .borrow()
-            .is_some_and(|u| Instant::now() <= u)
+            .is_some_and(|u| crate::time::now() <= u)
     }
 
     /// Whether client and in-process work is taken.
@@ -647,6 +787,7 @@ impl Inner {
     /// This node was downed, replaced or removed (or the cluster changed): stop every
     /// activation at once and drop every kept state.
     pub(super) fn evict(&self, placement: &Placement) {
+        self.evictions.fetch_add(1, Ordering::AcqRel);
         let stopped = self.stop_all(false);
         let dropped: usize = self.entries().iter().map(|e| e.drop_parked()).sum();
         lock(&self.tombstones).clear();

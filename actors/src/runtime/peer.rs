@@ -41,7 +41,7 @@ impl Inner {
         };
         let mut env = Envelope::tell(message);
         if activation::sample(self.config.timing_sample_every) {
-            env.enqueued = Some(Instant::now());
+            env.enqueued = Some(crate::time::now());
         }
         match act.mailbox.try_push(env) {
             Push::Refused(e)

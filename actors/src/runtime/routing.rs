@@ -122,7 +122,7 @@ impl Inner {
         if ask {
             let (mut env, rx) = Envelope::ask(message);
             if timed {
-                env.enqueued = Some(Instant::now());
+                env.enqueued = Some(crate::time::now());
             }
             self.route(&entry, id, env, hops).await?;
             match tokio::time::timeout(self.config.ask_timeout, rx).await {
@@ -133,7 +133,7 @@ impl Inner {
         } else {
             let mut env = Envelope::tell(message);
             if timed {
-                env.enqueued = Some(Instant::now());
+                env.enqueued = Some(crate::time::now());
             }
             self.route(&entry, id, env, hops)
                 .await
