@@ -58,6 +58,12 @@
 //! activation at once (the message in hand finishes; queued asks answer 503, queued
 //! tells are counted as `aborted` dead letters), drops every kept state and tombstone:
 //! other nodes activate its actors without them, and a stale copy must not come back.
+//! A *restore* (a later epoch of the same cluster: the Lease was deleted or stripped, and
+//! its restorer starts the epoch alone, every other member rejoining as a new incarnation)
+//! is not an eviction: nobody was downed by it. Every node keeps its states and hands them
+//! to the restored epoch's owners like on any table change; a stale copy (its holder was
+//! downed in a version the store lost) has an older generation than its next holder's and
+//! loses to it.
 //!
 //! **Serving deadline.** The host feeds the deadline until which this node may serve
 //! ([`ActorRuntime::set_serving_until`]). Every client, in-process, [`ActorRef`] and peer
@@ -108,7 +114,7 @@ mod peer;
 mod routing;
 
 pub use actor_ref::ActorRef;
-use ownership::{Standing, standing};
+use ownership::{Standing, TableChange, standing};
 use routing::settle;
 
 use std::{
@@ -379,12 +385,13 @@ impl ActorRuntime {
         let port = self.inner.config.transport_port;
         let placement = Arc::new(Placement::from_table(table, |a| transport_addr(a, port)));
         let pod = self.inner.config.pod.clone();
-        let (pushed, before) = {
+        let (pushed, before, before_epoch) = {
             let mut view = write(&self.inner.view);
-            let before = view
-                .current()
-                .and_then(|p| p.member(&pod).map(|(m, s)| (m.incarnation.clone(), *s)));
-            (view.push(placement.clone()), before)
+            let current = view.current();
+            let before =
+                current.and_then(|p| p.member(&pod).map(|(m, s)| (m.incarnation.clone(), *s)));
+            let before_epoch = current.map(|p| p.order.0);
+            (view.push(placement.clone()), before, before_epoch)
         };
         if !pushed.recorded() {
             return;
@@ -392,10 +399,15 @@ impl ActorRuntime {
         let after = placement
             .member(&pod)
             .map(|(m, s)| (m.incarnation.clone(), *s));
+        let change = match pushed {
+            Pushed::OtherCluster => TableChange::OtherCluster,
+            _ if before_epoch.is_some_and(|e| e < placement.order.0) => TableChange::Restored,
+            _ => TableChange::Later,
+        };
         let verdict = standing(
             before.as_ref().map(|(i, s)| (&**i, *s)),
             after.as_ref().map(|(i, s)| (&**i, *s)),
-            pushed == Pushed::OtherCluster,
+            change,
         );
         {
             let now = Instant::now();

@@ -55,15 +55,37 @@ pub(super) enum Standing {
     Evicted,
 }
 
+/// How a new table relates to the one before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum TableChange {
+    /// A later version of the same epoch (or the first table).
+    Later,
+    /// A later epoch of the same cluster: the Lease was deleted or stripped and restored.
+    /// Its versions start over and nobody was downed by it (a restore carries no member
+    /// over: every member rejoins as a new incarnation, see node/ARCHITECTURE.md).
+    Restored,
+    /// A table of another cluster id.
+    OtherCluster,
+}
+
 /// Pure: `before`/`after` are this pod's (incarnation, status) in the previous and the
-/// new table; `other_cluster` whether the new table has another cluster id.
+/// new table.
+///
+/// A restore is never an eviction, although this node's entry is gone or replaced in the
+/// restored epoch: it says nothing about what the node may hold (its earlier versions are
+/// lost, not overruled). The node keeps its states and hands them to the restored epoch's
+/// owners like on any table change; a copy that is stale (its holder was downed in a lost
+/// version it never saw) is older by generation than the one its next holder had, and
+/// loses to it ([`TypeEntry::offer_handoff`]).
 pub(super) fn standing(
     before: Option<(&str, MemberStatus)>,
     after: Option<(&str, MemberStatus)>,
-    other_cluster: bool,
+    change: TableChange,
 ) -> Standing {
-    if other_cluster && before.is_some() {
-        return Standing::Evicted;
+    match change {
+        TableChange::OtherCluster if before.is_some() => return Standing::Evicted,
+        TableChange::Restored => return Standing::Member,
+        _ => {}
     }
     match (before, after) {
         (Some((_, MemberStatus::Down)), _) | (None, _) => Standing::Member,
@@ -585,21 +607,26 @@ mod tests {
     fn a_node_is_evicted_when_downed_replaced_removed_or_moved_to_another_cluster() {
         let e = Standing::Evicted;
         let m = Standing::Member;
-        assert_eq!(standing(Some(("i1", Up)), Some(("i1", Down)), false), e);
+        use TableChange::{Later, OtherCluster as Other};
+        assert_eq!(standing(Some(("i1", Up)), Some(("i1", Down)), Later), e);
         assert_eq!(
-            standing(Some(("i1", Leaving)), Some(("i1", Down)), false),
+            standing(Some(("i1", Leaving)), Some(("i1", Down)), Later),
             e
         );
-        assert_eq!(standing(Some(("i1", Up)), Some(("i2", Joining)), false), e);
-        assert_eq!(standing(Some(("i1", Up)), None, false), e);
-        assert_eq!(standing(Some(("i1", Up)), Some(("i1", Up)), true), e);
+        assert_eq!(standing(Some(("i1", Up)), Some(("i2", Joining)), Later), e);
+        assert_eq!(standing(Some(("i1", Up)), None, Later), e);
+        assert_eq!(standing(Some(("i1", Up)), Some(("i1", Up)), Other), e);
         // A graceful leave ends with removal: not an eviction (the drain finishes).
-        assert_eq!(standing(Some(("i1", Leaving)), None, false), m);
-        assert_eq!(standing(Some(("i1", Joining)), Some(("i1", Up)), false), m);
-        assert_eq!(standing(Some(("i1", Up)), Some(("i1", Leaving)), false), m);
-        assert_eq!(standing(None, Some(("i1", Joining)), false), m);
-        assert_eq!(standing(None, Some(("i1", Joining)), true), m);
+        assert_eq!(standing(Some(("i1", Leaving)), None, Later), m);
+        assert_eq!(standing(Some(("i1", Joining)), Some(("i1", Up)), Later), m);
+        assert_eq!(standing(Some(("i1", Up)), Some(("i1", Leaving)), Later), m);
+        assert_eq!(standing(None, Some(("i1", Joining)), Later), m);
+        assert_eq!(standing(None, Some(("i1", Joining)), Other), m);
         // Already Down: handled when it was downed.
-        assert_eq!(standing(Some(("i1", Down)), None, false), m);
+        assert_eq!(standing(Some(("i1", Down)), None, Later), m);
+        // A restore replaces or drops every entry but the restorer's: nobody was downed.
+        let restored = TableChange::Restored;
+        assert_eq!(standing(Some(("i1", Up)), None, restored), m);
+        assert_eq!(standing(Some(("i1", Up)), Some(("i2", Up)), restored), m);
     }
 }
