@@ -278,14 +278,20 @@ impl Inner {
                     .request(&w.transport_addr, request, Duration::from_secs(5))
                     .await
                 {
-                    Ok(Response::Witnessed(m)) => m,
+                    Ok(Response::Witnessed(m)) => {
+                        self.told(key.clone(), Some(w));
+                        m
+                    }
                     other => {
                         tracing::debug!(witness = %w.pod, answer = ?other, "witness not updated");
                         None
                     }
                 }
             }
-            None => None,
+            None => {
+                self.told(key.clone(), None);
+                None
+            }
         };
         let previous = match (local, remote) {
             (Some(a), Some(b)) => Some(if b.generation > a.generation { b } else { a }),
@@ -305,6 +311,87 @@ impl Inner {
         ) {
             entry.stats.states_lost.inc();
             tracing::warn!(actor_type = %entry.name, id = %id, previous = ?previous, "actor activated without the state its last holder had: the holder died, its state is lost");
+        }
+    }
+
+    /// Records which witness holds this node's marker for `key` (`None`: there was none to
+    /// tell), so that [`Inner::refresh_markers`] tells the next one.
+    fn told(&self, key: ActorKey, witness: Option<&PlacedMember>) {
+        let mut told = lock(&self.told);
+        if told.len() < MAX_MARKERS || told.contains_key(&key) {
+            told.insert(key, witness.map(|w| (w.pod.clone(), w.incarnation.clone())));
+        }
+    }
+
+    /// Markers move with the membership: after a table change, every actor this node holds
+    /// (running or parked) whose witness under the current table is not the one its marker
+    /// was given to — the witness restarted (its markers died with it), was replaced, or a
+    /// member joined or left — is told again, so that the state is counted if this node
+    /// dies next. Only actors whose activation already swapped its marker are told (a
+    /// refresh must not take the place of that swap, which is where a loss is counted);
+    /// the old marker the new witness returns is not a loss: this node holds the state.
+    pub(super) async fn refresh_markers(&self) {
+        let Some(p) = self.current() else { return };
+        let Some((me, MemberStatus::Up)) = p.member(&self.config.pod) else {
+            return;
+        };
+        let incarnation = me.incarnation.to_string();
+        let told: Vec<(ActorKey, Option<PodKey>)> = lock(&self.told)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut unreachable: Vec<Arc<str>> = Vec::new();
+        for ((actor_type, id), was) in told {
+            let key = (actor_type.clone(), id.clone());
+            let Ok(entry) = self.type_entry(&actor_type) else {
+                lock(&self.told).remove(&key);
+                continue;
+            };
+            let running = entry
+                .get(&id)
+                .filter(|a| {
+                    matches!(
+                        a.phase(),
+                        activation::Phase::Active | activation::Phase::Closing
+                    )
+                })
+                .map(|a| a.generation());
+            let Some(generation) = running.or_else(|| entry.parked_generation(&id)) else {
+                lock(&self.told).remove(&key);
+                continue;
+            };
+            let witness = p.witness(&actor_type, &id, &self.config.pod);
+            let now = witness.map(|w| (w.pod.clone(), w.incarnation.clone()));
+            if now == was {
+                continue;
+            }
+            let Some(w) = witness else {
+                self.told(key, None);
+                continue;
+            };
+            if unreachable.contains(&w.transport_addr) {
+                continue;
+            }
+            let request = Request::Witness {
+                actor_type: actor_type.to_string(),
+                id: id.to_string(),
+                marker: Some(Marker {
+                    holder: self.config.pod.clone(),
+                    incarnation: incarnation.clone(),
+                    generation,
+                }),
+            };
+            match self
+                .peers
+                .request(&w.transport_addr, request, Duration::from_secs(5))
+                .await
+            {
+                Ok(Response::Witnessed(_)) => self.told(key, Some(w)),
+                other => {
+                    tracing::debug!(witness = %w.pod, answer = ?other, "witness not told again");
+                    unreachable.push(w.transport_addr.clone());
+                }
+            }
         }
     }
 
