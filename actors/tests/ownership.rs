@@ -614,3 +614,199 @@ async fn a_claimant_that_cannot_reach_the_holder_never_activates_without_it() {
         "x ran on both b and c"
     );
 }
+
+/// The table of cluster "test" at `(epoch, version)`, every member with `incarnation(pod)`.
+fn restored(
+    epoch: u64,
+    version: u64,
+    members: &[(&TestNode, MemberStatus)],
+    incarnation: impl Fn(&str) -> String,
+) -> troupe_contract::MemberTable {
+    let mut t = at(
+        version,
+        &members
+            .iter()
+            .map(|(n, s)| (*n, n.addr.as_str(), *s))
+            .collect::<Vec<_>>(),
+    );
+    t.epoch = epoch;
+    for m in &mut t.members {
+        m.incarnation = incarnation(&m.pod);
+    }
+    t
+}
+
+/// A restore (the Lease deleted or stripped) starts a later epoch whose only member is the
+/// restorer as a new incarnation; every other member rejoins it anew. Nobody was downed:
+/// no node may drop its states, they follow the owners of the restored epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_epoch_keeps_every_state() {
+    let tracker = Tracker::default();
+    let a = TestNode::start("a", &tracker, |_| {}).await;
+    let b = TestNode::start("b", &tracker, |_| {}).await;
+    let c = TestNode::start("c", &tracker, |_| {}).await;
+    let nodes = [&a, &b, &c];
+    let first = |p: &str| format!("{p}-1");
+    let second = |p: &str| format!("{p}-2");
+    let v1 = restored(0, 1, &[(&a, Up), (&b, Up), (&c, Up)], first);
+    for n in nodes {
+        n.rt.update_members(&v1);
+    }
+    let ids: Vec<String> = (0..30).map(|i| format!("x{i}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        for _ in 0..=i {
+            add(nodes[i % 3], id).await;
+        }
+    }
+    let held = |n: &TestNode| n.rt.active_ids("tracked").len();
+    assert!(
+        nodes.iter().all(|n| held(n) > 0),
+        "every node holds some counters before the restore: {:?}",
+        nodes.map(held)
+    );
+    // The restore: epoch 1 with only `a`, a new incarnation; then b and c join it anew.
+    let e1 = restored(1, 2, &[(&a, Up)], second);
+    for n in nodes {
+        n.rt.update_members(&e1);
+    }
+    // b and c close what they held and push the states to a (bounded wait); a restorer
+    // serves its epoch only `isolation_timeout` later, which this stands for.
+    for _ in 0..250 {
+        if held(&b) + held(&c) == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(held(&b) + held(&c), 0, "b and c closed what they held");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for (i, id) in ids.iter().enumerate() {
+        let got = a.rt.ask("tracked", id, Message::new("get", "")).await;
+        assert_eq!(
+            got.as_ref().map(int).ok(),
+            Some(i as i64 + 1),
+            "{id} after the restore: {got:?}"
+        );
+    }
+    let e1v3 = restored(1, 3, &[(&a, Up), (&b, Up), (&c, Up)], second);
+    for n in nodes {
+        n.rt.update_members(&e1v3);
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let node = nodes[(i + 1) % 3];
+        let got = node.rt.ask("tracked", id, Message::new("get", "")).await;
+        assert_eq!(
+            got.as_ref().map(int).ok(),
+            Some(i as i64 + 1),
+            "{id} after the members rejoined: {got:?}"
+        );
+    }
+    assert_eq!(lost(&nodes), 0, "no state was lost, none may be counted");
+    assert_eq!(
+        tracker.violations.load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+}
+
+/// Item 4, kills one after another (what SIGKILL chaos does): the witness of p's actors
+/// (t) is killed and restarts first, then p. The markers t kept died with it, so the
+/// holders must tell the new witness again; every state lost with p is counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn states_lost_after_their_witness_restarted_are_counted() {
+    let tracker = Tracker::default();
+    let p = TestNode::start("p", &tracker, |_| {}).await;
+    let t = TestNode::start("t", &tracker, |_| {}).await;
+    let w = TestNode::start("w", &tracker, |_| {}).await;
+    let to_p = Proxy::start(&p.addr).await;
+    let table = |version, members| troupe_contract::MemberTable {
+        cluster: "test".into(),
+        epoch: 0,
+        version,
+        members,
+    };
+    let v1 = table(
+        1,
+        vec![
+            member("p", "p-1", &to_p.addr, Up),
+            member("t", "t-1", &t.addr, Up),
+            member("w", "w-1", &w.addr, Up),
+        ],
+    );
+    for n in [&p, &t, &w] {
+        n.rt.update_members(&v1);
+    }
+    let placed = troupe_actors::placement::Placement::from_table(&v1, str::to_owned);
+    let on_p: Vec<String> = (0..200)
+        .map(|i| format!("n{i}"))
+        .filter(|id| {
+            placed.owner("tracked", id).is_some_and(|o| &*o.pod == "p")
+                && placed
+                    .witness("tracked", id, "p")
+                    .is_some_and(|o| &*o.pod == "t")
+        })
+        .take(4)
+        .collect();
+    assert_eq!(on_p.len(), 4);
+    for id in &on_p {
+        for _ in 0..3 {
+            add(&w, id).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // t is killed and restarts as t-2 (it comes back Joining, then Up).
+    t.stop();
+    let t2 = TestNode::start_as("t", "t-2", &tracker, |_| {}).await;
+    let with_t2 = |version, t_status| {
+        table(
+            version,
+            vec![
+                member("p", "p-1", &to_p.addr, Up),
+                member("t", "t-2", &t2.addr, t_status),
+                member("w", "w-1", &w.addr, Up),
+            ],
+        )
+    };
+    for v in [with_t2(2, Joining), with_t2(3, Up)] {
+        for n in [&p, &t2, &w] {
+            n.rt.update_members(&v);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for id in &on_p {
+        assert_eq!(
+            add(&w, id).await,
+            4,
+            "{id} kept its state while t restarted"
+        );
+    }
+    // Then p is killed and restarts as p-2.
+    to_p.blackhole();
+    let p2 = TestNode::start_as("p", "p-2", &tracker, |_| {}).await;
+    let with_p2 = |version, p_status| {
+        table(
+            version,
+            vec![
+                member("p", "p-2", &p2.addr, p_status),
+                member("t", "t-2", &t2.addr, Up),
+                member("w", "w-1", &w.addr, Up),
+            ],
+        )
+    };
+    for v in [with_p2(4, Joining), with_p2(5, Up)] {
+        for n in [&p2, &t2, &w] {
+            n.rt.update_members(&v);
+        }
+    }
+    for id in &on_p {
+        let v = w.rt.ask("tracked", id, Message::new("get", "")).await;
+        assert_eq!(v.as_ref().map(int).ok(), Some(0), "{id} died with p");
+    }
+    let alive = [&p2, &t2, &w];
+    for _ in 0..100 {
+        if lost(&alive) >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(lost(&alive), 4, "every state lost with p is counted once");
+}

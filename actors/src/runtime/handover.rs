@@ -30,6 +30,7 @@ impl Inner {
             act.wait_gone(Duration::from_secs(30)).await;
         }
         self.push_parked().await;
+        self.refresh_markers().await;
     }
 
     /// Pushes every parked state this node does not own to its owner; returns

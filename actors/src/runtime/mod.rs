@@ -58,6 +58,12 @@
 //! activation at once (the message in hand finishes; queued asks answer 503, queued
 //! tells are counted as `aborted` dead letters), drops every kept state and tombstone:
 //! other nodes activate its actors without them, and a stale copy must not come back.
+//! A *restore* (a later epoch of the same cluster: the Lease was deleted or stripped, and
+//! its restorer starts the epoch alone, every other member rejoining as a new incarnation)
+//! is not an eviction: nobody was downed by it. Every node keeps its states and hands them
+//! to the restored epoch's owners like on any table change; a stale copy (its holder was
+//! downed in a version the store lost) has an older generation than its next holder's and
+//! loses to it.
 //!
 //! **Serving deadline.** The host feeds the deadline until which this node may serve
 //! ([`ActorRuntime::set_serving_until`]). Every client, in-process, [`ActorRef`] and peer
@@ -84,13 +90,16 @@
 //! than the state the activation starts on, the state is lost:
 //! `troupe_actor_states_lost_total{actor_type}` rises by one on the activating node. The
 //! swap is atomic at the witness, and a lineage restarted under a later table has a higher
-//! generation than any older marker, so one loss is never counted twice. Exact for a
-//! killed pod that restarts with the same name or is replaced while the other members
-//! stay. Not counted (under-count): a cluster of one member (no witness); a witness that
-//! died too, or that changed between the holder's activation and the next one (members
-//! joined or left meanwhile: markers do not move with rebalancing); a marker swap that
-//! failed (best effort, after activation). Counted although nothing was lost (over-count):
-//! an actor whose state was empty when its holder died (the marker is set at activation).
+//! generation than any older marker, so one loss is never counted twice. Markers move
+//! with the membership: after every table change a holder tells the current witness of
+//! each actor it holds (running or parked) again when that witness changed — it restarted
+//! and its markers died with it, was replaced, or members joined or left — so kills one
+//! after another are counted too (`refresh_markers`). Not counted (under-count): a
+//! cluster of one member (no witness until a second joins); holder and witness dying
+//! before the holder's next table change; a marker swap that failed (best effort, after
+//! activation; retried on the next table change only for a refresh). Counted although
+//! nothing was lost (over-count): an actor whose state was empty when its holder died
+//! (the marker is set at activation).
 //!
 //! **Draining** (graceful leave): stop taking client work, wait until the member table no
 //! longer makes this node an owner, close every actor (each finishes its mailbox), push
@@ -117,7 +126,7 @@ mod peer;
 mod routing;
 
 pub use actor_ref::ActorRef;
-use ownership::{Standing, standing};
+use ownership::{Standing, TableChange, standing};
 use routing::settle;
 
 use std::{
@@ -254,6 +263,9 @@ struct Inner {
     down_since: Mutex<HashMap<PodKey, Instant>>,
     /// Markers of the actors this node witnesses: who holds each, at which generation.
     markers: Mutex<HashMap<ActorKey, Marker>>,
+    /// The witness `(pod, incarnation)` this node gave its marker for each actor it holds
+    /// (`None`: it had none to tell), so that a changed witness is told again.
+    told: Mutex<HashMap<ActorKey, Option<PodKey>>>,
     inflight: AtomicUsize,
     settings: RunSettings,
     /// Times this node was evicted ([`Inner::evict`]).
@@ -363,6 +375,7 @@ impl ActorRuntime {
                 tombstones: Mutex::default(),
                 down_since: Mutex::default(),
                 markers: Mutex::default(),
+                told: Mutex::default(),
                 inflight: AtomicUsize::new(0),
                 settings,
                 evictions: AtomicU64::new(0),
@@ -467,10 +480,20 @@ impl ActorRuntime {
         let after = placement
             .member(&pod)
             .map(|(m, s)| (m.incarnation.clone(), *s));
+        let change = match pushed {
+            Pushed::OtherCluster => TableChange::OtherCluster,
+            _ if previous
+                .as_ref()
+                .is_some_and(|p| p.order.0 < placement.order.0) =>
+            {
+                TableChange::Restored
+            }
+            _ => TableChange::Later,
+        };
         let verdict = standing(
             before.as_ref().map(|(i, s)| (&**i, *s)),
             after.as_ref().map(|(i, s)| (&**i, *s)),
-            pushed == Pushed::OtherCluster,
+            change,
         );
         {
             let now = crate::time::now();
@@ -792,6 +815,7 @@ impl Inner {
         let dropped: usize = self.entries().iter().map(|e| e.drop_parked()).sum();
         lock(&self.tombstones).clear();
         lock(&self.markers).clear();
+        lock(&self.told).clear();
         tracing::warn!(
             order = ?placement.order,
             cluster = %placement.cluster,

@@ -58,15 +58,37 @@ pub(super) enum Standing {
     Evicted,
 }
 
+/// How a new table relates to the one before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum TableChange {
+    /// A later version of the same epoch (or the first table).
+    Later,
+    /// A later epoch of the same cluster: the Lease was deleted or stripped and restored.
+    /// Its versions start over and nobody was downed by it (a restore carries no member
+    /// over: every member rejoins as a new incarnation, see node/ARCHITECTURE.md).
+    Restored,
+    /// A table of another cluster id.
+    OtherCluster,
+}
+
 /// Pure: `before`/`after` are this pod's (incarnation, status) in the previous and the
-/// new table; `other_cluster` whether the new table has another cluster id.
+/// new table.
+///
+/// A restore is never an eviction, although this node's entry is gone or replaced in the
+/// restored epoch: it says nothing about what the node may hold (its earlier versions are
+/// lost, not overruled). The node keeps its states and hands them to the restored epoch's
+/// owners like on any table change; a copy that is stale (its holder was downed in a lost
+/// version it never saw) is older by generation than the one its next holder had, and
+/// loses to it ([`TypeEntry::offer_handoff`]).
 pub(super) fn standing(
     before: Option<(&str, MemberStatus)>,
     after: Option<(&str, MemberStatus)>,
-    other_cluster: bool,
+    change: TableChange,
 ) -> Standing {
-    if other_cluster && before.is_some() {
-        return Standing::Evicted;
+    match change {
+        TableChange::OtherCluster if before.is_some() => return Standing::Evicted,
+        TableChange::Restored => return Standing::Member,
+        _ => {}
     }
     match (before, after) {
         (Some((_, MemberStatus::Down)), _) | (None, _) => Standing::Member,
@@ -269,14 +291,20 @@ impl Inner {
                     .request(&w.transport_addr, request, Duration::from_secs(5))
                     .await
                 {
-                    Ok(Response::Witnessed(m)) => m,
+                    Ok(Response::Witnessed(m)) => {
+                        self.told(key.clone(), Some(w));
+                        m
+                    }
                     other => {
                         tracing::debug!(witness = %w.pod, answer = ?other, "witness not updated");
                         None
                     }
                 }
             }
-            None => None,
+            None => {
+                self.told(key.clone(), None);
+                None
+            }
         };
         let previous = match (local, remote) {
             (Some(a), Some(b)) => Some(if b.generation > a.generation { b } else { a }),
@@ -296,6 +324,87 @@ impl Inner {
         ) {
             entry.stats.states_lost.inc();
             tracing::warn!(actor_type = %entry.name, id = %id, previous = ?previous, "actor activated without the state its last holder had: the holder died, its state is lost");
+        }
+    }
+
+    /// Records which witness holds this node's marker for `key` (`None`: there was none to
+    /// tell), so that [`Inner::refresh_markers`] tells the next one.
+    fn told(&self, key: ActorKey, witness: Option<&PlacedMember>) {
+        let mut told = lock(&self.told);
+        if told.len() < MAX_MARKERS || told.contains_key(&key) {
+            told.insert(key, witness.map(|w| (w.pod.clone(), w.incarnation.clone())));
+        }
+    }
+
+    /// Markers move with the membership: after a table change, every actor this node holds
+    /// (running or parked) whose witness under the current table is not the one its marker
+    /// was given to — the witness restarted (its markers died with it), was replaced, or a
+    /// member joined or left — is told again, so that the state is counted if this node
+    /// dies next. Only actors whose activation already swapped its marker are told (a
+    /// refresh must not take the place of that swap, which is where a loss is counted);
+    /// the old marker the new witness returns is not a loss: this node holds the state.
+    pub(super) async fn refresh_markers(&self) {
+        let Some(p) = self.current() else { return };
+        let Some((me, MemberStatus::Up)) = p.member(&self.config.pod) else {
+            return;
+        };
+        let incarnation = me.incarnation.to_string();
+        let told: Vec<(ActorKey, Option<PodKey>)> = lock(&self.told)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut unreachable: Vec<Arc<str>> = Vec::new();
+        for ((actor_type, id), was) in told {
+            let key = (actor_type.clone(), id.clone());
+            let Ok(entry) = self.type_entry(&actor_type) else {
+                lock(&self.told).remove(&key);
+                continue;
+            };
+            let running = entry
+                .get(&id)
+                .filter(|a| {
+                    matches!(
+                        a.phase(),
+                        activation::Phase::Active | activation::Phase::Closing
+                    )
+                })
+                .map(|a| a.generation());
+            let Some(generation) = running.or_else(|| entry.parked_generation(&id)) else {
+                lock(&self.told).remove(&key);
+                continue;
+            };
+            let witness = p.witness(&actor_type, &id, &self.config.pod);
+            let now = witness.map(|w| (w.pod.clone(), w.incarnation.clone()));
+            if now == was {
+                continue;
+            }
+            let Some(w) = witness else {
+                self.told(key, None);
+                continue;
+            };
+            if unreachable.contains(&w.transport_addr) {
+                continue;
+            }
+            let request = Request::Witness {
+                actor_type: actor_type.to_string(),
+                id: id.to_string(),
+                marker: Some(Marker {
+                    holder: self.config.pod.clone(),
+                    incarnation: incarnation.clone(),
+                    generation,
+                }),
+            };
+            match self
+                .peers
+                .request(&w.transport_addr, request, Duration::from_secs(5))
+                .await
+            {
+                Ok(Response::Witnessed(_)) => self.told(key, Some(w)),
+                other => {
+                    tracing::debug!(witness = %w.pod, answer = ?other, "witness not told again");
+                    unreachable.push(w.transport_addr.clone());
+                }
+            }
         }
     }
 
@@ -602,21 +711,26 @@ mod tests {
     fn a_node_is_evicted_when_downed_replaced_removed_or_moved_to_another_cluster() {
         let e = Standing::Evicted;
         let m = Standing::Member;
-        assert_eq!(standing(Some(("i1", Up)), Some(("i1", Down)), false), e);
+        use TableChange::{Later, OtherCluster as Other};
+        assert_eq!(standing(Some(("i1", Up)), Some(("i1", Down)), Later), e);
         assert_eq!(
-            standing(Some(("i1", Leaving)), Some(("i1", Down)), false),
+            standing(Some(("i1", Leaving)), Some(("i1", Down)), Later),
             e
         );
-        assert_eq!(standing(Some(("i1", Up)), Some(("i2", Joining)), false), e);
-        assert_eq!(standing(Some(("i1", Up)), None, false), e);
-        assert_eq!(standing(Some(("i1", Up)), Some(("i1", Up)), true), e);
+        assert_eq!(standing(Some(("i1", Up)), Some(("i2", Joining)), Later), e);
+        assert_eq!(standing(Some(("i1", Up)), None, Later), e);
+        assert_eq!(standing(Some(("i1", Up)), Some(("i1", Up)), Other), e);
         // A graceful leave ends with removal: not an eviction (the drain finishes).
-        assert_eq!(standing(Some(("i1", Leaving)), None, false), m);
-        assert_eq!(standing(Some(("i1", Joining)), Some(("i1", Up)), false), m);
-        assert_eq!(standing(Some(("i1", Up)), Some(("i1", Leaving)), false), m);
-        assert_eq!(standing(None, Some(("i1", Joining)), false), m);
-        assert_eq!(standing(None, Some(("i1", Joining)), true), m);
+        assert_eq!(standing(Some(("i1", Leaving)), None, Later), m);
+        assert_eq!(standing(Some(("i1", Joining)), Some(("i1", Up)), Later), m);
+        assert_eq!(standing(Some(("i1", Up)), Some(("i1", Leaving)), Later), m);
+        assert_eq!(standing(None, Some(("i1", Joining)), Later), m);
+        assert_eq!(standing(None, Some(("i1", Joining)), Other), m);
         // Already Down: handled when it was downed.
-        assert_eq!(standing(Some(("i1", Down)), None, false), m);
+        assert_eq!(standing(Some(("i1", Down)), None, Later), m);
+        // A restore replaces or drops every entry but the restorer's: nobody was downed.
+        let restored = TableChange::Restored;
+        assert_eq!(standing(Some(("i1", Up)), None, restored), m);
+        assert_eq!(standing(Some(("i1", Up)), Some(("i2", Up)), restored), m);
     }
 }
