@@ -6,7 +6,7 @@
 # and `start` runs exactly that again (same log file, same pid file), so the restarted API
 # server is the one cluster-up.sh started.
 #
-# usage: apiserver.sh stop [--restore-after SECONDS]   SIGTERM (SIGKILL after 15 s); with
+# usage: apiserver.sh stop [--restore-after SECONDS]   SIGTERM (SIGKILL after 5 s); with
 #                                                      --restore-after, a detached watchdog
 #                                                      starts it again after SECONDS unless
 #                                                      `start` ran first (a killed test never
@@ -58,9 +58,11 @@ stop() {
   token="$(date +%s%N)-$$"
   echo "$token" >"$stopped"
   kill -TERM "$pid"
-  for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  # It stops listening at once but drains its long-running requests for much longer;
+  # the outage has begun either way.
+  for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
   if kill -0 "$pid" 2>/dev/null; then
-    log "kube-apiserver $pid did not exit within 15 s of SIGTERM; SIGKILL"
+    log "kube-apiserver $pid still draining 5 s after SIGTERM; SIGKILL"
     kill -KILL "$pid" 2>/dev/null || true
     for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
   fi

@@ -336,8 +336,8 @@ async fn api_server_outage_nodes_keep_serving_and_the_operator_resumes() -> anyh
         let stop_at = load.now();
         let api = ApiServerOutage::begin(outage + Duration::from_secs(120)).await?;
         let stopped_at = load.now();
-        figure(test, &format!("kube-apiserver stopped at +{stop_at:.1} s (process gone {:.1} s later); outage of {} s", stopped_at - stop_at, outage.as_secs()));
-        tokio::time::sleep(outage).await;
+        figure(test, &format!("kube-apiserver sent SIGTERM at +{stop_at:.1} s (process gone {:.1} s later); outage of {} s from the SIGTERM", stopped_at - stop_at, outage.as_secs()));
+        tokio::time::sleep_until((load.started() + Duration::from_secs_f64(stop_at) + outage).into()).await;
         let start_at = load.now();
         api.end().await?;
         let api_ready_at = load.now();
@@ -762,15 +762,24 @@ async fn member_lease_deleted_restores_one_cluster_one_epoch_later() -> anyhow::
                 Duration::from_secs(60),
                 Duration::from_millis(50),
                 || async {
+                    // A table of another cluster id, or of the same epoch, ends the wait too.
                     Ok(members::lease_table(&ctx, NAME)
                         .await
                         .ok()
                         .flatten()
-                        .filter(|t| t.cluster == before.cluster && t.epoch > before.epoch)
+                        .filter(|t| t.cluster != before.cluster || t.epoch != before.epoch)
                         .map(|t| (t, deleted.elapsed())))
                 },
             )
             .await?;
+            ensure!(
+                restored.0.cluster == before.cluster,
+                "the deleted Lease came back as another cluster: {} v{} (before {} v{})",
+                members::history(&restored.0),
+                restored.0.version,
+                members::history(&before),
+                before.version
+            );
             let t = one_cluster(&ctx, 3, SETTLE).await?;
             let all_follow = deleted.elapsed();
             let to = load.now();
