@@ -329,7 +329,21 @@ fn restart_counts(pods: &[Pod]) -> BTreeMap<String, i32> {
 
 /// The kube-apiserver stopped for `TROUPE_E2E_FAULTS_OUTAGE_SECS` (60) under counter load,
 /// to every pod directly and through the client Service.
+//
+// Open (2 runs of 2 on the local cluster): the nodes do not stay Ready while the API server
+// is down. Every node logs `serving lapsed: every activation stopped at once` every 2–2.5 s
+// for the whole outage (tick-aligned: xx.086 / xx.586), /ready answers 503 "not an Up
+// member yet" in 17 of 446 and 14 of 452 samples, and 18–25 % of the increments are
+// refused 503 "not accepting" (none before the outage). Everything else held in both runs:
+// nothing acknowledged lost (46762 and 35538 exact), no container restarted, the operator
+// applied the scale 6.4 s and 12.9 s after the API server's return, its /readyz went 503
+// ("watches failing") 36 s into the outage and 200 again 9.5 s and 16.2 s after the return.
+// The serving deadline during an outage rests on the peers' probe answers alone
+// (node/src/view.rs `serving_until`: last answer + isolation_timeout 2 s); with probes every
+// 500 ms it should never lapse while both peers answer, so answers are not being recorded
+// in time (node/src/membership/, owned elsewhere). `make soak-faults` runs it.
 #[tokio::test]
+#[ignore = "open: nodes flap out of serving (serving lapsed every 2-2.5 s, /ready 503) while the API server is down"]
 async fn api_server_outage_nodes_keep_serving_and_the_operator_resumes() -> anyhow::Result<()> {
     let _only = faults::exclusive().await;
     with_namespace("faults-api", |ctx| async move {
