@@ -239,8 +239,8 @@ async fn settled(ctx: &TestContext, n: i64) -> anyhow::Result<Duration> {
 // --- 1. the API server stopped -----------------------------------------------------------
 
 /// One `/ready` (or `/readyz`) sample: seconds since the load started, who, status (0: no
-/// answer) and body.
-type Sample = (f64, String, u16, String);
+/// answer), body, and how long the answer took (ms).
+type Sample = (f64, String, u16, String, f64);
 
 fn sample_http(
     targets: Vec<(String, String)>,
@@ -262,7 +262,14 @@ fn sample_http(
                         Err(_) => (0, "timed out".to_owned()),
                     };
                 if let Ok(mut s) = inner.lock() {
-                    s.push((started.elapsed().as_secs_f64(), who.clone(), status, body));
+                    let took = asked.elapsed().as_secs_f64() * 1000.0;
+                    s.push((
+                        started.elapsed().as_secs_f64(),
+                        who.clone(),
+                        status,
+                        body,
+                        took,
+                    ));
                 }
             }
             tokio::time::sleep(every).await;
@@ -410,7 +417,7 @@ async fn api_server_outage_nodes_keep_serving_and_the_operator_resumes() -> anyh
             async move {
                 let s = readyz.lock().map(|s| s.clone()).unwrap_or_default();
                 let mut back = BTreeMap::new();
-                for (at, who, status, _) in s.iter().filter(|x| x.0 >= api_ready_at) {
+                for (at, who, status, _, _) in s.iter().filter(|x| x.0 >= api_ready_at) {
                     if *status == 200 {
                         back.entry(who.clone()).or_insert(*at - api_ready_at);
                     }
@@ -439,6 +446,12 @@ async fn api_server_outage_nodes_keep_serving_and_the_operator_resumes() -> anyh
             *per_pod.entry(s.1.clone()).or_default().entry(s.2).or_default() += 1;
         }
         figure(test, &format!("/ready of every pod during the outage, by status (0: no answer): {per_pod:?}"));
+        for (what, from, to) in [("before", 0.0, stop_at), ("during", stop_at, api_ready_at)] {
+            let mut ms: Vec<f64> = ready.iter().filter(|s| s.0 >= from && s.0 <= to).map(|s| s.4).collect();
+            ms.sort_by(f64::total_cmp);
+            let q = |f: f64| ms.get(((ms.len() as f64 - 1.0) * f) as usize).copied().unwrap_or(f64::NAN);
+            figure(test, &format!("/ready answer time {what} the outage (management port, like the peers' probes): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms over {} samples", q(0.5), q(0.99), q(1.0), ms.len()));
+        }
         let readyz = readyz.lock().map(|s| s.clone()).unwrap_or_default();
         let first_503 = readyz.iter().find(|s| s.0 >= stop_at && s.2 != 200).cloned();
         figure(test, &format!(
@@ -875,7 +888,10 @@ async fn member_lease_deleted_restores_one_cluster_one_epoch_later() -> anyhow::
         let h = hist.lock().map(|h| (h.seen.clone(), h.lease_ids.clone())).unwrap_or_default();
         figure(test, &format!("cluster@epoch seen (by whom): {:?}", h.0));
         for (i, (from, to)) in windows.iter().enumerate() {
-            figure(test, &format!("from deletion {} to all following: {}", i + 1, record.window(|_| true, *from, *to)));
+            // Serving resumes isolation_timeout (2 s) after the restore: the 10 s after the
+            // deletion show the gap.
+            let until = (from + 10.0).max(*to).min(record.ended_at);
+            figure(test, &format!("from deletion {} (+{from:.1} s) to +{until:.1} s: {}", i + 1, record.window(|_| true, *from, until)));
         }
         figure(test, &format!("whole run: {}", record.all()));
         let reckoning = reckon(&ctx, test, &record).await?;
