@@ -254,6 +254,7 @@ fn sample_http(
         // Bounded: at most an hour at 4 samples a second; aborted by the test.
         for _ in 0..14_400 {
             for (who, addr) in &targets {
+                let asked = Instant::now();
                 let (status, body) =
                     match tokio::time::timeout(Duration::from_secs(2), http::get(addr, path)).await
                     {
