@@ -11,6 +11,9 @@
 //! | `member_lease_deleted…` | `kubectl delete lease <cluster>-members` | the same cluster id at epoch + 1; acknowledged == counted |
 //! | `rolling_image_update…` | `spec.image` changed | every pod replaced; acknowledged == counted |
 //!
+//! The API-server and partition tests are marked open (`#[ignore]`): each fails for the
+//! product reason in its note; `make soak-faults` runs them (`--include-ignored`).
+//!
 //! Every test prints its figures as `[faults] <test>: …` lines (hack/e2e.sh repeats them
 //! after the run). The short variants run in `make test`; `make soak-faults` runs the long
 //! ones through the `TROUPE_E2E_FAULTS_*` variables below. The tests never overlap
