@@ -341,20 +341,24 @@ fn restart_counts(pods: &[Pod]) -> BTreeMap<String, i32> {
 /// The kube-apiserver stopped for `TROUPE_E2E_FAULTS_OUTAGE_SECS` (60) under counter load,
 /// to every pod directly and through the client Service.
 //
-// Open (2 runs of 2 on the local cluster): the nodes do not stay Ready while the API server
-// is down. Every node logs `serving lapsed: every activation stopped at once` every 2–2.5 s
-// for the whole outage (tick-aligned: xx.086 / xx.586), /ready answers 503 "not an Up
-// member yet" in 17 of 446 and 14 of 452 samples, and 18–25 % of the increments are
-// refused 503 "not accepting" (none before the outage). Everything else held in both runs:
-// nothing acknowledged lost (46762 and 35538 exact), no container restarted, the operator
-// applied the scale 6.4 s and 12.9 s after the API server's return, its /readyz went 503
-// ("watches failing") 36 s into the outage and 200 again 9.5 s and 16.2 s after the return.
-// The serving deadline during an outage rests on the peers' probe answers alone
-// (node/src/view.rs `serving_until`: last answer + isolation_timeout 2 s); with probes every
-// 500 ms it should never lapse while both peers answer, so answers are not being recorded
-// in time (node/src/membership/, owned elsewhere). `make soak-faults` runs it.
-#[tokio::test]
-#[ignore = "open: nodes flap out of serving (serving lapsed every 2-2.5 s, /ready 503) while the API server is down"]
+// Open (3 runs of 3 on the local cluster):
+// 1. The nodes do not stay Ready while the API server is down. Every node logs `serving
+//    lapsed: every activation stopped at once` every 2–2.5 s for the whole outage
+//    (tick-aligned: xx.086 / xx.586); /ready answers 503 "not an Up member yet" in 17/446,
+//    14/452 and 18/459 samples, and 18–26 % of the increments are refused 503 "not
+//    accepting" (none before the outage). /ready answer times: p99 6 ms before, 803 ms
+//    during the outage (the 503s wait out the readiness wait). The serving deadline then
+//    rests on the peers' probe answers alone (node/src/view.rs `serving_until`: last answer
+//    + isolation_timeout 2 s); with probes every 500 ms it should not lapse while both
+//    peers answer, so answers are not recorded in time (node/src/membership/, owned
+//    elsewhere).
+// 2. The operator resumes late at times: the `kubectl scale ac` reached the Deployment
+//    6.4 s, 12.9 s and 34.2 s after the API server's return (bound 30 s), and its /readyz
+//    was 200 again 9.5 s, 16.2 s and 36.6 s after it (watch backoff is capped at 4 s, so
+//    the rest is the controller's or the election's; operator/, not yet fixed).
+// Held in all runs: nothing acknowledged lost (46762, 35538, 30563, all exact), no container
+// restarted, /readyz 503 "watches failing" 36 s into the outage. `make soak-faults` runs it.
+#[ignore = "open: nodes flap out of serving (serving lapsed every 2-2.5 s, /ready 503) while the API server is down; the operator applied a scale 34 s after its return once"]
 async fn api_server_outage_nodes_keep_serving_and_the_operator_resumes() -> anyhow::Result<()> {
     let _only = faults::exclusive().await;
     with_namespace("faults-api", |ctx| async move {
@@ -710,7 +714,9 @@ async fn graceful_chaos_keeps_counters_exact() -> anyhow::Result<()> {
 // runtime evicts: it stops its activations and *drops their states*
 // (actors/src/runtime/mod.rs, "Eviction"); the others activate those actors empty. So the
 // counters it held lose every acknowledged increment (run 1: 3 of 16 counters, 359
-// increments; troupe_actor_states_lost_total +3), although no process crashed. Needs a
+// increments, troupe_actor_states_lost_total +3; run 2: 5 counters, 565 increments, +5, two
+// of them reset 2.3 s *after* the healed member was Up again), although no process
+// crashed. One cluster id and epoch throughout in both runs. Needs a
 // runtime/membership change (hand the states over, or keep them until the member is
 // removed), owned elsewhere. `make soak-faults` runs it (--include-ignored).
 #[tokio::test]
