@@ -358,6 +358,7 @@ fn restart_counts(pods: &[Pod]) -> BTreeMap<String, i32> {
 //    the rest is the controller's or the election's; operator/, not yet fixed).
 // Held in all runs: nothing acknowledged lost (46762, 35538, 30563, all exact), no container
 // restarted, /readyz 503 "watches failing" 36 s into the outage. `make soak-faults` runs it.
+#[tokio::test]
 #[ignore = "open: nodes flap out of serving (serving lapsed every 2-2.5 s, /ready 503) while the API server is down; the operator applied a scale 34 s after its return once"]
 async fn api_server_outage_nodes_keep_serving_and_the_operator_resumes() -> anyhow::Result<()> {
     let _only = faults::exclusive().await;
