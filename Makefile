@@ -37,6 +37,16 @@ e2e: ## End-to-end tests against the running local cluster (make cluster-up firs
 soak-formation: ## 50 rounds of deleting all 5 pods at once on the running cluster: exactly one cluster each time
 	TROUPE_E2E_FORMATION_ROUNDS=$${ROUNDS:-50} RUST_TEST_NOCAPTURE=1 hack/e2e.sh --test node deleting_every_pod_at_once
 
+.PHONY: soak-faults
+soak-faults: ## Long fault tests on the running cluster: 60 s API outage, >=150 s of SIGKILL and of graceful chaos, 3 partitions, 5 Lease deletions, 3 rollouts
+	TROUPE_E2E_FAULTS_OUTAGE_SECS=$${OUTAGE_SECS:-60} \
+	TROUPE_E2E_FAULTS_SIGKILL_SECS=$${SIGKILL_SECS:-180} \
+	TROUPE_E2E_FAULTS_DELETES=$${DELETES:-12} \
+	TROUPE_E2E_FAULTS_PARTITIONS=$${PARTITIONS:-3} TROUPE_E2E_FAULTS_PARTITION_SECS=$${PARTITION_SECS:-45} \
+	TROUPE_E2E_FAULTS_LEASE_DELETES=$${LEASE_DELETES:-5} \
+	TROUPE_E2E_FAULTS_ROLLOUTS=$${ROLLOUTS:-3} \
+	hack/e2e.sh --test faults -- --include-ignored
+
 .PHONY: simulate
 simulate: ## Deterministic simulation of membership: SEEDS=N seeds (default 10000), or SEED=n to replay one
 	$(CARGO) build --quiet --locked --profile sim -p troupe-sim

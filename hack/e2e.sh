@@ -2,9 +2,12 @@
 # Runs the end-to-end suite against the running local cluster: builds and imports the
 # images, installs the operator with the project's own Helm chart (so it runs under the
 # chart's RBAC), then runs `cargo test -p troupe-e2e` and prints how long each suite took.
-# Extra arguments go to cargo test, e.g. `hack/e2e.sh --test cluster`.
+# Extra arguments go to cargo test, e.g. `hack/e2e.sh --test cluster`; those after a `--`
+# go to the test binaries, e.g. `hack/e2e.sh --test faults -- --include-ignored`.
 #   TROUPE_E2E_SETUP=0   skip the images and the chart (hack/soak-suite.sh does them once)
 #   TROUPE_E2E_LOG=FILE  keep cargo's output there (default: a temporary file)
+# The fault suite (e2e/tests/faults.rs) appends its figures to FILE.figures; they are
+# printed after the summary, so that they show without --nocapture.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/.." && pwd)"
@@ -22,8 +25,21 @@ if [ "${TROUPE_E2E_SETUP:-1}" != 0 ]; then
 fi
 cd "$root"
 out="${TROUPE_E2E_LOG:-$(mktemp /tmp/troupe-e2e.XXXXXX.log)}"
+figures="$out.figures"
+[ "$out" = /dev/null ] && figures="$(mktemp /tmp/troupe-e2e-figures.XXXXXX)"
+: >"$figures"
 rc=0
-cargo test --no-fail-fast -p troupe-e2e "$@" -- --test-threads=2 2>&1 | tee "$out" || rc=$?
+cargo_args=()
+test_args=()
+for a in "$@"; do
+  if [ "${#test_args[@]}" = 0 ] && [ "$a" = -- ] && [ -z "${split:-}" ]; then split=1; continue; fi
+  if [ -n "${split:-}" ]; then test_args+=("$a"); else cargo_args+=("$a"); fi
+done
+TROUPE_E2E_FIGURES="$figures" cargo test --no-fail-fast -p troupe-e2e "${cargo_args[@]}" -- --test-threads=2 "${test_args[@]}" 2>&1 | tee "$out" || rc=$?
 log "e2e suites (cargo's log: $out):"
 "$here/e2e-summary.sh" "$out" >&2
+if [ -s "$figures" ]; then
+  log "fault figures ($figures):"
+  cat "$figures" >&2
+fi
 exit "$rc"

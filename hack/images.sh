@@ -3,7 +3,8 @@
 # them into the local cluster's containerd:
 #   troupe-pause:0.1.0     the pod sandbox (hack/images/pause.c, musl-gcc -static)
 #   troupe-resolve:0.1.0   the e2e DNS check run as a pod (hack/images/resolve.c, musl-gcc -static)
-#   troupe-node:0.1.0      target/x86_64-unknown-linux-musl/release/troupe-node
+#   troupe-node:0.1.0      target/x86_64-unknown-linux-musl/release/troupe-node, also named
+#                          troupe-node:0.1.0-rollout (the fault tests' rolling image update)
 #   troupe-operator:0.1.0  target/x86_64-unknown-linux-musl/release/troupe-operator
 #   troupe-sidecar-example:0.1.0  the sidecar-mode example (actors/examples/sidecar_greeter.rs)
 # usage: images.sh [pause|resolve|node|operator|sidecar-example|all]   (default all)
@@ -52,8 +53,10 @@ rust_images() { # binary...
   (cd "$root" && cargo build --release --target x86_64-unknown-linux-musl "${args[@]}")
   for bin in "$@"; do
     path="$target_dir/x86_64-unknown-linux-musl/release/$bin"
+    local also=()
+    [ "$bin" = troupe-node ] && also=(--also-name "$bin:0.1.0-rollout")
     python3 "$here/images/mkimage.py" --name "$bin:0.1.0" --out "$out/$bin.tar" \
-      --entrypoint "/$bin" --user 65532:65532 --file "$path:/$bin"
+      --entrypoint "/$bin" --user 65532:65532 --file "$path:/$bin" "${also[@]}"
     log "$bin:0.1.0: binary $(du -h "$path" | cut -f1), image tarball $(du -h "$out/$bin.tar" | cut -f1)"
     import "$out/$bin.tar"
   done

@@ -16,7 +16,10 @@
 
 pub mod actor_cluster;
 pub mod diagnostics;
+pub mod faults;
 pub mod http;
+pub mod load;
+pub mod members;
 pub mod service;
 pub mod wait;
 

@@ -7,7 +7,11 @@ normalised by the importer, so the kubelet finds the image by the same short nam
 manifests use. No registry and no Docker engine are involved.
 
 usage: mkimage.py --name troupe-node:0.1.0 --out node.tar --entrypoint /troupe-node \
-                  --user 65532:65532 --file /path/to/binary:/troupe-node [--file ...]
+                  --user 65532:65532 --file /path/to/binary:/troupe-node [--file ...] \
+                  [--also-name troupe-node:0.1.0-rollout ...]
+
+Every --also-name is one more RepoTags entry: the same image under a second name (the
+fault tests roll an ActorCluster from one name to the other).
 """
 import argparse
 import hashlib
@@ -37,6 +41,7 @@ def main():
     p.add_argument("--entrypoint", required=True)
     p.add_argument("--user", default="65532:65532")
     p.add_argument("--file", action="append", required=True, help="SRC:DST")
+    p.add_argument("--also-name", action="append", default=[], help="another RepoTags name")
     a = p.parse_args()
 
     files = [tuple(f.split(":", 1)) for f in a.file]
@@ -56,7 +61,7 @@ def main():
     }
     config_bytes = json.dumps(config, sort_keys=True).encode()
     config_name = hashlib.sha256(config_bytes).hexdigest() + ".json"
-    manifest = [{"Config": config_name, "RepoTags": [a.name],
+    manifest = [{"Config": config_name, "RepoTags": [a.name] + a.also_name,
                  "Layers": [layer_digest + "/layer.tar"]}]
 
     with tarfile.open(a.out, mode="w") as out:
