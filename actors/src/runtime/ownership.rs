@@ -454,9 +454,19 @@ impl Inner {
                 actor_type: entry.name.to_string(),
                 id: id.to_owned(),
             };
+            // A member gone from the table is waited for only the down grace (it may still
+            // serve that long); a silent one must not hold the claim for longer.
+            let gone = self
+                .current()
+                .is_none_or(|p| p.member(&member.pod).is_none());
+            let timeout = if gone {
+                self.config.down_grace.max(Duration::from_millis(100))
+            } else {
+                self.config.ask_timeout * 3
+            };
             let error = match self
                 .peers
-                .request(&member.transport_addr, request, self.config.ask_timeout * 3)
+                .request(&member.transport_addr, request, timeout)
                 .await
             {
                 Ok(Response::Claimed(state)) => return Ok(Grant::State(state)),
