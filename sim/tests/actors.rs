@@ -126,3 +126,20 @@ fn a_lease_deletion_and_a_leave_lose_no_acknowledged_increment() {
     let t = text(&sim(&[("SEED", "850")]));
     assert!(!t.contains("no acknowledged update lost"), "{t}");
 }
+
+/// Open findings (seeds 25 and 121 of the sweep, see `OPEN_SEEDS` in tests/simulate.rs):
+/// after the Lease is stripped and restored (every member but the restorer rejoins as a
+/// new incarnation), a counter ends below its acknowledged increments although no node
+/// that held it crashed, was downed, evicted or left holding it. Seed 25 fails with a
+/// restore that evicts too; seed 121 only since a restore keeps the states. Not diagnosed.
+#[test]
+#[ignore = "open: acknowledged increments lost after a restore without a crash (seeds 25, 121)"]
+fn a_restore_loses_no_acknowledged_increment() {
+    for seed in ["25", "121"] {
+        let t = text(&sim(&[("SEED", seed)]));
+        assert!(
+            !t.contains("no acknowledged update lost"),
+            "seed {seed}:\n{t}"
+        );
+    }
+}
