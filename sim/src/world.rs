@@ -163,7 +163,9 @@ struct SimNode {
     serving: bool,
     actors: ActorRuntime,
     registry: Registry,
-    incarnation: String,
+    /// Every member incarnation this process has had: it starts as one and rejoins as a
+    /// new one after an eviction or a restore (the runtime lives on across them).
+    incarnations: BTreeSet<String>,
     /// Counters this process held (active, closing or parked) at the last sample.
     held: BTreeSet<String>,
     /// Its runtime's eviction count at the last sample.
@@ -811,7 +813,7 @@ impl World {
                 serving: false,
                 actors,
                 registry,
-                incarnation,
+                incarnations: BTreeSet::from([incarnation]),
                 held: BTreeSet::new(),
                 evictions: 0,
             },
@@ -1021,7 +1023,10 @@ impl World {
             let acts = n.actors.activations();
             let held = held_of(&n.actors, &acts);
             let evictions = n.actors.evictions();
-            if evictions > n.evictions || self.work.doomed.contains(&n.incarnation) {
+            n.incarnations
+                .insert(n.view.borrow().me.incarnation.clone());
+            let downed = n.incarnations.iter().any(|i| self.work.doomed.contains(i));
+            if evictions > n.evictions || downed {
                 self.work.exposed.extend(n.held.iter().cloned());
                 self.work.exposed.extend(held.iter().cloned());
             }

@@ -127,19 +127,20 @@ fn a_lease_deletion_and_a_leave_lose_no_acknowledged_increment() {
     assert!(!t.contains("no acknowledged update lost"), "{t}");
 }
 
-/// Open findings (seeds 25 and 121 of the sweep, see `OPEN_SEEDS` in tests/simulate.rs):
-/// after the Lease is stripped and restored (every member but the restorer rejoins as a
-/// new incarnation), a counter ends below its acknowledged increments although no node
-/// that held it crashed, was downed, evicted or left holding it. Seed 25 fails with a
-/// restore that evicts too; seed 121 only since a restore keeps the states. Not diagnosed.
+/// Open finding (seed 121 of the sweep, see `OPEN_SEEDS` in tests/simulate.rs; shrunk with
+/// `SEED=121 SHRINK=1 make simulate` to 6 faults): pod-3 and pod-0 are deleted and come
+/// back, pod-2 is partitioned for 8.2 s, and the Lease is deleted during the partition.
+/// pod-2 cannot be downed (pod-1 alone is no majority of the live Up members), so nothing
+/// marks its counters exposed; the restored epoch leaves it out, and the restorer gives it
+/// up after the down grace and activates its counters without their states (c0 ends 72
+/// below its acknowledged 114). It is the rule for a member cut off past the grace, here
+/// reached through a restore rather than a Down; the oracle does not count it as
+/// exposure, and whether it should (or the restorer should wait for a member it cannot
+/// reach) is open. (Seed 25, once beside it, was an oracle gap: a process downed under
+/// the incarnation it got from a restore was not recognised; fixed in `world.rs`.)
 #[test]
-#[ignore = "open: acknowledged increments lost after a restore without a crash (seeds 25, 121)"]
-fn a_restore_loses_no_acknowledged_increment() {
-    for seed in ["25", "121"] {
-        let t = text(&sim(&[("SEED", seed)]));
-        assert!(
-            !t.contains("no acknowledged update lost"),
-            "seed {seed}:\n{t}"
-        );
-    }
+#[ignore = "open: a holder partitioned during a Lease deletion loses its states unexposed (seed 121)"]
+fn a_holder_cut_off_during_a_restore_loses_no_acknowledged_increment() {
+    let t = text(&sim(&[("SEED", "121")]));
+    assert!(!t.contains("no acknowledged update lost"), "seed 121:\n{t}");
 }
