@@ -45,7 +45,7 @@ soak-faults: ## Long fault tests on the running cluster: 60 s API outage, >=150 
 	TROUPE_E2E_FAULTS_PARTITIONS=$${PARTITIONS:-3} TROUPE_E2E_FAULTS_PARTITION_SECS=$${PARTITION_SECS:-45} \
 	TROUPE_E2E_FAULTS_LEASE_DELETES=$${LEASE_DELETES:-5} \
 	TROUPE_E2E_FAULTS_ROLLOUTS=$${ROLLOUTS:-3} \
-	hack/e2e.sh --test faults
+	hack/e2e.sh --test faults -- --include-ignored
 
 .PHONY: simulate
 simulate: ## Deterministic simulation of membership and the actor runtime: SEEDS=N seeds (default 10000), or SEED=n to replay one
