@@ -4,34 +4,9 @@
 //!
 //! `SIM_ACTOR_TEST_SEEDS` sets how many seeds each batch runs (default 12).
 
-use std::process::{Command, Output};
+mod common;
 
-fn sim(env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_troupe-sim"));
-    for var in [
-        "SEED",
-        "SEEDS",
-        "FIRST_SEED",
-        "SIM_FAULTS",
-        "SIM_SKIP",
-        "SHRINK",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd.envs(env.iter().copied());
-    match cmd.output() {
-        Ok(out) => out,
-        Err(e) => panic!("cannot run troupe-sim: {e}"),
-    }
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use common::{sim, text};
 
 fn seeds() -> String {
     std::env::var("SIM_ACTOR_TEST_SEEDS").unwrap_or_else(|_| "12".into())

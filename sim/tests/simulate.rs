@@ -4,7 +4,9 @@
 //! `SIM_TEST_SEEDS` sets how many seeds `seeds_hold_the_invariants` runs (default 30, a
 //! few seconds each in a debug build; `cargo test --profile sim` runs them ~8x faster).
 
-use std::process::{Command, Output};
+mod common;
+
+use common::{sim, text};
 
 /// Fault kinds left out of `seeds_hold_the_invariants` because they break an invariant in
 /// the membership code as it is, with the finding that fixes them. Remove a kind here when
@@ -26,33 +28,6 @@ const OPEN_SEEDS: &[(u64, &str)] = &[
 /// with these, and a seed draws the same schedule only from the same kinds.
 const KINDS_BEFORE_STRIP: &str = "crash,delete-pod,pause,partition,one-way,net-delay,reorder,store-cut,store-down,store-slow,watch-lag,lease-deleted,scale-up,scale-down,replace";
 const KINDS_BEFORE_STRIP_NO_DELETE: &str = "crash,delete-pod,pause,partition,one-way,net-delay,reorder,store-cut,store-down,store-slow,watch-lag,scale-up,scale-down,replace";
-
-fn sim(env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_troupe-sim"));
-    for var in [
-        "SEED",
-        "SEEDS",
-        "FIRST_SEED",
-        "SIM_FAULTS",
-        "SIM_SKIP",
-        "SHRINK",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd.envs(env.iter().copied());
-    match cmd.output() {
-        Ok(out) => out,
-        Err(e) => panic!("cannot run troupe-sim: {e}"),
-    }
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 #[test]
 fn a_seed_replays_exactly() {
