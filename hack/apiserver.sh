@@ -69,11 +69,26 @@ stop() {
   log "kube-apiserver $pid stopped"
   if [ -n "$restore_after" ]; then
     [[ "$restore_after" =~ ^[0-9]+$ ]] || die "--restore-after takes whole seconds"
-    setsid bash -c 'sleep "$1"; exec "$2" start --token "$3"' watchdog \
-      "$restore_after" "$here/apiserver.sh" "$token" \
-      >>"$logs/kube-apiserver-watchdog.log" 2>&1 </dev/null &
+    (
+      close_inherited_fds
+      setsid bash -c 'sleep "$1"; exec "$2" start --token "$3"' watchdog \
+        "$restore_after" "$here/apiserver.sh" "$token" \
+        >>"$logs/kube-apiserver-watchdog.log" 2>&1 </dev/null &
+    )
     log "watchdog: it starts again in ${restore_after}s unless 'apiserver.sh start' runs first"
   fi
+}
+
+# Closes every descriptor above stderr in the calling (sub)shell, so that a process
+# started from it holds nothing of its caller's: a `flock` lock taken around a test would
+# otherwise be held by the restarted API server (or its watchdog) for as long as it runs.
+close_inherited_fds() {
+  local fd
+  for fd in /proc/$BASHPID/fd/*; do
+    fd="${fd##*/}"
+    [ "$fd" -gt 2 ] 2>/dev/null && eval "exec $fd>&-" 2>/dev/null
+  done
+  return 0
 }
 
 start() {
@@ -100,6 +115,7 @@ start() {
   [ "${args[0]}" = "$K8S_BIN/kube-apiserver" ] || die "saved arguments are not our kube-apiserver: ${args[0]}"
   (
     cd "$(cat "$savedcwd" 2>/dev/null || echo /)"
+    close_inherited_fds
     setsid "${args[@]}" >>"$logs/kube-apiserver.log" 2>&1 </dev/null &
     echo $! >"$pidfile"
   )

@@ -22,6 +22,10 @@ if [ "${TROUPE_E2E_SETUP:-1}" != 0 ]; then
   log "installing the operator with charts/troupe"
   helm upgrade --install troupe "$root/charts/troupe" --namespace troupe-system --create-namespace \
     --wait --timeout 180s
+  # The image tag does not change with the code: restart the operator so that it runs the
+  # image just imported, not the one a warm cluster started it with.
+  kubectl -n troupe-system rollout restart deployment/troupe >/dev/null
+  kubectl -n troupe-system rollout status deployment/troupe --timeout 180s >/dev/null
 fi
 cd "$root"
 out="${TROUPE_E2E_LOG:-$(mktemp /tmp/troupe-e2e.XXXXXX.log)}"

@@ -115,6 +115,12 @@ pub struct RuntimeConfig {
     /// Must cover the time a downed node may still serve before it notices (the
     /// membership's isolation timeout plus the feed delay).
     pub down_grace: Duration,
+    /// How long a claimant waits for a member that a restore left out of the table (the
+    /// Lease was deleted or stripped; every member but the restorer rejoins as a new
+    /// incarnation, keeping its states) to rejoin and answer, before it activates the
+    /// actor without that member's state. Longer than [`Self::down_grace`]: nobody downed
+    /// it, it only has to notice the restore and rejoin.
+    pub restore_grace: Duration,
     /// Port peers listen on when a member's address carries no port.
     pub transport_port: u16,
     /// Base URL of the sidecar application (`TROUPE_APP_URL`), if any.
@@ -140,6 +146,7 @@ impl fmt::Debug for RuntimeConfig {
             .field("ask_timeout", &self.ask_timeout)
             .field("max_frame_bytes", &self.max_frame_bytes)
             .field("down_grace", &self.down_grace)
+            .field("restore_grace", &self.restore_grace)
             .field("app_url", &self.app_url)
             .field("app_types", &self.app_types)
             .field(
@@ -166,6 +173,7 @@ impl RuntimeConfig {
             supervision: SupervisionConfig::default(),
             ask_timeout: Duration::from_secs(5),
             down_grace: Duration::from_secs(3),
+            restore_grace: Duration::from_secs(10),
             max_body_bytes: 1 << 20,
             max_frame_bytes: 8 << 20,
             transport_port: troupe_contract::ports::TRANSPORT,

@@ -214,7 +214,10 @@ impl PlacementHistory {
     /// placement and are still in the current table with the same incarnation (Down ones
     /// included: a Down member may still be running): the ones that may still hold it or
     /// its state. Members gone from the table (or replaced by a new incarnation) hold
-    /// nothing any more.
+    /// nothing any more — except across a restore: an owner under an earlier epoch
+    /// rejoins the restored one as a new incarnation of the same process, keeping its
+    /// states, so its pod is asked whatever its incarnation (a pod that restarted in
+    /// between answers that it holds nothing).
     pub fn previous_owners(&self, actor_type: &str, id: &str, self_pod: &str) -> Vec<PlacedMember> {
         let Some(current) = self.current() else {
             return Vec::new();
@@ -224,7 +227,8 @@ impl PlacementHistory {
         for p in self.placements.iter().rev() {
             if let Some(o) = p.owner_of_hash(key)
                 && &*o.pod != self_pod
-                && current.status_of(&o.pod, &o.incarnation).is_some()
+                && (current.status_of(&o.pod, &o.incarnation).is_some()
+                    || p.order.0 < current.order.0)
                 && !out.iter().any(|x| x.pod == o.pod)
                 && let Some((now, _)) = current.member(&o.pod)
             {

@@ -450,6 +450,39 @@ impl MetricLedger {
     }
 }
 
+/// Polls a TCP connect to the `kubernetes` Service's cluster IP (port 443) from the host
+/// every 100 ms until one succeeds, and returns how long that took (`None` after `bound`).
+/// In-cluster clients reach the API server only through it: a single API server's lease
+/// reconciler removes its endpoint when it shuts down and re-adds it after it starts,
+/// and kube-proxy has to resync before the cluster IP answers again.
+pub async fn service_ip_answers_within(
+    client: &kube::Client,
+    bound: Duration,
+) -> anyhow::Result<Option<Duration>> {
+    use k8s_openapi::api::core::v1::Service;
+    let svc = kube::Api::<Service>::namespaced(client.clone(), "default")
+        .get("kubernetes")
+        .await
+        .context("reading Service default/kubernetes")?;
+    let ip = svc
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .context("Service default/kubernetes has no cluster IP")?;
+    let addr = format!("{ip}:443");
+    let started = tokio::time::Instant::now();
+    while started.elapsed() < bound {
+        let attempt = tokio::time::timeout(
+            Duration::from_millis(300),
+            tokio::net::TcpStream::connect(&addr),
+        );
+        if let Ok(Ok(_)) = attempt.await {
+            return Ok(Some(started.elapsed()));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

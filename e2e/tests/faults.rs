@@ -367,14 +367,17 @@ async fn api_server_outage_nodes_keep_serving_and_nothing_is_lost() -> anyhow::R
     api_server_outage(false).await
 }
 
-/// The same outage, holding the operator to resuming within 30 s of the API server's
-/// return. Open: it applied the scale 6.4, 12.9, 14.3, 31.5 and 34.2 s after the return in
-/// five runs; in the 34 s run its connections to the `kubernetes` Service kept failing
-/// until 9 s after the restarted API server served (it re-adds its own endpoint on start,
-/// then kube-proxy resyncs). Not diagnosed further. `make soak-faults` runs it.
+/// The same outage, holding the operator to applying a scale within 10 s of the moment it
+/// can reach the API server again. The API server's own return is not that moment: a
+/// single API server's lease reconciler removes its endpoint from the `kubernetes` Service
+/// when it shuts down and re-adds it after it starts, and the cluster IP answers only once
+/// kube-proxy (whose watch backed off through the outage) resyncs — 20 s after the return
+/// in one run, during which every in-cluster client fails with `Connect`. The test prints
+/// both figures. `make soak-faults` runs it.
 #[tokio::test]
-#[ignore = "open: the operator applied a scale up to 34 s after the API server's return (bound 30 s)"]
-async fn api_server_outage_the_operator_resumes_within_30_s() -> anyhow::Result<()> {
+#[ignore = "soak: part of make soak-faults"]
+async fn api_server_outage_the_operator_resumes_within_10_s_of_reaching_the_api()
+-> anyhow::Result<()> {
     api_server_outage(true).await
 }
 
@@ -427,6 +430,12 @@ async fn api_server_outage(operator_bound: bool) -> anyhow::Result<()> {
         let api_ready_at = load.now();
         figure(test, &format!("kube-apiserver started again at +{start_at:.1} s with its original arguments, /readyz after {:.1} s", api_ready_at - start_at));
 
+        // The cluster IP in-cluster clients use (the operator, the nodes) answers again
+        // only once kube-proxy has the endpoint the API server re-adds after its start.
+        let vip_client = ctx.client.clone();
+        let vip_task = tokio::spawn(async move {
+            faults::service_ip_answers_within(&vip_client, Duration::from_secs(120)).await
+        });
         // `kubectl scale ac/faulty --replicas=4`, and the operator writing it to the
         // Deployment.
         let scaled = Instant::now();
@@ -440,7 +449,11 @@ async fn api_server_outage(operator_bound: bool) -> anyhow::Result<()> {
             Ok((d.spec.and_then(|s| s.replicas) == Some(4)).then(|| scaled.elapsed()))
         })
         .await?;
-        figure(test, &format!("kubectl scale ac --replicas=4 after the API server's return: Deployment at 4 after {:.2} s", applied.as_secs_f64()));
+        let vip_back = vip_task.await.context("the cluster IP probe panicked")??;
+        let vip_back = vip_back.context("the kubernetes Service's cluster IP did not answer within 120 s of the API server's return")?;
+        // From the later of the scale and the cluster IP answering: the operator's own part.
+        let applied_after_vip = applied.saturating_sub(vip_back);
+        figure(test, &format!("kubectl scale ac --replicas=4 after the API server's return: Deployment at 4 after {:.2} s; the kubernetes Service's cluster IP answered again after {:.2} s (kube-proxy resyncing the endpoint the API server re-added), so the operator applied it {:.2} s after it could reach the API server", applied.as_secs_f64(), vip_back.as_secs_f64(), applied_after_vip.as_secs_f64()));
         tokio::time::sleep(Duration::from_secs(3)).await;
         let readyz_back = wait::until("every operator pod's /readyz 200 again", Duration::from_secs(60), Duration::from_millis(250), || {
             let readyz = readyz.clone();
@@ -524,9 +537,9 @@ async fn api_server_outage(operator_bound: bool) -> anyhow::Result<()> {
         ensure!(node_after == node_restarts, "node containers restarted: {node_restarts:?} -> {node_after:?}");
         ensure!(op_after == op_restarts, "operator containers restarted: {op_restarts:?} -> {op_after:?}");
         ensure!(
-            !operator_bound || applied <= Duration::from_secs(30),
-            "the operator took {:.1} s after the API server's return to apply a scale (promise: within seconds; bound 30 s)",
-            applied.as_secs_f64()
+            !operator_bound || applied_after_vip <= Duration::from_secs(10),
+            "the operator took {:.1} s after the API server's cluster IP answered again to apply a scale (promise: within seconds; bound 10 s)",
+            applied_after_vip.as_secs_f64()
         );
         if outage >= Duration::from_secs(40) {
             let first = first_503.context("operator /readyz answered 200 throughout an outage longer than its 30 s dead-watch limit")?;

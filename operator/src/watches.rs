@@ -30,7 +30,7 @@ use kube::runtime::watcher;
 /// First retry delay after a watch error.
 pub const MIN_DELAY: Duration = Duration::from_millis(250);
 /// Longest retry delay (before jitter), reached after a few consecutive errors.
-pub const MAX_DELAY: Duration = Duration::from_secs(4);
+pub const MAX_DELAY: Duration = Duration::from_secs(2);
 
 /// `config` with quorum lists (see the module docs).
 pub fn list_config(config: watcher::Config) -> watcher::Config {

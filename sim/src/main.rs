@@ -6,6 +6,11 @@
 //! threads (default: one per core). `SIM_FAULTS=a,b` draws
 //! only those fault kinds, `SIM_SKIP=a,b` leaves those out; with `SEED`, `SHRINK=1` also
 //! prints the failing schedule with as few faults as still fail. Exits 1 on any violation.
+//!
+//! Diagnosing a seed: `SIM_HOLDINGS=1` adds a trace line whenever what a process holds of
+//! a counter changes (phase, generation, parked copies); `SIM_LOG=<filter>` (e.g.
+//! `troupe_actors=debug`) prints the nodes' own log events on stderr, each in a `node`
+//! span naming its pod.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -44,7 +49,20 @@ fn main() -> ExitCode {
 }
 
 fn real_main() -> Result<ExitCode, String> {
-    let mut cfg = Config::default();
+    if let Ok(filter) = std::env::var("SIM_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(format!(
+                "troupe_sim=info,{filter}"
+            )))
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .without_time()
+            .init();
+    }
+    let mut cfg = Config {
+        trace_holdings: std::env::var("SIM_HOLDINGS").is_ok_and(|v| v == "1"),
+        ..Config::default()
+    };
     if let Some(only) = kinds("SIM_FAULTS")? {
         cfg.shape.kinds = only.into_iter().collect();
     }

@@ -159,6 +159,11 @@ impl SimNet {
         }
     }
 
+    /// Whether `pod` is cut off from every peer.
+    pub fn is_isolated(&self, pod: &str) -> bool {
+        self.state().isolated.contains(pod)
+    }
+
     /// Probes from `from` to `to` fail (`true`) or work again.
     pub fn set_one_way(&self, from: &str, to: &str, cut: bool) {
         let key = (from.to_owned(), to.to_owned());

@@ -38,6 +38,7 @@ use prometheus::Registry;
 use tokio::runtime::Runtime;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use troupe_actors::activation::Phase;
 use troupe_actors::{ActorRuntime, Message, RuntimeConfig};
 use troupe_contract::MemberStatus;
 use troupe_node::discovery::{PodInfo, PodSet};
@@ -73,6 +74,8 @@ pub struct Config {
     pub timing: Timing,
     /// Simulated time per step.
     pub step: Duration,
+    /// Trace every change of what the processes hold of each counter.
+    pub trace_holdings: bool,
 }
 
 impl Default for Config {
@@ -81,6 +84,7 @@ impl Default for Config {
             shape: Shape::default(),
             timing: Timing::default(),
             step: Duration::from_millis(10),
+            trace_holdings: false,
         }
     }
 }
@@ -184,6 +188,8 @@ struct Workload {
     exposed: BTreeSet<String>,
     /// Incarnations seen Down in some table: whatever they hold is exposed.
     doomed: BTreeSet<String>,
+    /// Pods cut off from every peer (paused or partitioned), since when.
+    cut_since: BTreeMap<String, Duration>,
     /// The loss metric of node processes that are gone.
     lost_gone: u64,
 }
@@ -218,6 +224,8 @@ impl Action {
 
 struct World {
     cfg: Config,
+    /// The last `holdings` trace line (`Config::trace_holdings`).
+    last_holdings: String,
     store: SimStore,
     net: SimNet,
     pods: watch::Sender<PodSet>,
@@ -320,6 +328,7 @@ fn run_started(schedule: Schedule, mut rng: Rng, cfg: &Config) -> Outcome {
 fn run_world(schedule: Schedule, rng: &mut Rng, cfg: &Config) -> Outcome {
     let seed = schedule.seed;
     let mut w = World {
+        last_holdings: String::new(),
         cfg: cfg.clone(),
         store: SimStore::new(),
         net: SimNet::new(Rng::new(rng.next_u64())),
@@ -390,6 +399,7 @@ impl Workload {
             ledger: Ledger::default(),
             exposed: BTreeSet::new(),
             doomed: BTreeSet::new(),
+            cut_since: BTreeMap::new(),
             lost_gone: 0,
         }
     }
@@ -560,6 +570,12 @@ impl World {
             Action::Resume(pod) => self.resume(&pod),
             Action::Unisolate(pod) => {
                 self.net.set_isolated(&pod, false);
+                if !matches!(
+                    self.nodes.get(&pod).map(|n| &n.life),
+                    Some(Life::Paused { .. })
+                ) {
+                    self.work.cut_since.remove(&pod);
+                }
                 self.log(format!("event heal partition {pod}"));
             }
             Action::OneWayHeal(a, b) => {
@@ -610,6 +626,12 @@ impl World {
                     }
                 }
                 self.net.heal();
+                self.work.cut_since.retain(|p, _| {
+                    matches!(
+                        self.nodes.get(p).map(|n| &n.life),
+                        Some(Life::Paused { .. })
+                    )
+                });
                 self.store.set_down(false);
                 self.store.set_delay(Duration::ZERO);
                 self.store.set_watch_lag(Duration::ZERO);
@@ -650,6 +672,7 @@ impl World {
                 if let Some(n) = self.nodes.get_mut(&pod) {
                     n.life = Life::Paused { since: now };
                 }
+                self.work.cut_since.entry(pod.clone()).or_insert(now);
                 self.net.set_answering(&pod, false);
                 self.count(f.kind, format!("{pod} for {dur} ms"));
                 self.push_in(dur, Action::Resume(pod));
@@ -657,6 +680,8 @@ impl World {
             FaultKind::Partition => {
                 let pod = self.pick(f.pick, false, None)?;
                 self.net.set_isolated(&pod, true);
+                let now = self.now();
+                self.work.cut_since.entry(pod.clone()).or_insert(now);
                 self.count(f.kind, format!("{pod} for {dur} ms"));
                 self.push_in(dur, Action::Unisolate(pod));
             }
@@ -862,6 +887,9 @@ impl World {
 
     fn kill(&mut self, pod: &str) {
         self.net.unlisten(pod);
+        if !self.net.is_isolated(pod) {
+            self.work.cut_since.remove(pod);
+        }
         if let Some(n) = self.nodes.remove(pod) {
             self.process_gone(&n);
             drop(n.node);
@@ -875,6 +903,13 @@ impl World {
     fn process_gone(&mut self, n: &SimNode) {
         let mut held = n.held.clone();
         held.extend(counters_held(&n.actors));
+        // A claim of this process may have been answered (the holder parks nothing and
+        // sends the state) just before or after it died: the state may die with it.
+        for a in n.actors.activations() {
+            if a.actor_type == COUNTER && a.phase == Phase::Claiming && !a.aborted {
+                held.insert(a.id);
+            }
+        }
         self.work.exposed.extend(held);
         self.work.lost_gone += states_lost(&n.registry);
     }
@@ -888,9 +923,14 @@ impl World {
             return;
         };
         n.life = Life::Running;
+        if !self.net.is_isolated(pod) {
+            self.work.cut_since.remove(pod);
+        }
         // Catch up on the paused time at once, as a stopped process does.
         let behind = now.saturating_sub(since);
-        n.rt.block_on(async move { tokio::time::advance(behind).await });
+        tracing::info_span!("node", %pod).in_scope(|| {
+            n.rt.block_on(async move { tokio::time::advance(behind).await })
+        });
         self.net.set_answering(pod, true);
         self.log(format!("event resume {pod} after {} ms", ms(behind)));
     }
@@ -952,12 +992,16 @@ impl World {
             if matches!(n.life, Life::Paused { .. }) {
                 continue;
             }
-            let in_sync = n.rt.block_on(async move {
-                tokio::time::advance(step).await;
-                for _ in 0..YIELDS_PER_STEP {
-                    tokio::task::yield_now().await;
-                }
-                tokio::time::Instant::now().into_std() == Instant::now()
+            // `SIM_LOG`'s events name the node whose tasks logged them.
+            let span = tracing::info_span!("node", %pod);
+            let in_sync = span.in_scope(|| {
+                n.rt.block_on(async move {
+                    tokio::time::advance(step).await;
+                    for _ in 0..YIELDS_PER_STEP {
+                        tokio::task::yield_now().await;
+                    }
+                    tokio::time::Instant::now().into_std() == Instant::now()
+                })
             });
             if !in_sync && drift.is_none() {
                 drift = Some(pod.clone());
@@ -1034,12 +1078,79 @@ impl World {
             n.held = held;
             holdings.push((pod.clone(), acts));
         }
+        self.expose_given_up(&holdings);
+        if self.cfg.trace_holdings {
+            self.trace_holdings(&holdings);
+        }
         let refs: Vec<(&str, &[troupe_actors::HeldActivation])> = holdings
             .iter()
             .map(|(p, a)| (p.as_str(), a.as_slice()))
             .collect();
         let found = double_activations(&refs)?;
         Some(self.violation("actors: one activation at a time", found))
+    }
+
+    /// Adds a trace line whenever what some process holds of a counter changes (phase,
+    /// generation, parked copies): `SIM_HOLDINGS=1`, for diagnosing a seed.
+    fn trace_holdings(&mut self, holdings: &[(String, Vec<troupe_actors::HeldActivation>)]) {
+        let mut desc: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (pod, acts) in holdings {
+            for a in acts.iter().filter(|a| a.actor_type == COUNTER) {
+                let g = a.generation;
+                desc.entry(a.id.clone()).or_default().push(format!(
+                    "{pod}:{:?}{}{} g={}.{}.{}",
+                    a.phase,
+                    if a.stopping { "/stop" } else { "" },
+                    if a.aborted { "/abort" } else { "" },
+                    g.epoch,
+                    g.version,
+                    g.counter
+                ));
+            }
+            if let Some(n) = self.nodes.get(pod) {
+                for (t, id, g) in n.actors.parked_states() {
+                    if t == COUNTER {
+                        desc.entry(id).or_default().push(format!(
+                            "{pod}:parked g={}.{}.{}",
+                            g.epoch, g.version, g.counter
+                        ));
+                    }
+                }
+            }
+        }
+        let text = format!("{desc:?}");
+        if text != self.last_holdings {
+            self.last_holdings.clone_from(&text);
+            self.log(format!("holdings {text}"));
+        }
+    }
+
+    /// A holder cut off from every peer (paused or partitioned) for at least the runtime's
+    /// `down_grace` may be given up by a claimant that cannot reach it, as a downed one
+    /// is (a restore leaves it out of the table without downing it): what it holds is
+    /// exposed once another process runs the actor while it is still cut off.
+    fn expose_given_up(&mut self, holdings: &[(String, Vec<troupe_actors::HeldActivation>)]) {
+        let now = self.now();
+        let grace = RuntimeConfig::new("", "").down_grace;
+        for (cut, since) in &self.work.cut_since {
+            if now.saturating_sub(*since) < grace {
+                continue;
+            }
+            let Some(n) = self.nodes.get(cut) else {
+                continue;
+            };
+            for id in &n.held {
+                let elsewhere = holdings.iter().any(|(p, acts)| {
+                    p != cut
+                        && acts
+                            .iter()
+                            .any(|a| a.actor_type == COUNTER && a.id == *id && is_active(a))
+                });
+                if elsewhere {
+                    self.work.exposed.insert(id.clone());
+                }
+            }
+        }
     }
 
     /// After the settle period: reads every counter through a running node (retrying,

@@ -17,12 +17,7 @@ const OPEN_FINDINGS: &[(&str, &str)] = &[];
 /// prints it. Each has an ignored test of its own in `tests/actors.rs`; any other
 /// violation, of these seeds or of any other, fails the sweep. Remove a seed here when
 /// its fix is merged.
-const OPEN_SEEDS: &[(u64, &str)] = &[
-    // A holder cut off by a partition during a Lease deletion, not downable (no majority
-    // without it), is out of the restored epoch; the restorer gives it up after the down
-    // grace and activates its actors without their states. See tests/actors.rs.
-    (121, "actors: no acknowledged update lost"),
-];
+const OPEN_SEEDS: &[(u64, &str)] = &[];
 
 /// The fault kinds before `lease-stripped` existed: the regression seeds below were found
 /// with these, and a seed draws the same schedule only from the same kinds.

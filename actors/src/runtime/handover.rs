@@ -113,8 +113,15 @@ impl Inner {
                 let left = until.saturating_duration_since(tokio::time::Instant::now());
                 a.wait_gone(left).await;
             }
-            // 3. Push every state to its new owner.
+            // 3. Push every state to its new owner, and every state handed to a claimant
+            //    lately too: its answer may never have arrived, and this process is going.
             loop {
+                let handed: Vec<(ActorKey, Handed)> = lock(&self.handed).drain().collect();
+                for ((actor_type, id), h) in handed {
+                    if let Ok(entry) = self.type_entry(&actor_type) {
+                        entry.offer_handoff(&id, h.state.0, h.state.1);
+                    }
+                }
                 let (pushed, left) = self.push_parked().await;
                 report.states_handed_over += pushed;
                 report.states_left = left;

@@ -223,6 +223,21 @@ pub struct ActorRuntime {
     inner: Arc<Inner>,
 }
 
+/// A state this node handed to a claimant, kept for a short while: when the answer that
+/// carried it is lost (the claimant timed out, or its link was replaced), the claimant asks
+/// again under the same table order and gets the same state, instead of nothing.
+#[derive(Debug)]
+struct Handed {
+    claimant: Arc<str>,
+    order: TableOrder,
+    state: activation::State,
+    at: Instant,
+}
+
+/// Most handed states kept for a repeated claim, by count and by bytes.
+const MAX_HANDED: usize = 4096;
+const MAX_HANDED_BYTES: usize = 64 << 20;
+
 /// Where an actor went when it was claimed away from this node.
 #[derive(Clone, Debug)]
 struct Tombstone {
@@ -261,6 +276,11 @@ struct Inner {
     tombstones: Tombstones,
     /// `(pod, incarnation)` → when this node first saw it Down.
     down_since: Mutex<HashMap<PodKey, Instant>>,
+    /// `(pod, incarnation)` → when a restore left it out of the table (it may rejoin
+    /// holding its states: claims wait for it up to `restore_grace`).
+    restored_away: Mutex<HashMap<PodKey, Instant>>,
+    /// States handed to claimants lately, for a claim repeated after a lost answer.
+    handed: Mutex<HashMap<ActorKey, Handed>>,
     /// Markers of the actors this node witnesses: who holds each, at which generation.
     markers: Mutex<HashMap<ActorKey, Marker>>,
     /// The witness `(pod, incarnation)` this node gave its marker for each actor it holds
@@ -374,7 +394,9 @@ impl ActorRuntime {
                 peers,
                 tombstones: Mutex::default(),
                 down_since: Mutex::default(),
+                restored_away: Mutex::default(),
                 markers: Mutex::default(),
+                handed: Mutex::default(),
                 told: Mutex::default(),
                 inflight: AtomicUsize::new(0),
                 settings,
@@ -508,13 +530,20 @@ impl ActorRuntime {
                 Some(_) => false,
                 None => gone(p) && crate::time::since(*since) < grace,
             });
+            let mut away = lock(&self.inner.restored_away);
+            let restore_grace = self.inner.config.restore_grace;
+            away.retain(|(p, _), since| gone(p) && crate::time::since(*since) < restore_grace);
             if pushed != Pushed::OtherCluster
                 && let Some(prev) = &previous
             {
                 for (m, s) in &prev.members {
                     if *s != MemberStatus::Leaving && gone(&m.pod) {
-                        down.entry((m.pod.clone(), m.incarnation.clone()))
-                            .or_insert(now);
+                        let key = (m.pod.clone(), m.incarnation.clone());
+                        if change == TableChange::Restored {
+                            away.entry(key).or_insert(now);
+                        } else if !away.contains_key(&key) {
+                            down.entry(key).or_insert(now);
+                        }
                     }
                 }
             }
@@ -530,8 +559,9 @@ impl ActorRuntime {
             if pushed == Pushed::OtherCluster {
                 t.clear();
             } else {
-                // Claimants gone from the table hold nothing to follow.
-                t.retain(|_, s| placement.member(&s.pod).is_some());
+                // Claimants gone from the table hold nothing to follow; one that claimed
+                // under a newer table than this one may not be in it yet.
+                t.retain(|_, s| placement.member(&s.pod).is_some() || s.order > placement.order);
             }
         }
         if verdict == Standing::Evicted {

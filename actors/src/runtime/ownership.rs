@@ -175,9 +175,13 @@ impl Inner {
                     }
                     // Removed without a leave less than the down grace ago: it may still
                     // run the actor (`update_members` keeps exactly those in down_since).
+                    // Or left out by a restore less than the restore grace ago: it may
+                    // rejoin holding the actor's state.
                     let down = lock(&self.down_since);
+                    let away = lock(&self.restored_away);
                     for m in view.previous_owners_gone(&entry.name, id, &self.config.pod) {
-                        if down.contains_key(&(m.pod.clone(), m.incarnation.clone()))
+                        let key = (m.pod.clone(), m.incarnation.clone());
+                        if (down.contains_key(&key) || away.contains_key(&key))
                             && !q.iter().any(|x| x.pod == m.pod)
                         {
                             q.push_back(m);
@@ -236,6 +240,13 @@ impl Inner {
                     break;
                 }
             }
+        }
+        // A state this node handed to a claimant lately may never have arrived (the answer
+        // was lost, or the claimant gave up): it is a candidate like any holder's, and
+        // loses to every newer one.
+        let key = (entry.name.clone(), Box::<str>::from(id));
+        if let Some(copy) = lock(&self.handed).remove(&key) {
+            best = newest(best, Some(copy.state));
         }
         if abort || act.aborted.load(Ordering::Acquire) {
             if let Some((g, s)) = best {
@@ -459,7 +470,15 @@ impl Inner {
             let gone = self
                 .current()
                 .is_none_or(|p| p.member(&member.pod).is_none());
-            let timeout = if gone {
+            let key = (member.pod.clone(), member.incarnation.clone());
+            let away = lock(&self.restored_away).get(&key).copied();
+            let timeout = if let Some(since) = away.filter(|_| gone) {
+                // Left out by a restore: it may be rejoining; ask again until its grace ends.
+                self.config
+                    .restore_grace
+                    .saturating_sub(crate::time::since(since))
+                    .clamp(Duration::from_millis(100), self.config.down_grace)
+            } else if gone {
                 self.config.down_grace.max(Duration::from_millis(100))
             } else {
                 self.config.ask_timeout * 3
@@ -497,14 +516,20 @@ impl Inner {
             let (status, down_for) = match self.current() {
                 Some(p) => {
                     let status = p.status_of(&member.pod, &member.incarnation);
-                    let since = lock(&self.down_since)
-                        .get(&(member.pod.clone(), member.incarnation.clone()))
-                        .copied();
+                    let since = lock(&self.down_since).get(&key).copied();
                     (status, since.map(crate::time::since))
                 }
                 None => (None, None),
             };
-            match unanswered(status, down_for, self.config.down_grace) {
+            let verdict = match away.filter(|_| status.is_none()) {
+                Some(since) => unanswered(
+                    None,
+                    Some(crate::time::since(since)),
+                    self.config.restore_grace,
+                ),
+                None => unanswered(status, down_for, self.config.down_grace),
+            };
+            match verdict {
                 Unanswered::Gone => {
                     self.metrics.handovers_missed.inc();
                     tracing::warn!(peer = %member.pod, ?status, error = %error, actor_type = %entry.name, id, "previous owner is gone; activating without its state");
@@ -579,7 +604,7 @@ impl Inner {
                     }
                 }
                 t.insert(
-                    key,
+                    key.clone(),
                     Tombstone {
                         order,
                         pod: claimant.as_str().into(),
@@ -613,6 +638,12 @@ impl Inner {
         }
         if let Some(state) = entry.take_parked(id) {
             self.metrics.handovers_out.inc();
+            self.keep_handed(key, &claimant, order, &state);
+            return Response::Claimed(Some(state));
+        }
+        if !holds && let Some(state) = self.handed_again(&key, &claimant, order) {
+            // The same claim again: the answer that carried the state was lost.
+            tracing::debug!(actor_type, id, %claimant, "claim repeated; the state is sent again");
             return Response::Claimed(Some(state));
         }
         match before {
@@ -623,6 +654,40 @@ impl Inner {
             },
             _ => Response::Claimed(None),
         }
+    }
+
+    /// Keeps a copy of a state handed to `claimant` under `order` (cheap: the bytes are
+    /// shared) for [`Self::handed_again`], within [`MAX_HANDED`] and [`MAX_HANDED_BYTES`].
+    fn keep_handed(&self, key: ActorKey, claimant: &str, order: TableOrder, state: &State) {
+        let keep_for = self.config.ask_timeout * 4;
+        let mut handed = lock(&self.handed);
+        handed.retain(|_, h| crate::time::since(h.at) < keep_for);
+        let bytes: usize = handed.values().map(|h| h.state.1.len()).sum();
+        if handed.len() >= MAX_HANDED || bytes + state.1.len() > MAX_HANDED_BYTES {
+            tracing::debug!(claimant, "too many handed states kept; this one is not");
+            return;
+        }
+        handed.insert(
+            key,
+            Handed {
+                claimant: claimant.into(),
+                order,
+                state: state.clone(),
+                at: crate::time::now(),
+            },
+        );
+    }
+
+    /// The state handed lately to `claimant` under `order`, if this is its claim again.
+    fn handed_again(&self, key: &ActorKey, claimant: &str, order: TableOrder) -> Option<State> {
+        let keep_for = self.config.ask_timeout * 4;
+        let handed = lock(&self.handed);
+        handed
+            .get(key)
+            .filter(|h| {
+                *h.claimant == *claimant && h.order == order && crate::time::since(h.at) < keep_for
+            })
+            .map(|h| h.state.clone())
     }
 
     pub(super) fn handle_handoff(

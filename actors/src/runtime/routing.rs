@@ -18,7 +18,10 @@ pub(super) enum Decision {
 /// was closed and the message must be routed again.
 /// Where a message for `(actor_type, id)` goes, from this node's current placement, the
 /// actor's tombstone here (if any) and this node's pod `me`: to the claimant while the
-/// claim's table is newer than ours (and it is alive), else to the owner.
+/// claim's table is newer than ours (and it is alive), else to the owner. A claimant
+/// that our table does not know yet (it joined in a version we have not seen) holds the
+/// actor under that newer table: wait for it rather than route by our older one, which
+/// may make this node the owner again.
 pub(super) fn decide(
     placement: Option<&Placement>,
     tombstone: Option<&Tombstone>,
@@ -31,9 +34,16 @@ pub(super) fn decide(
     };
     if let Some(t) = tombstone
         && t.order > p.order
-        && let Some(m) = p.alive_member(&t.pod)
     {
-        return Decision::Forward(m.clone(), t.order);
+        return match p.alive_member(&t.pod) {
+            Some(m) => Decision::Forward(m.clone(), t.order),
+            None if p.member(&t.pod).is_none() => Decision::NoOwner,
+            None => match p.owner(actor_type, id) {
+                None => Decision::NoOwner,
+                Some(m) if *m.pod == *me => Decision::Local,
+                Some(m) => Decision::Forward(m.clone(), p.order),
+            },
+        };
     }
     match p.owner(actor_type, id) {
         None => Decision::NoOwner,
@@ -330,6 +340,13 @@ mod tests {
         assert_eq!(
             decide(Some(&p), Some(&dead), "t", "x", "a"),
             Decision::Local
+        );
+        // A claimant our table does not know yet took it under a newer table: wait for
+        // that table, never activate here by ours (seed 5354: two activations).
+        let unknown = tombstone((0, 9), "e");
+        assert_eq!(
+            decide(Some(&p), Some(&unknown), "t", "x", "a"),
+            Decision::NoOwner
         );
         // A restored epoch orders above every version of the old one.
         let restored = tombstone((1, 1), "b");
