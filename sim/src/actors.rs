@@ -24,8 +24,12 @@
 //! * `value ≥ acknowledged` for every counter not *exposed*; a counter is exposed when a
 //!   node process that held it (active, closing or parked, sampled every step) crashed,
 //!   was downed (Down in some node's table), was evicted (the runtime's eviction count
-//!   rose: downed, replaced, removed, or another cluster id), or left with it still held:
-//!   the design's ways of losing state without a durable store.
+//!   rose: downed, replaced, removed, or another cluster id), or left with it still held;
+//!   when a process crashed while claiming it (the holder's answer carries the state and
+//!   may have been on its way); or when a process that held it was cut off from every
+//!   peer (paused or partitioned) for at least the down grace while another process ran
+//!   it (a member cut off that long is treated as dead, whether a Down or a restore left
+//!   it out): the design's ways of losing state without a durable store.
 //! * For exposed counters the loss metric (`troupe_actor_states_lost_total{actor_type=
 //!   "counter"}`, summed over every node process of the run, sampled when a process dies)
 //!   is reported against the counters found short. It cannot be checked for equality:

@@ -36,7 +36,13 @@
 //!
 //! A claimed node closes its activation, lets it finish every queued message, parks its
 //! state and answers with it; it records a tombstone (the claim's order, pod, address) and
-//! forwards new messages to the claimant while its own table is older than the claim's. A
+//! forwards new messages to the claimant while its own table is older than the claim's
+//! (and holds them until its table catches up when it does not know the claimant yet: by
+//! its older table it might own the actor again). An answer can be lost (the claim timed
+//! out, its link was replaced, the claimant gave up): the claimed node keeps what it handed
+//! for a while (`Handed`, bounded), sends it again to the same claim, counts it among the
+//! candidates when it claims the actor itself, and pushes it to the owner when it drains;
+//! generations make every extra copy lose to a newer state. A
 //! node that holds nothing and already points elsewhere answers `Moved` and keeps its
 //! pointer (a claimant that cannot reach that holder must not erase the chain). A
 //! claim from a node with an older table than the claimed node's, or than a claim it
@@ -50,7 +56,10 @@
 //! messages rerouted, never activated without it. Only a holder gone from the table (or
 //! replaced by another incarnation), or one Down for at least `down_grace` (the time a
 //! downed node may still serve before it notices: isolation timeout plus feed delay), is
-//! given up: the actor activates without its state, counted in
+//! given up — except a member that a restore left out of the table: it rejoins as a new
+//! incarnation keeping its states, so its pod is claimed whatever its incarnation, and it
+//! is waited for `restore_grace` (10 s) rather than the down grace. A given-up holder's
+//! actor activates without its state, counted in
 //! `troupe_handovers_missed_total` (and in `troupe_actor_states_lost_total` if it had one).
 //!
 //! **Eviction.** A node that learns it is Down, replaced by a new incarnation, removed
