@@ -365,7 +365,8 @@ impl TypeEntry {
             };
         }
         match p.get(id) {
-            Some((g, _)) if *g >= generation => HandOffOutcome::Superseded,
+            Some((g, _)) if *g == generation => HandOffOutcome::Duplicate,
+            Some((g, _)) if *g > generation => HandOffOutcome::Superseded,
             _ => {
                 p.insert(id.into(), (generation, state));
                 HandOffOutcome::Kept
@@ -387,8 +388,11 @@ impl TypeEntry {
 pub enum HandOffOutcome {
     /// Kept for the next activation.
     Kept,
-    /// A state at least as new is already running or kept.
+    /// A newer state is already running or kept (or the same one runs).
     Superseded,
+    /// The same state (same generation) is already kept here: two nodes whose tables each
+    /// name the other as the owner push their copies to each other.
+    Duplicate,
     /// The actor already runs on an older state: this one cannot be merged (logged, counted).
     Conflict,
 }
@@ -734,6 +738,22 @@ mod tests {
         // a conflict.
         assert_eq!(
             e.offer_handoff("x", stale, state("a's")),
+            HandOffOutcome::Superseded
+        );
+    }
+
+    #[test]
+    fn the_same_state_offered_again_is_a_duplicate_not_superseded() {
+        let e = entry();
+        let g = Generation::next(None, (0, 2));
+        assert!(e.park("x", g, state("s")));
+        assert_eq!(
+            e.offer_handoff("x", g, state("s")),
+            HandOffOutcome::Duplicate
+        );
+        let older = Generation::next(None, (0, 1));
+        assert_eq!(
+            e.offer_handoff("x", older, state("s")),
             HandOffOutcome::Superseded
         );
     }

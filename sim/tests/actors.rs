@@ -170,3 +170,24 @@ fn crashed_claimants_and_holders_cut_off_past_the_grace_expose_their_counters() 
     holds("270");
     holds("121");
 }
+
+/// Seed 1119: two nodes whose tables changed between their pushes handed the same parked
+/// state to each other; each acknowledgement removed the sender's copy and the counter
+/// was held nowhere (c0 37 below its acknowledged 101). A sender that a newer table made
+/// the owner keeps its copy, and only the owner acknowledges a duplicate.
+#[test]
+fn two_nodes_pushing_one_state_to_each_other_keep_a_copy() {
+    holds("1119");
+    holds("2358");
+}
+
+/// Seeds 1732 and 1590: a state pushed to a node that its sender's table named the owner
+/// (but the claimant's did not) was invisible to the claim: the sender answered "nothing
+/// here" and the receiver was never asked (c0 of 1732, c2 of 1590 activated empty). A
+/// push now leaves a pointer at the sender (`Moved` to the receiver), and a receiver that
+/// does not own what it was given pushes it on at once.
+#[test]
+fn a_state_pushed_to_a_node_that_does_not_own_it_reaches_the_owner() {
+    holds("1732");
+    holds("1590");
+}

@@ -66,7 +66,25 @@ impl Inner {
                     .await
                 {
                     Ok(Response::HandOffAck) => {
-                        entry.remove_parked_if(&id, generation);
+                        // Unless a table that came meanwhile made this node the owner: the
+                        // receiver may be pushing the same copy back (and having it
+                        // acknowledged here) at the same time (seed 1119).
+                        let owner_now = self
+                            .current()
+                            .and_then(|p| p.owner(&entry.name, &id).map(|m| m.pod.clone()));
+                        if owner_now.as_deref() != Some(&*self.config.pod) {
+                            entry.remove_parked_if(&id, generation);
+                            // Point claimants at where it went: the receiver may not be
+                            // the owner by the claimant's table (ours may be behind), and
+                            // a claim answered "nothing here" would activate it empty.
+                            self.point_at(
+                                &entry.name,
+                                &id,
+                                p.order,
+                                &owner.pod,
+                                &owner.transport_addr,
+                            );
+                        }
                         self.metrics.handovers_out.inc();
                         pushed += 1;
                     }

@@ -42,7 +42,11 @@
 //! out, its link was replaced, the claimant gave up): the claimed node keeps what it handed
 //! for a while (`Handed`, bounded), sends it again to the same claim, counts it among the
 //! candidates when it claims the actor itself, and pushes it to the owner when it drains;
-//! generations make every extra copy lose to a newer state. A
+//! generations make every extra copy lose to a newer state. A pushed state (a hand-off)
+//! leaves the same pointer at its sender, and a node that keeps a pushed state it does
+//! not own pushes it on at once; a sender keeps its copy when a table that came meanwhile
+//! made it the owner, and only the owner acknowledges the very same state offered twice
+//! (two nodes pushing one state to each other must not both drop it). A
 //! node that holds nothing and already points elsewhere answers `Moved` and keeps its
 //! pointer (a claimant that cannot reach that holder must not erase the chain). A
 //! claim from a node with an older table than the claimed node's, or than a claim it

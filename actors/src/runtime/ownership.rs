@@ -656,6 +656,34 @@ impl Inner {
         }
     }
 
+    /// Records that `(actor_type, id)` went to `pod` under `order` (a tombstone), unless a
+    /// pointer from a newer claim is already kept.
+    pub(super) fn point_at(
+        &self,
+        actor_type: &Arc<str>,
+        id: &str,
+        order: TableOrder,
+        pod: &Arc<str>,
+        address: &Arc<str>,
+    ) {
+        let mut t = lock(&self.tombstones);
+        let key = (actor_type.clone(), Box::<str>::from(id));
+        if t.get(&key).is_some_and(|b| b.order > order) {
+            return;
+        }
+        if t.len() >= MAX_TOMBSTONES && !t.contains_key(&key) {
+            return;
+        }
+        t.insert(
+            key,
+            Tombstone {
+                order,
+                pod: pod.clone(),
+                address: address.clone(),
+            },
+        );
+    }
+
     /// Keeps a copy of a state handed to `claimant` under `order` (cheap: the bytes are
     /// shared) for [`Self::handed_again`], within [`MAX_HANDED`] and [`MAX_HANDED_BYTES`].
     fn keep_handed(&self, key: ActorKey, claimant: &str, order: TableOrder, state: &State) {
@@ -707,8 +735,38 @@ impl Inner {
             HandOffOutcome::Kept => {
                 lock(&self.tombstones).remove(&(entry.name.clone(), Box::from(id)));
                 self.metrics.handovers_in.inc();
+                // Kept although another node owns it by this node's table (the sender's
+                // was older or newer): push it on soon rather than at the next table
+                // change, before that owner activates the actor without it.
+                let owned_elsewhere = self.current().is_some_and(|p| {
+                    p.owner(actor_type, id)
+                        .is_some_and(|m| *m.pod != *self.config.pod)
+                });
+                if owned_elsewhere {
+                    let rt = self.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        rt.push_parked().await;
+                    });
+                }
             }
             HandOffOutcome::Superseded => {}
+            HandOffOutcome::Duplicate => {
+                // The sender drops its copy on an acknowledgement. When this node does not
+                // own the actor either, it is pushing its own copy to the sender at the
+                // same time: acknowledging both ways would drop both (seed 1119). Only the
+                // owner acknowledges a duplicate; elsewhere both copies stay until the
+                // tables agree on an owner.
+                let owns = self
+                    .current()
+                    .and_then(|p| p.owner(actor_type, id).map(|m| *m.pod == *self.config.pod))
+                    .unwrap_or(false);
+                if !owns {
+                    return Response::Failed(DeliveryError::Unavailable(format!(
+                        "{actor_type}/{id}: the same state is kept here, and this node does not own it"
+                    )));
+                }
+            }
             HandOffOutcome::Conflict => {
                 entry.stats.undeliverable.inc();
                 tracing::error!(
