@@ -355,6 +355,7 @@ impl ActorRuntime {
         let settings = RunSettings {
             passivate_after: config.passivate_after,
             supervision: config.supervision,
+            store: config.state_store.clone(),
         };
         let peers = Peers::with_connector(
             config.max_frame_bytes,
