@@ -199,7 +199,13 @@ async fn state_store(
     registry: &Registry,
 ) -> anyhow::Result<Option<std::sync::Arc<dyn troupe_actors::StateStore>>> {
     use troupe_state_postgres::{PostgresStore, Settings, Status};
-    let Some(settings) = Settings::from_env(|k| std::env::var(k).ok())? else {
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let cluster = format!(
+        "{}/{}",
+        var(env::POD_NAMESPACE).unwrap_or_default(),
+        var(env::CLUSTER_NAME).unwrap_or_default()
+    );
+    let Some(settings) = Settings::from_env(&cluster, |k| std::env::var(k).ok())? else {
         tracing::info!(
             "actor state: memory (a crash loses the actors' states of this node; each loss is counted)"
         );

@@ -79,6 +79,9 @@ impl fmt::Debug for Source {
 pub struct Settings {
     /// The connection string's source.
     pub source: Source,
+    /// Whose actors these are (`<namespace>/<ActorCluster>`): rows are keyed by it, so
+    /// several clusters may share one database.
+    pub cluster: String,
     /// Largest state taken (bytes); larger ones are refused with [`StoreError::TooLarge`].
     pub max_state_bytes: usize,
     /// Most writes in one transaction.
@@ -92,10 +95,11 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Defaults for `source`.
-    pub fn new(source: Source) -> Self {
+    /// Defaults for the actors of `cluster`, connecting with `source`.
+    pub fn new(cluster: impl Into<String>, source: Source) -> Self {
         Self {
             source,
+            cluster: cluster.into(),
             max_state_bytes: 1 << 20,
             max_batch: 512,
             pipeline: 4,
@@ -104,9 +108,13 @@ impl Settings {
         }
     }
 
-    /// The store settings from the node's environment (`troupe_contract::env`): `None` in
-    /// `memory` mode (unset or `memory`), settings for `postgres`.
-    pub fn from_env(lookup: impl Fn(&str) -> Option<String>) -> Result<Option<Self>, ConfigError> {
+    /// The store settings from the node's environment (`troupe_contract::env`) for the
+    /// actors of `cluster`: `None` in `memory` mode (unset or `memory`), settings for
+    /// `postgres`.
+    pub fn from_env(
+        cluster: &str,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<Self>, ConfigError> {
         use troupe_contract::env;
         let mode = lookup(env::STATE_STORE).map(|m| m.trim().to_ascii_lowercase());
         match mode.as_deref() {
@@ -134,7 +142,7 @@ impl Settings {
                 )));
             }
         };
-        let mut s = Self::new(source);
+        let mut s = Self::new(cluster, source);
         if let Some(v) = lookup(env::STATE_MAX_BYTES) {
             s.max_state_bytes = v.trim().parse().ok().filter(|n| *n > 0).ok_or_else(|| {
                 ConfigError(format!(
@@ -561,7 +569,7 @@ async fn commit(shared: &Shared, batch: Vec<Pending>) {
     let started = std::time::Instant::now();
     let timeout = shared.settings.timeout;
     let writes: Vec<&StateWrite> = batch.iter().map(|p| &p.write).collect();
-    let result = tokio::time::timeout(timeout, run_batch(&pool, &writes))
+    let result = tokio::time::timeout(timeout, run_batch(&pool, &shared.settings.cluster, &writes))
         .await
         .unwrap_or_else(|_| Err(DbFailure::timeout("a commit", timeout)));
     match result {
@@ -590,7 +598,11 @@ async fn commit(shared: &Shared, batch: Vec<Pending>) {
 }
 
 /// One transaction for every write of the batch, its statements pipelined.
-async fn run_batch(pool: &Pool, writes: &[&StateWrite]) -> Result<Vec<Landed>, DbFailure> {
+async fn run_batch(
+    pool: &Pool,
+    cluster: &str,
+    writes: &[&StateWrite],
+) -> Result<Vec<Landed>, DbFailure> {
     let mut client = pool.get().await?;
     let insert = client.prepare_cached(schema::INSERT).await?;
     let update = client.prepare_cached(schema::UPDATE).await?;
@@ -603,10 +615,11 @@ async fn run_batch(pool: &Pool, writes: &[&StateWrite]) -> Result<Vec<Landed>, D
             let state: &[u8] = &w.state;
             let (e, v, c) = (i(w.owner.epoch), i(w.owner.version), i(w.owner.counter));
             if w.expected == 0 {
-                tx.execute(insert, &[&t, &id, &e, &v, &c, &state]).await
+                tx.execute(insert, &[&cluster, &t, &id, &e, &v, &c, &state])
+                    .await
             } else {
                 let expected = i(w.expected);
-                tx.execute(update, &[&t, &id, &expected, &e, &v, &c, &state])
+                tx.execute(update, &[&cluster, &t, &id, &expected, &e, &v, &c, &state])
                     .await
             }
         }
@@ -619,7 +632,7 @@ async fn run_batch(pool: &Pool, writes: &[&StateWrite]) -> Result<Vec<Landed>, D
             continue;
         }
         let (t, id): (&str, &str) = (&w.actor_type, &w.id);
-        let stored = tx.query_opt(&load, &[&t, &id]).await?;
+        let stored = tx.query_opt(&load, &[&cluster, &t, &id]).await?;
         landed.push(Landed::Refused(Conflict {
             stored_version: stored.as_ref().map_or(0, |r| u(r.get(0))),
             stored_owner: stored.as_ref().map(|r| Generation {
@@ -635,12 +648,15 @@ async fn run_batch(pool: &Pool, writes: &[&StateWrite]) -> Result<Vec<Landed>, D
 
 async fn load_row(
     pool: Pool,
+    cluster: String,
     actor_type: String,
     id: String,
 ) -> Result<Option<StoredState>, DbFailure> {
     let client = pool.get().await?;
     let load = client.prepare_cached(schema::LOAD).await?;
-    let row = client.query_opt(&load, &[&actor_type, &id]).await?;
+    let row = client
+        .query_opt(&load, &[&cluster, &actor_type, &id])
+        .await?;
     Ok(row.map(|r| StoredState {
         version: u(r.get(0)),
         owner: Generation {
@@ -663,9 +679,12 @@ impl StateStore for PostgresStore {
         Box::pin(async move {
             let pool = shared.usable()?;
             let timeout = shared.settings.timeout;
-            let r = tokio::time::timeout(timeout, load_row(pool, actor_type, id))
-                .await
-                .unwrap_or_else(|_| Err(DbFailure::timeout("a load", timeout)));
+            let r = tokio::time::timeout(
+                timeout,
+                load_row(pool, shared.settings.cluster.clone(), actor_type, id),
+            )
+            .await
+            .unwrap_or_else(|_| Err(DbFailure::timeout("a load", timeout)));
             r.map_err(|f| {
                 shared.failed(&f);
                 unavailable(f.reason)
@@ -723,6 +742,7 @@ impl StateStore for PostgresStore {
                 return Ok(());
             }
             let pool = shared.usable()?;
+            let cluster = shared.settings.cluster.clone();
             let run = async {
                 let client = pool.get().await?;
                 let del = client.prepare_cached(schema::DELETE).await?;
@@ -733,13 +753,15 @@ impl StateStore for PostgresStore {
                     i(expected),
                 );
                 let n = client
-                    .execute(&del, &[&actor_type, &id, &x, &e, &v, &c])
+                    .execute(&del, &[&cluster, &actor_type, &id, &x, &e, &v, &c])
                     .await?;
                 if n == 1 {
                     return Ok(Ok(()));
                 }
                 let load = client.prepare_cached(schema::LOAD).await?;
-                let stored = client.query_opt(&load, &[&actor_type, &id]).await?;
+                let stored = client
+                    .query_opt(&load, &[&cluster, &actor_type, &id])
+                    .await?;
                 Ok::<_, DbFailure>(Err(StoreError::Conflict(Conflict {
                     stored_version: stored.as_ref().map_or(0, |r| u(r.get(0))),
                     stored_owner: stored.as_ref().map(|r| Generation {
@@ -785,38 +807,52 @@ mod tests {
 
     #[test]
     fn the_mode_comes_from_the_environment() {
-        assert!(Settings::from_env(env(&[])).expect("unset").is_none());
         assert!(
-            Settings::from_env(env(&[("TROUPE_STATE_STORE", "memory")]))
+            Settings::from_env("ns/orders", env(&[]))
+                .expect("unset")
+                .is_none()
+        );
+        assert!(
+            Settings::from_env("ns/orders", env(&[("TROUPE_STATE_STORE", "memory")]))
                 .expect("memory")
                 .is_none()
         );
-        let s = Settings::from_env(env(&[
-            ("TROUPE_STATE_STORE", "postgres"),
-            ("TROUPE_STATE_POSTGRES_FILE", "/etc/troupe/postgres/url"),
-            ("TROUPE_STATE_MAX_BYTES", "4096"),
-        ]))
+        let s = Settings::from_env(
+            "ns/orders",
+            env(&[
+                ("TROUPE_STATE_STORE", "postgres"),
+                ("TROUPE_STATE_POSTGRES_FILE", "/etc/troupe/postgres/url"),
+                ("TROUPE_STATE_MAX_BYTES", "4096"),
+            ]),
+        )
         .expect("postgres")
         .expect("some");
         assert_eq!(s.source, Source::File("/etc/troupe/postgres/url".into()));
         assert_eq!(s.max_state_bytes, 4096);
-        let e =
-            Settings::from_env(env(&[("TROUPE_STATE_STORE", "postgres")])).expect_err("no source");
+        let e = Settings::from_env("ns/orders", env(&[("TROUPE_STATE_STORE", "postgres")]))
+            .expect_err("no source");
         assert!(e.to_string().contains("TROUPE_STATE_POSTGRES_FILE"), "{e}");
-        let e = Settings::from_env(env(&[("TROUPE_STATE_STORE", "redis")])).expect_err("unknown");
+        let e = Settings::from_env("ns/orders", env(&[("TROUPE_STATE_STORE", "redis")]))
+            .expect_err("unknown");
         assert!(e.to_string().contains("memory or postgres"), "{e}");
-        let e = Settings::from_env(env(&[
-            ("TROUPE_STATE_STORE", "postgres"),
-            ("TROUPE_STATE_POSTGRES_URL", "postgresql://x@h/db"),
-            ("TROUPE_STATE_MAX_BYTES", "0"),
-        ]))
+        let e = Settings::from_env(
+            "ns/orders",
+            env(&[
+                ("TROUPE_STATE_STORE", "postgres"),
+                ("TROUPE_STATE_POSTGRES_URL", "postgresql://x@h/db"),
+                ("TROUPE_STATE_MAX_BYTES", "0"),
+            ]),
+        )
         .expect_err("zero");
         assert!(e.to_string().contains("TROUPE_STATE_MAX_BYTES"), "{e}");
     }
 
     #[test]
     fn a_connection_string_never_shows_in_debug_output() {
-        let s = Settings::new(Source::Url("postgresql://u:secret@h/db".into()));
+        let s = Settings::new(
+            "ns/orders",
+            Source::Url("postgresql://u:secret@h/db".into()),
+        );
         assert!(!format!("{s:?}").contains("secret"));
     }
 

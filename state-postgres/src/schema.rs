@@ -2,7 +2,8 @@
 //!
 //! ```text
 //!  troupe_actor_state                           one row per actor that has a state
-//!   actor_type           text    ┐ primary key
+//!   cluster              text    ┐ primary key; cluster is `<namespace>/<ActorCluster>`, so
+//!   actor_type           text    │ several clusters may share one database
 //!   actor_id             text    ┘
 //!   version              bigint  writes so far (1 after the first): the fencing version
 //!   owner_epoch          bigint  ┐ the Generation of the activation that wrote it:
@@ -33,6 +34,7 @@ pub async fn ensure(client: &mut tokio_postgres::Client) -> Result<(), SchemaErr
     tx.batch_execute(
         "CREATE TABLE IF NOT EXISTS troupe_schema (version integer NOT NULL);
          CREATE TABLE IF NOT EXISTS troupe_actor_state (
+             cluster text NOT NULL,
              actor_type text NOT NULL,
              actor_id text NOT NULL,
              version bigint NOT NULL,
@@ -41,7 +43,7 @@ pub async fn ensure(client: &mut tokio_postgres::Client) -> Result<(), SchemaErr
              owner_counter bigint NOT NULL,
              state bytea NOT NULL,
              updated_at timestamptz NOT NULL DEFAULT now(),
-             PRIMARY KEY (actor_type, actor_id)
+             PRIMARY KEY (cluster, actor_type, actor_id)
          );",
     )
     .await?;
@@ -77,23 +79,24 @@ pub enum SchemaError {
     Newer(i32),
 }
 
-/// The stored row of one actor.
+/// The stored row of one actor: `$1` cluster, `$2` type, `$3` id.
 pub const LOAD: &str = "SELECT version, owner_epoch, owner_table_version, owner_counter, state \
-     FROM troupe_actor_state WHERE actor_type = $1 AND actor_id = $2";
+     FROM troupe_actor_state WHERE cluster = $1 AND actor_type = $2 AND actor_id = $3";
 
-/// A first write: lands only if nothing is stored (the fence's version 0).
+/// A first write: lands only if nothing is stored (the fence's version 0). `$4..$6` the
+/// owner, `$7` the state.
 pub const INSERT: &str = "INSERT INTO troupe_actor_state \
-     (actor_type, actor_id, version, owner_epoch, owner_table_version, owner_counter, state) \
-     VALUES ($1, $2, 1, $3, $4, $5, $6) ON CONFLICT (actor_type, actor_id) DO NOTHING";
+     (cluster, actor_type, actor_id, version, owner_epoch, owner_table_version, owner_counter, state) \
+     VALUES ($1, $2, $3, 1, $4, $5, $6, $7) ON CONFLICT (cluster, actor_type, actor_id) DO NOTHING";
 
-/// A later write: lands only on the version read, from an owner not older than the stored
-/// one (the fence, `troupe_actors::store::fence`).
+/// A later write: lands only on the version read (`$4`), from an owner (`$5..$7`) not
+/// older than the stored one (the fence, `troupe_actors::store::fence`); `$8` the state.
 pub const UPDATE: &str = "UPDATE troupe_actor_state SET version = version + 1, \
-     owner_epoch = $4, owner_table_version = $5, owner_counter = $6, state = $7, updated_at = now() \
-     WHERE actor_type = $1 AND actor_id = $2 AND version = $3 \
-     AND (owner_epoch, owner_table_version, owner_counter) <= ($4, $5, $6)";
+     owner_epoch = $5, owner_table_version = $6, owner_counter = $7, state = $8, updated_at = now() \
+     WHERE cluster = $1 AND actor_type = $2 AND actor_id = $3 AND version = $4 \
+     AND (owner_epoch, owner_table_version, owner_counter) <= ($5, $6, $7)";
 
-/// A fenced delete.
+/// A fenced delete: version `$4`, owner `$5..$7`.
 pub const DELETE: &str = "DELETE FROM troupe_actor_state \
-     WHERE actor_type = $1 AND actor_id = $2 AND version = $3 \
-     AND (owner_epoch, owner_table_version, owner_counter) <= ($4, $5, $6)";
+     WHERE cluster = $1 AND actor_type = $2 AND actor_id = $3 AND version = $4 \
+     AND (owner_epoch, owner_table_version, owner_counter) <= ($5, $6, $7)";

@@ -33,7 +33,11 @@ fn write(id: &str, expected: u64, owner: Generation, state: &str) -> StateWrite 
 }
 
 async fn store(url: String) -> PostgresStore {
-    let mut s = Settings::new(Source::Url(url));
+    store_of("test/one", url).await
+}
+
+async fn store_of(cluster: &str, url: String) -> PostgresStore {
+    let mut s = Settings::new(cluster, Source::Url(url));
     s.max_state_bytes = 1024;
     s.timeout = Duration::from_secs(2);
     PostgresStore::start(s, &prometheus::Registry::new()).expect("store")
@@ -122,6 +126,12 @@ async fn fenced_writes_group_commit_and_recovery_on_a_real_database() {
             .expect("row");
         assert_eq!((row.version, &row.state[..]), (20, &b"20"[..]));
     }
+
+    // Another cluster on the same database has its own rows.
+    let other = store_of("test/two", pg.url(PASSWORD)).await;
+    assert_eq!(other.wait_up(Duration::from_secs(10)).await, Status::Up);
+    assert_eq!(other.load("counter", "a").await, Ok(None));
+    drop(other);
 
     // The database goes away: calls are refused (nothing acknowledged), and the same
     // store works again once it is back, without a restart.
