@@ -40,6 +40,14 @@ our_pid() {
   echo "$pid"
 }
 
+close_inherited_fds() {
+  local fd
+  for fd in $(ls /proc/$$/fd); do
+    [ "$fd" -gt 2 ] 2>/dev/null && eval "exec $fd>&-" 2>/dev/null
+  done
+  return 0
+}
+
 start_server() {
   local bin
   bin="$(bin_dir)"
@@ -47,6 +55,9 @@ start_server() {
     log "postgres already runs ($(our_pid))"
     return 0
   fi
+  # The server is a daemon: it must not inherit our descriptors (a caller's
+  # `flock /tmp/troupe-cluster.lock ...` would stay held for as long as it runs).
+  close_inherited_fds
   as_postgres "$bin/pg_ctl" -D "$data" -l "$dir/postgres.log" -w -t 60 \
     -o "-c listen_addresses=127.0.0.1,$NODE_IP -c port=$POSTGRES_PORT -c unix_socket_directories=$dir/run" \
     start >/dev/null
