@@ -47,6 +47,16 @@ soak-faults: ## Long fault tests on the running cluster: 60 s API outage, >=150 
 	TROUPE_E2E_FAULTS_ROLLOUTS=$${ROLLOUTS:-3} \
 	hack/e2e.sh --test faults -- --include-ignored
 
+.PHONY: soak-durable
+soak-durable: ## Durable state on the running cluster: >=150 s of SIGKILL chaos with postgres and (for comparison) memory, PostgreSQL stopped 30 s under load
+	TROUPE_E2E_DURABLE_SIGKILL_SECS=$${SIGKILL_SECS:-160} \
+	TROUPE_E2E_DURABLE_DB_DOWN_SECS=$${DB_DOWN_SECS:-30} \
+	hack/e2e.sh --test durable -- --include-ignored
+
+.PHONY: bench-durable
+bench-durable: ## Benchmark: durable (PostgreSQL) vs in-memory asks through one node, side by side
+	bench/durable.sh
+
 .PHONY: simulate
 simulate: ## Deterministic simulation of membership and the actor runtime: SEEDS=N seeds (default 10000), or SEED=n to replay one
 	$(CARGO) build --quiet --locked --profile sim -p troupe-sim

@@ -42,6 +42,8 @@ fi
 pkill -9 -f "containerd-shim-runc-v2 .*-address $CONTAINERD_SOCK" 2>/dev/null || true
 stop_pid containerd
 for c in coredns kube-apiserver etcd; do stop_pid "$c"; done
+# Our PostgreSQL (its own pid file and data directory; Debian's clusters are not touched).
+[ -d "$POSTGRES_DIR" ] && "$here/postgres.sh" down
 # Anything of ours a killed run left without a pid file: only processes whose command line
 # names our $CLUSTER_DIR, never another user of the same cached binaries (e.g. a test's
 # own etcd and kube-apiserver).

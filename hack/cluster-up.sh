@@ -233,5 +233,7 @@ YAML
 start kube-proxy "$K8S_BIN/kube-proxy" --config="$CLUSTER_DIR/kube-proxy.yaml"
 
 wait_for "node $NODE_NAME" 120 "$kubectl" wait --for=condition=Ready "node/$NODE_NAME" --timeout=1s
+# PostgreSQL for ActorClusters with spec.state.store: postgres (and their e2e tests).
+"$here/postgres.sh" up
 log "local cluster is up: $("$kubectl" version 2>/dev/null | tr '\n' ' ')"
 log "use it with: eval \"\$(make -s cluster-env)\""

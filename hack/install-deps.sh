@@ -7,7 +7,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 . "$here/lib.sh"
 
 packages=(containerd runc containernetworking-plugins iptables conntrack openssl musl-tools
-  iproute2 jq kmod python3 curl)
+  iproute2 jq kmod python3 curl postgresql)
 need=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")

@@ -39,3 +39,7 @@ COREDNS_BIN="$TROUPE_CACHE/coredns-$COREDNS_VERSION/bin"
 CLUSTER_DOMAIN="${CLUSTER_DOMAIN:-cluster.local}"
 # CoreDNS listens on the node address, which pods reach through the bridge's gateway.
 CLUSTER_DNS_IP="${CLUSTER_DNS_IP:-$NODE_IP}"
+
+# PostgreSQL for durable actor state (hack/postgres.sh): Debian's server on the node address.
+POSTGRES_DIR="$CLUSTER_DIR/postgres"
+POSTGRES_PORT="${POSTGRES_PORT:-5433}"

@@ -22,6 +22,12 @@
 //! answered with an error, the actor restarted after a [`Backoff`]), and passivates the actor
 //! after the idle time. Routing and the claim protocol are the runtime's; this module only
 //! runs what it is given.
+//!
+//! With a durable store ([`RunSettings::store`]) the task loads the state after the claim,
+//! writes every turn's changed state through before sending its reply
+//! (`write_through`), rebuilds the actor from the last written state after a panic or a
+//! refused write, and parks nothing when it closes: the store has the state, so
+//! passivation and hand-over carry none.
 
 use std::{
     cell::Cell,
@@ -46,7 +52,9 @@ use crate::{
     message::Reply,
     metrics::TypeStats,
     placement::{TableOrder, key_hash},
+    store::StateStore,
     supervision::Backoff,
+    write_through::{self, Outcome},
 };
 
 /// The generation of an actor state, ordered across forks (see the module docs).
@@ -461,6 +469,43 @@ pub async fn run(
         }
     };
     let (state, generation) = entry.begin(&id, &act, state, order);
+    let (mut durable, state, generation) = match &settings.store {
+        None => (None, state, generation),
+        Some(store) => {
+            match write_through::load(
+                store.clone(),
+                entry.name.clone(),
+                id.clone(),
+                Some(generation),
+                order,
+            )
+            .await
+            {
+                Ok((d, state, generation)) => {
+                    *lock(&act.generation) = generation;
+                    (Some(d), state, generation)
+                }
+                Err(e) => {
+                    write_through::count(&entry.stats, &e);
+                    tracing::warn!(actor_type = %entry.name, id = %id, error = %e, "actor state could not be loaded; its queued messages are refused");
+                    let err = write_through::delivery_error(&format!("{}/{id}", entry.name), &e);
+                    act.set_phase(Phase::Closing);
+                    for env in act.mailbox.close_and_take_all() {
+                        match env.reply {
+                            Some(tx) => {
+                                let _ = tx.send(Err(err.clone()));
+                            }
+                            None => entry.stats.aborted.inc(),
+                        }
+                    }
+                    finish(&entry, &id, &act);
+                    return;
+                }
+            }
+        }
+    };
+    // The activation stopped itself after a refused or failed write (durable store).
+    let mut write_failed = false;
     let mut actor = activate(&*entry.factory, &id, state);
     let mut backoff = Backoff::new(settings.supervision);
     // One idle timer for the activation's life, re-armed only when it fires: no timer
@@ -516,8 +561,24 @@ pub async fn run(
         }
         match outcome {
             Ok(reply) => {
+                let reply = match durable.as_mut() {
+                    None => reply.map_err(DeliveryError::Actor),
+                    // The output gate: the reply leaves once the turn's state is durable.
+                    Some(d) => match d.commit(&mut *actor, &entry.stats).await {
+                        Outcome::Kept => reply.map_err(DeliveryError::Actor),
+                        Outcome::RolledBack(e) => {
+                            actor = activate(&*entry.factory, &id, d.committed());
+                            Err(e)
+                        }
+                        Outcome::Stop(e) => {
+                            write_failed = true;
+                            act.stop_now(false);
+                            Err(e)
+                        }
+                    },
+                };
                 if let Some(tx) = envelope.reply {
-                    let _ = tx.send(reply.map_err(DeliveryError::Actor));
+                    let _ = tx.send(reply);
                 }
             }
             Err(panic) => {
@@ -533,7 +594,11 @@ pub async fn run(
                         "the handler panicked ({panic}); the actor was restarted"
                     )))));
                 }
-                let state = snapshot(&mut *actor).await.ok().filter(|s| !s.is_empty());
+                let state = match &durable {
+                    // What the failed turn changed was never written: back to the store's.
+                    Some(d) => d.committed(),
+                    None => snapshot(&mut *actor).await.ok().filter(|s| !s.is_empty()),
+                };
                 tokio::time::sleep(delay).await;
                 actor = activate(&*entry.factory, &id, state);
             }
@@ -547,17 +612,24 @@ pub async fn run(
         }
     }
     if stop == STOP_DROP {
-        tracing::warn!(actor_type = %entry.name, id = %id, "actor stopped at once: this node was downed or left the cluster; its state is dropped");
+        if write_failed {
+            tracing::info!(actor_type = %entry.name, id = %id, "activation ended after a failed state write; the next one loads the stored state");
+        } else {
+            tracing::warn!(actor_type = %entry.name, id = %id, "actor stopped at once: this node was downed or left the cluster; its state is dropped");
+        }
         finish(&entry, &id, &act);
         return;
     }
-    match snapshot(&mut *actor).await {
-        Ok(s) if !s.is_empty() => {
-            entry.park(&id, generation, s);
-        }
-        Ok(_) => {}
-        Err(e) => {
-            tracing::error!(actor_type = %entry.name, id = %id, error = %e, "actor state lost at deactivation");
+    let snap = snapshot(&mut *actor).await;
+    if durable.is_none() {
+        match snap {
+            Ok(s) if !s.is_empty() => {
+                entry.park(&id, generation, s);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(actor_type = %entry.name, id = %id, error = %e, "actor state lost at deactivation");
+            }
         }
     }
     finish(&entry, &id, &act);
@@ -584,12 +656,14 @@ fn finish(entry: &TypeEntry, id: &str, act: &Arc<Activation>) {
 }
 
 /// Settings of the activation task.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct RunSettings {
     /// Idle time before passivation.
     pub passivate_after: Duration,
     /// Restart backoff.
     pub supervision: SupervisionConfig,
+    /// The durable store every turn writes through to (`None`: memory mode).
+    pub store: Option<Arc<dyn StateStore>>,
 }
 
 fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
@@ -630,7 +704,7 @@ async fn handle(actor: &mut dyn Actor, envelope: &Envelope) -> Result<Reply, Str
     .await
 }
 
-async fn snapshot(actor: &mut dyn Actor) -> Result<Bytes, String> {
+pub(crate) async fn snapshot(actor: &mut dyn Actor) -> Result<Bytes, String> {
     match run_step(std::panic::catch_unwind(AssertUnwindSafe(|| {
         actor.deactivate()
     })))

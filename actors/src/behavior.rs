@@ -7,7 +7,8 @@
 //!
 //! State that must survive passivation and hand-over is what [`Actor::deactivate`]
 //! returns; it is given back to [`ActorType::activate`] on the next activation, wherever
-//! in the cluster that is.
+//! in the cluster that is. With a durable store (`store`), the runtime also asks for the
+//! state after every turn ([`Actor::turn_state`]) and writes it through before the reply.
 
 use std::{future::Future, pin::Pin};
 
@@ -35,6 +36,18 @@ impl std::fmt::Debug for Step {
     }
 }
 
+/// What a turn did to the actor's state ([`Actor::turn_state`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TurnState {
+    /// The state is what it was before the turn.
+    Unchanged,
+    /// The state after the turn (empty: no state).
+    Changed(Bytes),
+    /// The actor does not track it: the runtime takes a snapshot with
+    /// [`Actor::deactivate`] and compares it with the last state written.
+    Unknown,
+}
+
 /// One live actor: its state and its handler.
 pub trait Actor: Send + 'static {
     /// Handles one message. A panic here is caught: the message is answered with
@@ -45,6 +58,13 @@ pub trait Actor: Send + 'static {
     /// are given to the next activation.
     fn deactivate(&mut self) -> Step {
         Step::Done(Ok(Bytes::new()))
+    }
+
+    /// With a durable store, called after every turn: the state to write through before
+    /// the reply leaves the node. Must be cheap when nothing changed; the default leaves
+    /// it to a snapshot ([`TurnState::Unknown`]).
+    fn turn_state(&mut self) -> TurnState {
+        TurnState::Unknown
     }
 }
 

@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::{
-    behavior::{Actor, ActorType, Step},
+    behavior::{Actor, ActorType, Step, TurnState},
     error::ActorError,
     message::{Message, Reply},
 };
@@ -52,6 +52,7 @@ pub struct CounterType;
 #[derive(Debug)]
 pub struct Counter {
     value: i64,
+    changed: bool,
 }
 
 #[derive(Deserialize)]
@@ -71,6 +72,7 @@ impl Actor for Counter {
             "add" | "increment" => match parse::<AddArgs>(&m.payload) {
                 Ok(a) => {
                     self.value = self.value.wrapping_add(a.by);
+                    self.changed = true;
                     Step::Done(json_reply(&json!({ "value": self.value })))
                 }
                 Err(e) => Step::Done(Err(e)),
@@ -83,6 +85,14 @@ impl Actor for Counter {
     fn deactivate(&mut self) -> Step {
         Step::Done(Ok(Bytes::copy_from_slice(&self.value.to_le_bytes())))
     }
+
+    fn turn_state(&mut self) -> TurnState {
+        if std::mem::take(&mut self.changed) {
+            TurnState::Changed(Bytes::copy_from_slice(&self.value.to_le_bytes()))
+        } else {
+            TurnState::Unchanged
+        }
+    }
 }
 
 impl ActorType for CounterType {
@@ -94,7 +104,10 @@ impl ActorType for CounterType {
             .and_then(|s| <[u8; 8]>::try_from(&s[..]).ok())
             .map(i64::from_le_bytes)
             .unwrap_or(0);
-        Box::new(Counter { value })
+        Box::new(Counter {
+            value,
+            changed: false,
+        })
     }
 }
 
@@ -122,6 +135,8 @@ pub struct Kv {
     /// Encoded size of `map` as its state (JSON object), kept up to date.
     size: usize,
     max_state_bytes: usize,
+    /// Changed since the last [`Actor::turn_state`].
+    changed: bool,
 }
 
 /// Bytes one entry adds to the JSON state: `"key":value,`.
@@ -158,6 +173,7 @@ impl Actor for Kv {
                 }
                 self.size = size;
                 self.map.insert(args.key, args.value);
+                self.changed = true;
                 json!({ "ok": true })
             }
             "get" | "default" => json!({ "value": self.map.get(&args.key) }),
@@ -165,6 +181,7 @@ impl Actor for Kv {
                 let removed = self.map.remove(&args.key);
                 if let Some(v) = &removed {
                     self.size -= entry_size(&args.key, v);
+                    self.changed = true;
                 }
                 json!({ "deleted": removed.is_some() })
             }
@@ -184,6 +201,20 @@ impl Actor for Kv {
                 .map_err(|e| ActorError::Failed(e.to_string())),
         )
     }
+
+    fn turn_state(&mut self) -> TurnState {
+        if !std::mem::take(&mut self.changed) {
+            return TurnState::Unchanged;
+        }
+        if self.map.is_empty() {
+            return TurnState::Changed(Bytes::new());
+        }
+        match serde_json::to_vec(&self.map) {
+            Ok(v) => TurnState::Changed(Bytes::from(v)),
+            // Cannot happen for a map of JSON values; the snapshot reports it.
+            Err(_) => TurnState::Unknown,
+        }
+    }
 }
 
 impl ActorType for KvType {
@@ -199,6 +230,7 @@ impl ActorType for KvType {
             map,
             size,
             max_state_bytes: self.max_state_bytes,
+            changed: false,
         })
     }
 }
@@ -214,6 +246,10 @@ pub struct Echo;
 impl Actor for Echo {
     fn handle(&mut self, m: &Message) -> Step {
         Step::Done(Ok(m.payload.clone()))
+    }
+
+    fn turn_state(&mut self) -> TurnState {
+        TurnState::Unchanged
     }
 }
 
@@ -281,6 +317,10 @@ impl Actor for Load {
             spin(spin_us);
             json_reply(&reply)
         }))
+    }
+
+    fn turn_state(&mut self) -> TurnState {
+        TurnState::Unchanged
     }
 }
 

@@ -5,7 +5,7 @@
 
 use std::{collections::HashMap, fmt, str::FromStr, sync::Arc, time::Duration};
 
-use crate::{behavior::ActorType, error::Error};
+use crate::{behavior::ActorType, error::Error, store::StateStore};
 
 /// What a full mailbox does with one more message.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -133,6 +133,10 @@ pub struct RuntimeConfig {
     pub actor_types: Vec<Arc<dyn ActorType>>,
     /// One message in this many has its mailbox and processing time recorded (≥ 1).
     pub timing_sample_every: u32,
+    /// The durable store of actor states (`None`, the default: memory mode, states live
+    /// in the node and a crash loses them, counted). With a store every changed state is
+    /// written through before the reply or `tell` acknowledgement (see `store`).
+    pub state_store: Option<Arc<dyn StateStore>>,
 }
 
 impl fmt::Debug for RuntimeConfig {
@@ -157,6 +161,7 @@ impl fmt::Debug for RuntimeConfig {
                     .map(|t| t.name())
                     .collect::<Vec<_>>(),
             )
+            .field("state_store", &self.state_store.as_ref().map(|s| s.kind()))
             .finish_non_exhaustive()
     }
 }
@@ -182,6 +187,7 @@ impl RuntimeConfig {
             load_work: (0, 100),
             actor_types: Vec::new(),
             timing_sample_every: 8,
+            state_store: None,
         }
     }
 

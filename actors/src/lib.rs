@@ -52,8 +52,10 @@
 //! [`activation`] (running actors, supervision, passivation), [`placement`] (rendezvous),
 //! [`runtime`] (routing, claims, hand-over, drain), [`wire`] and [`transport`]
 //! (node-to-node), [`client_api`] (HTTP), [`metrics`], [`supervision`] (backoff),
-//! [`config`], [`error`], [`message`]; [`time`] and [`hashing`] (the runtime's clock and
-//! map hasher, seams for deterministic simulation).
+//! [`config`], [`error`], [`message`]; [`store`] (durable state: the [`StateStore`] seam,
+//! its fencing rule, an in-memory store) and `write_through` (the output gate of one
+//! activation); [`time`] and [`hashing`] (the runtime's clock and map hasher, seams for
+//! deterministic simulation).
 
 pub mod activation;
 pub mod behavior;
@@ -68,14 +70,17 @@ pub mod metrics;
 pub mod placement;
 pub mod runtime;
 pub mod sidecar;
+pub mod store;
 pub mod supervision;
 mod sync;
 pub mod time;
 pub mod transport;
 pub mod wire;
+mod write_through;
 
-pub use behavior::{Actor, ActorType, ReplyFuture, Step};
+pub use behavior::{Actor, ActorType, ReplyFuture, Step, TurnState};
 pub use config::{MailboxConfig, OverflowPolicy, RuntimeConfig, SupervisionConfig};
 pub use error::{ActorError, DeliveryError, Error};
 pub use message::{Answer, Message, Reply};
 pub use runtime::{ActorRef, ActorRuntime, DrainReport, HeldActivation};
+pub use store::{InMemoryStore, StateStore, StoreError};

@@ -62,6 +62,16 @@ pub struct TypeStats {
     pub rejected_full: IntCounter,
     /// Refused: backpressure timeout.
     pub rejected_backpressure: IntCounter,
+    /// Durable store: states written through.
+    pub state_writes: IntCounter,
+    /// Durable store: time from a turn's end to its write being durable.
+    pub state_write_seconds: Histogram,
+    /// Durable store: fenced writes (or loads) refused because another activation wrote.
+    pub state_conflicts: IntCounter,
+    /// Durable store: calls that failed because the store was unavailable.
+    pub state_unavailable: IntCounter,
+    /// Durable store: states refused as larger than the store takes.
+    pub state_too_large: IntCounter,
 }
 
 /// All metrics of one runtime.
@@ -87,6 +97,9 @@ pub struct RuntimeMetrics {
     /// Malformed frames and lost connections.
     pub transport_errors: IntCounterVec,
     states_lost: IntCounterVec,
+    state_writes: IntCounterVec,
+    state_write_seconds: HistogramVec,
+    state_errors: IntCounterVec,
 }
 
 const TIME_BUCKETS: &[f64] = &[
@@ -180,6 +193,28 @@ impl RuntimeMetrics {
                 ),
                 by_type,
             )?,
+            state_writes: IntCounterVec::new(
+                Opts::new(
+                    "troupe_state_writes_total",
+                    "Actor states written through to the durable store before the reply.",
+                ),
+                by_type,
+            )?,
+            state_write_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "troupe_state_write_seconds",
+                    "Time from the end of a turn until its state write was durable.",
+                )
+                .buckets(TIME_BUCKETS.to_vec()),
+                by_type,
+            )?,
+            state_errors: IntCounterVec::new(
+                Opts::new(
+                    "troupe_state_errors_total",
+                    "Durable store calls that failed, by kind: conflict (a fenced write refused: another activation wrote; that activation stopped), unavailable (503 to the client), too_large (413).",
+                ),
+                &["actor_type", "kind"],
+            )?,
         };
         registry.register(Box::new(m.depth.clone()))?;
         registry.register(Box::new(m.processed.clone()))?;
@@ -195,6 +230,9 @@ impl RuntimeMetrics {
         registry.register(Box::new(m.handovers_missed.clone()))?;
         registry.register(Box::new(m.states_lost.clone()))?;
         registry.register(Box::new(m.transport_errors.clone()))?;
+        registry.register(Box::new(m.state_writes.clone()))?;
+        registry.register(Box::new(m.state_write_seconds.clone()))?;
+        registry.register(Box::new(m.state_errors.clone()))?;
         Ok(m)
     }
 
@@ -226,6 +264,17 @@ impl RuntimeMetrics {
             rejected_backpressure: self
                 .rejected
                 .with_label_values(&[actor_type, "backpressure_timeout"]),
+            state_writes: self.state_writes.with_label_values(l),
+            state_write_seconds: self.state_write_seconds.with_label_values(l),
+            state_conflicts: self
+                .state_errors
+                .with_label_values(&[actor_type, "conflict"]),
+            state_unavailable: self
+                .state_errors
+                .with_label_values(&[actor_type, "unavailable"]),
+            state_too_large: self
+                .state_errors
+                .with_label_values(&[actor_type, "too_large"]),
         }
     }
 

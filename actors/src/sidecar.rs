@@ -9,6 +9,12 @@
 //!  deactivate POST {app}/actors/{type}/{id}/$deactivate ─► 2xx body = state to keep
 //! ```
 //!
+//! **The turn's state.** An answer to a message may carry the actor's state after the
+//! turn: header `troupe-state-length: N`, and the body's first N bytes are the state, the
+//! rest the reply. With a durable store the node writes that state before it sends the
+//! reply (an answer without the header leaves the state unchanged); in memory mode the
+//! node keeps it as the state to hand over, so `$deactivate` is not needed to move it.
+//!
 //! A 4xx answer is the client's fault ([`ActorError::BadRequest`]), anything else a failure.
 
 use std::{sync::Arc, time::Duration};
@@ -21,13 +27,40 @@ use hyper_util::{
 };
 
 use crate::{
-    behavior::{Actor, ActorType, ReplyFuture, Step},
+    behavior::{Actor, ActorType, ReplyFuture, Step, TurnState},
     error::ActorError,
     message::{Message, Reply},
 };
 
 /// Largest reply accepted from the application.
 const MAX_REPLY_BYTES: usize = 8 << 20;
+/// A future answer with the actor's state after the turn, if the application sent it.
+pub type TurnFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<(Option<Bytes>, Bytes), ActorError>> + Send>,
+>;
+
+/// The answer header that says how many leading body bytes are the actor's state.
+pub const STATE_LENGTH_HEADER: &str = "troupe-state-length";
+
+/// Splits an answer body into `(state, reply)` by the `troupe-state-length` header value.
+pub fn split_turn(header: Option<&str>, body: Bytes) -> Result<(Option<Bytes>, Bytes), String> {
+    let Some(h) = header else {
+        return Ok((None, body));
+    };
+    let n: usize = h
+        .trim()
+        .parse()
+        .map_err(|_| format!("{STATE_LENGTH_HEADER} must be a byte count, got {h:?}"))?;
+    if n > body.len() {
+        return Err(format!(
+            "{STATE_LENGTH_HEADER} is {n} but the body has only {} bytes",
+            body.len()
+        ));
+    }
+    let mut reply = body;
+    let state = reply.split_to(n);
+    Ok((Some(state), reply))
+}
 /// Longest wait for one application call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -54,6 +87,13 @@ impl SidecarApp {
 
     /// POSTs `body` to `{app}/actors/{type}/{id}/{method}` and returns the reply body.
     pub fn call(&self, actor_type: &str, id: &str, method: &str, body: Bytes) -> ReplyFuture {
+        let turn = self.call_turn(actor_type, id, method, body);
+        Box::pin(async move { turn.await.map(|(_, reply)| reply) })
+    }
+
+    /// Like [`call`](Self::call), with the actor's state after the turn when the
+    /// application sent one (`troupe-state-length`).
+    pub fn call_turn(&self, actor_type: &str, id: &str, method: &str, body: Bytes) -> TurnFuture {
         let url = format!(
             "{}/actors/{}/{}/{}",
             self.base,
@@ -72,13 +112,18 @@ impl SidecarApp {
                     ActorError::Failed(format!("sidecar application unreachable at {url}: {e}"))
                 })?;
                 let status = response.status();
+                let state_length = response
+                    .headers()
+                    .get(STATE_LENGTH_HEADER)
+                    .map(|v| v.to_str().map(str::to_owned).unwrap_or_else(|_| "?".into()));
                 let body = Limited::new(response.into_body(), MAX_REPLY_BYTES)
                     .collect()
                     .await
                     .map_err(|e| ActorError::Failed(format!("sidecar reply from {url}: {e}")))?
                     .to_bytes();
                 if status.is_success() {
-                    Ok(body)
+                    split_turn(state_length.as_deref(), body)
+                        .map_err(|e| ActorError::Failed(format!("sidecar answer from {url}: {e}")))
                 } else if status.is_client_error() {
                     Err(ActorError::BadRequest(format!(
                         "sidecar answered {status}: {}",
@@ -136,13 +181,25 @@ pub struct SidecarActor {
     app: SidecarApp,
     /// State to hand to the application before the first message.
     pending_state: Option<Bytes>,
+    /// The state the application sent with its last answer, until the runtime takes it.
+    turn_state: Arc<std::sync::Mutex<Option<Bytes>>>,
+    /// The last state the application sent (what `deactivate` keeps if it has no answer).
+    last_state: Option<Bytes>,
 }
 
 impl Actor for SidecarActor {
     fn handle(&mut self, m: &Message) -> Step {
-        let call = self
+        let turn = self
             .app
-            .call(&self.actor_type, &self.id, &m.method, m.payload.clone());
+            .call_turn(&self.actor_type, &self.id, &m.method, m.payload.clone());
+        let slot = self.turn_state.clone();
+        let call: ReplyFuture = Box::pin(async move {
+            let (state, reply) = turn.await?;
+            if let Some(s) = state {
+                *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(s);
+            }
+            Ok(reply)
+        });
         match self.pending_state.take() {
             None => Step::Later(call),
             Some(state) => {
@@ -157,22 +214,47 @@ impl Actor for SidecarActor {
         }
     }
 
+    fn turn_state(&mut self) -> TurnState {
+        match self.take_turn_state() {
+            Some(s) => TurnState::Changed(s),
+            None => TurnState::Unchanged,
+        }
+    }
+
     fn deactivate(&mut self) -> Step {
         if let Some(state) = self.pending_state.take() {
             // Never activated in the application: the state is unchanged.
             return Step::Done(Ok(state));
         }
+        self.take_turn_state();
+        let reported = self.last_state.clone();
         let call = self
             .app
             .call(&self.actor_type, &self.id, "$deactivate", Bytes::new());
         Step::Later(Box::pin(async move {
             let r: Reply = call.await;
-            // An application without state handling answers 404: nothing to keep.
+            // An application without state handling answers 404: nothing to keep but
+            // what it reported with its answers, if anything.
             match r {
-                Err(ActorError::BadRequest(_)) => Ok(Bytes::new()),
+                Err(ActorError::BadRequest(_)) => Ok(reported.unwrap_or_default()),
+                Ok(b) if b.is_empty() => Ok(reported.unwrap_or_default()),
                 other => other,
             }
         }))
+    }
+}
+
+impl SidecarActor {
+    fn take_turn_state(&mut self) -> Option<Bytes> {
+        let s = self
+            .turn_state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(s) = &s {
+            self.last_state = Some(s.clone());
+        }
+        s
     }
 }
 
@@ -185,14 +267,35 @@ impl ActorType for SidecarType {
             actor_type: self.name.as_str().into(),
             id: id.into(),
             app: self.app.clone(),
-            pending_state: state.filter(|s| !s.is_empty()),
+            pending_state: state.clone().filter(|s| !s.is_empty()),
+            turn_state: Arc::default(),
+            last_state: state.filter(|s| !s.is_empty()),
         })
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::path_segment;
+    use super::{Bytes, path_segment, split_turn};
+
+    #[test]
+    fn a_turn_answer_splits_into_state_and_reply() {
+        let body = Bytes::from_static(b"{\"n\":1}{\"ok\":true}");
+        assert_eq!(
+            split_turn(Some("7"), body.clone()),
+            Ok((
+                Some(Bytes::from_static(b"{\"n\":1}")),
+                Bytes::from_static(b"{\"ok\":true}")
+            ))
+        );
+        assert_eq!(split_turn(None, body.clone()), Ok((None, body.clone())));
+        assert_eq!(
+            split_turn(Some("0"), body.clone()),
+            Ok((Some(Bytes::new()), body.clone()))
+        );
+        assert!(split_turn(Some("99"), body.clone()).is_err());
+        assert!(split_turn(Some("x"), body).is_err());
+    }
 
     #[test]
     fn path_segments_are_percent_encoded() {

@@ -103,3 +103,50 @@ async fn sidecar_actors_answer_and_keep_their_state_across_a_move() {
             .await;
     assert_eq!(json(&r.expect("greet"))["count"], 2);
 }
+
+/// With a durable store the state the application returns with each answer is written
+/// before the reply: a new node process (the pod restarted after a crash, its application
+/// too) starts the actor from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_durable_store_the_state_an_answer_carries_is_stored_before_the_reply() {
+    let Some((child, url)) = start_app().await else {
+        panic!("python3 could not start the example sidecar app");
+    };
+    let store = troupe_actors::InMemoryStore::new(1 << 20);
+    let node = |pod: &str, version: u64, url: String| {
+        let mut c = troupe_actors::RuntimeConfig::new(pod, format!("{pod}-1"));
+        c.app_url = Some(url);
+        c.state_store = Some(std::sync::Arc::new(store.clone()));
+        let rt =
+            troupe_actors::ActorRuntime::new(c, &prometheus::Registry::new()).expect("runtime");
+        rt.update_members(&table(version, &[(pod, "127.0.0.1:1", Up)]));
+        rt.set_accepting(true);
+        rt
+    };
+    let a = node("a", 1, url);
+    for qty in [2, 3] {
+        let body = format!(r#"{{"item":"pear","qty":{qty}}}"#);
+        a.ask("cart", "k", Message::new("add", body))
+            .await
+            .expect("add");
+    }
+    let stored = store.get("cart", "k").expect("stored before the reply");
+    assert_eq!(stored.version, 2);
+    assert_eq!(json(&stored.state)["items"]["pear"], 5);
+    // The pod dies with its application: nothing survives but the store.
+    drop(a);
+    drop(child);
+    let Some((_child, url)) = start_app().await else {
+        panic!("python3 could not start the example sidecar app again");
+    };
+    let b = node("b", 2, url);
+    let r = b
+        .ask("cart", "k", Message::new("list", ""))
+        .await
+        .expect("list");
+    assert_eq!(
+        json(&r)["items"]["pear"],
+        5,
+        "the new application got the stored state"
+    );
+}

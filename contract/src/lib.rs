@@ -89,6 +89,15 @@ pub mod env {
     pub const APP_TYPES: &str = "TROUPE_APP_TYPES";
     /// Log filter (tracing `EnvFilter` syntax).
     pub const LOG: &str = "TROUPE_LOG";
+    /// Where actor states are kept: `memory` (unset: the default) or `postgres`.
+    pub const STATE_STORE: &str = "TROUPE_STATE_STORE";
+    /// File holding the PostgreSQL connection string (a key of the user's Secret, mounted
+    /// by the kubelet); read again on every reconnect, so a rotated Secret is picked up.
+    pub const STATE_POSTGRES_FILE: &str = "TROUPE_STATE_POSTGRES_FILE";
+    /// The PostgreSQL connection string itself (instead of the file; tests, local runs).
+    pub const STATE_POSTGRES_URL: &str = "TROUPE_STATE_POSTGRES_URL";
+    /// Largest actor state the store takes, in bytes (a larger one is refused with 413).
+    pub const STATE_MAX_BYTES: &str = "TROUPE_STATE_MAX_BYTES";
 }
 
 /// Names of metrics that more than one program reads.
@@ -100,6 +109,9 @@ pub mod metrics {
     /// The per-pod total mailbox depth (sum over every actor on the node), unlabelled, as
     /// the node exports it; the custom metrics API reads this one.
     pub const MAILBOX_DEPTH_TOTAL: &str = "troupe_mailbox_depth_total";
+    /// 1 while the node reaches its durable state store, 0 while it does not (absent in
+    /// `memory` mode); the operator reports Degraded from it.
+    pub const STATE_STORE_UP: &str = "troupe_state_store_up";
 }
 
 /// Where the member table of a cluster is kept in Kubernetes.

@@ -10,7 +10,8 @@
 //!
 //! The actor runtime ([`host_actors`]) follows `node.view()`, registers its metrics in
 //! `node.registry()`, serves the client API and the transport, and its drain is the
-//! `handover` of `node.leave`.
+//! `handover` of `node.leave`. With `TROUPE_STATE_STORE=postgres` the runtime writes
+//! actor states through to PostgreSQL ([`troupe_state_postgres`]).
 
 use std::time::Duration;
 
@@ -151,10 +152,11 @@ async fn main() -> anyhow::Result<()> {
 /// when it passes) and the draining flag.
 async fn host_actors(node: &Node) -> anyhow::Result<ActorRuntime> {
     let me = node.view().borrow().me.clone();
-    let config = RuntimeConfig::from_env(me.pod.clone(), me.incarnation.clone(), |k| {
+    let mut config = RuntimeConfig::from_env(me.pod.clone(), me.incarnation.clone(), |k| {
         std::env::var(k).ok()
     })
     .context("invalid actor runtime configuration")?;
+    config.state_store = state_store(node.registry()).await?;
     let actors =
         ActorRuntime::new(config, node.registry()).context("cannot start the actor runtime")?;
 
@@ -188,6 +190,35 @@ async fn host_actors(node: &Node) -> anyhow::Result<ActorRuntime> {
         "actor runtime started"
     );
     Ok(actors)
+}
+
+/// The durable state store the environment asks for (`None`: memory mode). A database
+/// that cannot be used yet does not stop the node: actors answer 503 until it can, and
+/// the store's status is logged and exported (`troupe_state_store_up`).
+async fn state_store(
+    registry: &Registry,
+) -> anyhow::Result<Option<std::sync::Arc<dyn troupe_actors::StateStore>>> {
+    use troupe_state_postgres::{PostgresStore, Settings, Status};
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let cluster = format!(
+        "{}/{}",
+        var(env::POD_NAMESPACE).unwrap_or_default(),
+        var(env::CLUSTER_NAME).unwrap_or_default()
+    );
+    let Some(settings) = Settings::from_env(&cluster, |k| std::env::var(k).ok())? else {
+        tracing::info!(
+            "actor state: memory (a crash loses the actors' states of this node; each loss is counted)"
+        );
+        return Ok(None);
+    };
+    let store = PostgresStore::start(settings, registry).context("cannot start the state store")?;
+    match store.wait_up(Duration::from_secs(3)).await {
+        Status::Up => tracing::info!("actor state: postgres, write-through before every reply"),
+        other => {
+            tracing::warn!(status = ?other, "actor state: postgres, not usable yet; actors answer 503 until it is")
+        }
+    }
+    Ok(Some(std::sync::Arc::new(store)))
 }
 
 fn required(value: Option<String>, var: &str) -> anyhow::Result<String> {

@@ -51,10 +51,11 @@ use serde::de::DeserializeOwned;
 use troupe_contract::{coordination, labels};
 
 use crate::build::{BuildError, Children, Owner, desired_children};
-use crate::crd::{ActorCluster, ActorClusterStatus};
+use crate::crd::{ActorCluster, ActorClusterStatus, StateStoreKind};
+use crate::custom_metrics::cache::DepthCache;
 use crate::drift;
 use crate::metrics::Metrics;
-use crate::status::{self, Observed, Problem};
+use crate::status::{self, Observed, Problem, StoreHealth};
 use crate::validate::validate;
 use crate::watches;
 
@@ -130,6 +131,37 @@ pub struct Config {
     pub concurrency: u16,
     /// Name of this replica, for Events.
     pub instance: Option<String>,
+    /// What the node pods' `/metrics` say (filled by the scraper of `custom_metrics`): read
+    /// for the state store's health of `postgres` clusters. `None`: not known.
+    pub scraped: Option<Arc<std::sync::RwLock<DepthCache>>>,
+}
+
+/// How old a node's report about its state store may be to count.
+const STORE_REPORT_MAX_AGE: Duration = Duration::from_secs(30);
+/// How often a `postgres` cluster is reconciled again, to follow its store's health.
+const STORE_RECHECK: Duration = Duration::from_secs(10);
+
+/// What the node pods of `ac` say about their state store (postgres clusters only).
+fn store_health(config: &Config, ac: &ActorCluster, owner: &Owner) -> Option<StoreHealth> {
+    let postgres = ac
+        .spec
+        .state
+        .as_ref()
+        .is_some_and(|s| s.store == StateStoreKind::Postgres);
+    if !postgres {
+        return None;
+    }
+    let cache = config.scraped.as_ref()?.read().ok()?;
+    let r = cache.store_report(
+        &owner.namespace,
+        &owner.name,
+        std::time::SystemTime::now(),
+        STORE_REPORT_MAX_AGE,
+    );
+    Some(StoreHealth {
+        reporting: r.reporting,
+        down: r.down,
+    })
 }
 
 /// The watch caches the reconciler reads instead of the API server.
@@ -444,6 +476,7 @@ async fn reconcile_inner(ac: &ActorCluster, ctx: &Context) -> Result<Action, Err
         Default::default()
     });
     let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let store = store_health(&ctx.config, ac, &owner);
     let new_status = status::compute(
         &Observed {
             name: &owner.name,
@@ -452,6 +485,7 @@ async fn reconcile_inner(ac: &ActorCluster, ctx: &Context) -> Result<Action, Err
             deployment: deployment.as_deref(),
             members: &members,
             problem: problem.as_ref(),
+            store: store.as_ref(),
         },
         ac.status.as_ref(),
         &now,
@@ -467,6 +501,8 @@ async fn reconcile_inner(ac: &ActorCluster, ctx: &Context) -> Result<Action, Err
     Ok(match problem {
         // Nothing to retry until the spec changes.
         Some(Problem::InvalidSpec(_)) => Action::await_change(),
+        // Follow the store's health (reconciling a converged cluster writes nothing).
+        _ if store.is_some() => Action::requeue(ctx.config.resync.min(STORE_RECHECK)),
         _ => Action::requeue(ctx.config.resync),
     })
 }

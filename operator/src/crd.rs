@@ -25,6 +25,11 @@ pub const DEFAULT_MAILBOX_CAPACITY: i32 = 1000;
 pub const MAX_MAILBOX_CAPACITY: i32 = 1_000_000;
 /// Port of the sidecar-mode application container when `spec.app.port` is not given.
 pub const DEFAULT_APP_PORT: i32 = 3000;
+/// The Secret key holding the PostgreSQL connection string when `spec.state.postgres.key`
+/// is not given.
+pub const DEFAULT_POSTGRES_KEY: &str = "url";
+/// The largest actor state a store may be told to take (`spec.state.postgres.maxStateBytes`).
+pub const MAX_STATE_BYTES: i64 = 64 << 20;
 
 /// The desired state of an actor cluster.
 // kube's `printcolumn(type_ = ...)` repeats keys by design.
@@ -108,6 +113,10 @@ pub struct ActorClusterSpec {
     /// localhost HTTP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app: Option<AppSpec>,
+
+    /// Where actor states are kept: `memory` (the default) or `postgres`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<StateSpec>,
 
     /// Resources of the node container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -236,6 +245,76 @@ pub struct AppSpec {
 
 fn default_app_port() -> i32 {
     DEFAULT_APP_PORT
+}
+
+/// Where the actors' states are kept.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(validation = Rule::new("self.store == 'postgres' ? has(self.postgres) : !has(self.postgres)")
+    .message("spec.state.postgres is required when spec.state.store is postgres, and allowed only then")
+    .field_path(".postgres"))]
+#[serde(rename_all = "camelCase")]
+pub struct StateSpec {
+    /// `memory`: in the node only; a crash loses the actors of that pod (each loss is
+    /// counted in `troupe_actor_states_lost_total`). `postgres`: every changed state is
+    /// written through to PostgreSQL before the reply leaves the node.
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self in ['memory', 'postgres']")
+        .message("spec.state.store must be memory or postgres"))]
+    pub store: StateStoreKind,
+    /// The PostgreSQL database (with `store: postgres`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PostgresSpec>,
+}
+
+/// Where actor states are kept.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StateStoreKind {
+    /// In the node's memory (today's behaviour).
+    #[default]
+    Memory,
+    /// In PostgreSQL.
+    Postgres,
+}
+
+impl StateStoreKind {
+    /// The name as it appears in the API and in `TROUPE_STATE_STORE`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            Self::Postgres => "postgres",
+        }
+    }
+}
+
+/// A PostgreSQL database for actor states, the user's own. The node creates its tables
+/// on first use (`troupe_actor_state`, `troupe_schema`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PostgresSpec {
+    /// A Secret in the ActorCluster's namespace whose key `key` holds a connection string
+    /// (`postgresql://user:password@host:port/database`). The kubelet mounts it into the
+    /// node container; neither the node nor the operator reads Secrets through the API.
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')")
+        .message("spec.state.postgres.secretName must be a Secret name (lowercase letters, digits, '-' and '.')"))]
+    pub secret_name: String,
+    /// The Secret's key holding the connection string.
+    #[serde(default = "default_postgres_key")]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[-._a-zA-Z0-9]+$')")
+        .message("spec.state.postgres.key must be a Secret key (letters, digits, '-', '_' and '.')"))]
+    pub key: String,
+    /// Largest state of one actor, in bytes; a turn that would store more is refused with
+    /// 413 and changes nothing. Default 1 MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self > 0 && self <= 67108864")
+        .message("spec.state.postgres.maxStateBytes must be greater than 0 and at most 67108864 (64 MiB)"))]
+    pub max_state_bytes: Option<i64>,
+}
+
+fn default_postgres_key() -> String {
+    DEFAULT_POSTGRES_KEY.to_owned()
 }
 
 /// What a user may add to the node pods. The selector labels always win.
@@ -389,6 +468,11 @@ mod tests {
             {"minReplicas": 2, "maxReplicas": 10, "targetMailboxDepth": 100, "behavior": {}}});
         assert_eq!(cel_errors(autoscaled), Vec::<String>::new());
         assert_eq!(cel_errors(serde_json::json!({})), Vec::<String>::new());
+        let durable = serde_json::json!({"state": {"store": "postgres",
+            "postgres": {"secretName": "orders-db", "key": "url", "maxStateBytes": 65536}}});
+        assert_eq!(cel_errors(durable), Vec::<String>::new());
+        let memory = serde_json::json!({"state": {"store": "memory"}});
+        assert_eq!(cel_errors(memory), Vec::<String>::new());
     }
 
     #[test]
@@ -419,6 +503,30 @@ mod tests {
             (
                 serde_json::json!({"app": {"image": "app:1", "port": 8558}}),
                 "spec.app.port",
+            ),
+            (
+                serde_json::json!({"state": {"store": "redis"}}),
+                "spec.state.store",
+            ),
+            (
+                serde_json::json!({"state": {"store": "postgres"}}),
+                "spec.state.postgres is required",
+            ),
+            (
+                serde_json::json!({"state": {"store": "memory", "postgres": {"secretName": "db"}}}),
+                "spec.state.postgres is required",
+            ),
+            (
+                serde_json::json!({"state": {"store": "postgres", "postgres": {"secretName": "Not A Name"}}}),
+                "spec.state.postgres.secretName",
+            ),
+            (
+                serde_json::json!({"state": {"store": "postgres", "postgres": {"secretName": "db", "key": "a/b"}}}),
+                "spec.state.postgres.key",
+            ),
+            (
+                serde_json::json!({"state": {"store": "postgres", "postgres": {"secretName": "db", "maxStateBytes": 0}}}),
+                "spec.state.postgres.maxStateBytes",
             ),
         ];
         for (spec, field) in cases {

@@ -123,11 +123,16 @@ async fn main() -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to Kubernetes (in-cluster config or KUBECONFIG)")?;
+    // The node pods' scraped metrics: depth for the HPA, state-store health for status.
+    let scraped = std::sync::Arc::new(std::sync::RwLock::new(
+        troupe_operator::custom_metrics::cache::DepthCache::default(),
+    ));
     let config = Config {
         default_image: args.node_image.clone(),
         resync: Duration::from_secs(args.resync_seconds.max(10)),
         concurrency: args.concurrency.max(1),
         instance: Some(identity.clone()),
+        scraped: Some(scraped.clone()),
     };
     tracing::info!(node_image = %args.node_image, %identity, "troupe-operator starting");
     {
@@ -137,6 +142,7 @@ async fn main() -> anyhow::Result<()> {
             args.custom_metrics.clone(),
             metrics.clone(),
             move || leading.leader.get() == 1,
+            scraped,
             stop_rx.clone(),
         );
         tokio::spawn(async move {

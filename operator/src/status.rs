@@ -15,7 +15,7 @@
 //! |---|---|---|
 //! | Ready | every requested node pod is Ready | AllReplicasReady, ScaledToZero / ReplicasNotReady, Creating, InvalidSpec |
 //! | Progressing | a rollout or scale is under way | Creating, RollingOut / RolloutComplete |
-//! | Degraded | something needs a human | InvalidSpec, ApplyFailed, ProgressDeadlineExceeded, ReplicaFailure / AsExpected |
+//! | Degraded | something needs a human | InvalidSpec, ApplyFailed, ProgressDeadlineExceeded, ReplicaFailure, StateStoreUnreachable / AsExpected |
 //! | ScalingLimited | (autoscaling only) replicas at a bound | AtMaxReplicas, AtMinReplicas / WithinLimits |
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -49,6 +49,18 @@ pub struct Observed<'a> {
     pub members: &'a MemberTable,
     /// What went wrong in this reconcile.
     pub problem: Option<&'a Problem>,
+    /// Node pods that report they cannot use the durable state store (`spec.state.store:
+    /// postgres`), out of those that reported; `None` when unknown or in memory mode.
+    pub store: Option<&'a StoreHealth>,
+}
+
+/// What the node pods say about their durable state store.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreHealth {
+    /// Pods that reported recently.
+    pub reporting: usize,
+    /// Those that cannot use the store, sorted.
+    pub down: Vec<String>,
 }
 
 /// Reads the member table from the cluster's Lease. An absent Lease or annotation is an
@@ -266,6 +278,21 @@ fn degraded_condition(o: &Observed<'_>) -> Condition {
             );
         }
     }
+    if let Some(h) = o.store
+        && !h.down.is_empty()
+    {
+        return cond(
+            "Degraded",
+            true,
+            "StateStoreUnreachable",
+            format!(
+                "{} of {} node pods cannot use the PostgreSQL state store named by spec.state.postgres ({}); their actors answer 503 until it is back. The node logs say why (wrong credentials, database unreachable).",
+                h.down.len(),
+                h.reporting,
+                h.down.join(", ")
+            ),
+        );
+    }
     cond(
         "Degraded",
         false,
@@ -330,6 +357,7 @@ mod tests {
             deployment: d,
             members,
             problem,
+            store: None,
         }
     }
 
@@ -445,6 +473,33 @@ mod tests {
             status_of(&s, "Degraded"),
             ("True".into(), "ApplyFailed".into())
         );
+    }
+
+    #[test]
+    fn pods_that_cannot_use_the_state_store_make_it_degraded() {
+        let sp = spec(3);
+        let m = MemberTable::default();
+        let d = deployment(3, 3, 3);
+        let degraded = |h: StoreHealth| {
+            let mut o = observe(&sp, Some(&d), &m, None);
+            o.store = Some(&h);
+            let s = compute(&o, None, &t(1));
+            (
+                status_of(&s, "Degraded"),
+                condition(&s, "Degraded").map(|c| c.message.clone()),
+            )
+        };
+        let (st, msg) = degraded(StoreHealth {
+            reporting: 3,
+            down: vec!["orders-1".into()],
+        });
+        assert_eq!(st, ("True".into(), "StateStoreUnreachable".into()));
+        assert!(msg.unwrap_or_default().contains("1 of 3 node pods"));
+        let (st, _) = degraded(StoreHealth {
+            reporting: 3,
+            down: vec![],
+        });
+        assert_eq!(st, ("False".into(), "AsExpected".into()));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use troupe_contract::ports;
 
-use crate::crd::{ActorClusterSpec, MAX_MAILBOX_CAPACITY};
+use crate::crd::{ActorClusterSpec, MAX_MAILBOX_CAPACITY, MAX_STATE_BYTES, StateStoreKind};
 
 /// A spec that cannot be turned into children. The message names the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -75,6 +75,43 @@ pub fn validate<'a>(
             );
         }
     }
+    if let Some(state) = &spec.state {
+        match (state.store, &state.postgres) {
+            (StateStoreKind::Postgres, None) | (StateStoreKind::Memory, Some(_)) => problems.push(
+                "spec.state.postgres is required when spec.state.store is postgres, and allowed only then"
+                    .to_owned(),
+            ),
+            (_, Some(pg)) => {
+                let name_ok = !pg.secret_name.is_empty()
+                    && pg.secret_name.len() <= 253
+                    && pg
+                        .secret_name
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+                    && !pg.secret_name.starts_with(['-', '.'])
+                    && !pg.secret_name.ends_with(['-', '.']);
+                if !name_ok {
+                    problems.push("spec.state.postgres.secretName must be a Secret name (lowercase letters, digits, '-' and '.')".to_owned());
+                }
+                let key_ok = !pg.key.is_empty()
+                    && pg.key.len() <= 253
+                    && pg
+                        .key
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+                if !key_ok {
+                    problems.push("spec.state.postgres.key must be a Secret key (letters, digits, '-', '_' and '.')".to_owned());
+                }
+                if pg
+                    .max_state_bytes
+                    .is_some_and(|b| b <= 0 || b > MAX_STATE_BYTES)
+                {
+                    problems.push("spec.state.postgres.maxStateBytes must be greater than 0 and at most 67108864 (64 MiB)".to_owned());
+                }
+            }
+            (StateStoreKind::Memory, None) => {}
+        }
+    }
     if problems.is_empty() {
         Ok(ValidSpec { spec, image })
     } else {
@@ -93,6 +130,54 @@ mod tests {
             max_replicas: max,
             target_mailbox_depth: target,
             behavior: None,
+        }
+    }
+
+    #[test]
+    fn state_specs_are_checked_like_the_cel_rules() {
+        use crate::crd::{PostgresSpec, StateSpec};
+        let pg = |secret: &str, key: &str, max: Option<i64>| PostgresSpec {
+            secret_name: secret.into(),
+            key: key.into(),
+            max_state_bytes: max,
+        };
+        let with = |store, postgres| ActorClusterSpec {
+            state: Some(StateSpec { store, postgres }),
+            ..Default::default()
+        };
+        assert!(validate(&with(StateStoreKind::Memory, None), "n:1").is_ok());
+        assert!(
+            validate(
+                &with(StateStoreKind::Postgres, Some(pg("db", "url", None))),
+                "n:1"
+            )
+            .is_ok()
+        );
+        let cases = [
+            (
+                with(StateStoreKind::Postgres, None),
+                "spec.state.postgres is required",
+            ),
+            (
+                with(StateStoreKind::Memory, Some(pg("db", "url", None))),
+                "spec.state.postgres is required",
+            ),
+            (
+                with(StateStoreKind::Postgres, Some(pg("Db!", "url", None))),
+                "spec.state.postgres.secretName",
+            ),
+            (
+                with(StateStoreKind::Postgres, Some(pg("db", "a/b", None))),
+                "spec.state.postgres.key",
+            ),
+            (
+                with(StateStoreKind::Postgres, Some(pg("db", "url", Some(0)))),
+                "spec.state.postgres.maxStateBytes",
+            ),
+        ];
+        for (spec, field) in cases {
+            let e = validate(&spec, "n:1").expect_err(field);
+            assert!(e.0.contains(field), "{e}");
         }
     }
 

@@ -6,7 +6,10 @@ The Troupe node keeps mailboxes, placement and membership, and POSTs every messa
 plus, for state that must follow the actor when it moves to another node,
     /actors/{type}/{id}/$activate       body = the state the last activation left
     /actors/{type}/{id}/$deactivate     reply body = the state to keep
-(see actors/SIDECAR.md). The node delivers one message at a time per actor, so the
+(see actors/SIDECAR.md). Every answer to a message also carries the actor's state after
+the turn (header `troupe-state-length: N`, the body's first N bytes): with a durable
+store (`spec.state.store: postgres`) the node writes it before it replies, so a crash of
+this pod loses nothing that was acknowledged. The node delivers one message at a time per actor, so the
 handlers below need no locking per actor; the global dict is guarded for the server's
 threads.
 
@@ -57,10 +60,15 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):  # quiet
         pass
 
-    def reply(self, status, body):
+    def reply(self, status, body, state=None):
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
         self.send_response(status)
         self.send_header("content-type", "application/json")
+        if state is not None:
+            # The actor's state after this turn, ahead of the reply in the body.
+            encoded = json.dumps(state).encode() if state else b""
+            self.send_header("troupe-state-length", str(len(encoded)))
+            data = encoded + data
         self.send_header("content-length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
@@ -96,7 +104,7 @@ class Handler(BaseHTTPRequestHandler):
         with LOCK:
             state = STATE.setdefault(key, {})
         status, body = handler(state, method, args if isinstance(args, dict) else {})
-        return self.reply(status, body)
+        return self.reply(status, body, state if 200 <= status < 300 else None)
 
 
 def main():

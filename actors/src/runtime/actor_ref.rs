@@ -40,6 +40,10 @@ impl ActorRef {
 
     /// Like [`ActorRuntime::tell`].
     pub async fn tell(&mut self, message: Message) -> Result<(), DeliveryError> {
+        if self.inner.settings.store.is_some() {
+            // Durable store: acknowledged once the turn's state is written.
+            return super::routing::tell_acknowledgement(self.ask(message).await).map(|_| ());
+        }
         let mut env = Envelope::tell(message);
         if activation::sample(self.inner.config.timing_sample_every) {
             env.enqueued = Some(crate::time::now());

@@ -95,6 +95,16 @@
 //! that would not fit in one frame is refused at the source (`kv` puts answer 413) or
 //! never sent (the claimed node keeps it and answers `TooLarge`).
 //!
+//! **Durable store** ([`crate::store`], `RuntimeConfig::state_store`). With one, the
+//! claim protocol still decides who runs an actor, but the state comes from the store: an
+//! activation loads it after its claim, writes every changed state through before the
+//! reply (or `tell` acknowledgement, which then waits for the turn) leaves the node, and
+//! parks nothing when it closes, so claims and hand-overs carry no state and lost-state
+//! accounting (below) is off. Every write is fenced by the version the activation read and
+//! its generation: a second activation of the same actor (the windows the claim protocol
+//! leaves) cannot overwrite what the other acknowledged; its refused write answers 503 and
+//! stops it. Without a store everything below applies unchanged.
+//!
 //! **Lost states are counted once.** Without a durable store a killed node's states are
 //! gone. Every activation swaps a marker `(holder, incarnation, generation)` at the actor's
 //! *witness* (the Up member that would own it without the holder) and takes the one the
@@ -388,6 +398,7 @@ impl ActorRuntime {
         let settings = RunSettings {
             passivate_after: config.passivate_after,
             supervision: config.supervision,
+            store: config.state_store.clone(),
         };
         let peers = Peers::with_connector(
             config.max_frame_bytes,

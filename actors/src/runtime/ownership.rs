@@ -142,7 +142,7 @@ impl Inner {
             act,
             claim,
             reroute,
-            self.settings,
+            self.settings.clone(),
         ));
     }
 
@@ -261,7 +261,10 @@ impl Inner {
             .map(|(g, _)| *g)
             .max(entry.parked_generation(id));
         let order = current.order;
-        if let Ok(entry) = self.type_entry(&entry.name) {
+        // With a durable store nothing acknowledged can be lost: no witness accounting.
+        if self.settings.store.is_none()
+            && let Ok(entry) = self.type_entry(&entry.name)
+        {
             let (rt, id) = (self.clone(), Arc::<str>::from(id));
             tokio::spawn(async move { rt.account(entry, id, start, current).await });
         }

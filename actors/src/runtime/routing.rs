@@ -52,6 +52,17 @@ pub(super) fn decide(
     }
 }
 
+/// What a `tell` answers under a durable store, from the answer of the ask it was sent
+/// as: accepted (an empty answer) when its turn ran and its state is durable, whatever the
+/// actor replied (a tell never reports the actor's own errors); a delivery or store
+/// failure otherwise.
+pub(super) fn tell_acknowledgement(answer: Answer) -> Answer {
+    match answer {
+        Ok(_) | Err(DeliveryError::Actor(_)) => Ok(Bytes::new()),
+        Err(e) => Err(e),
+    }
+}
+
 pub(super) fn settle(
     entry: &TypeEntry,
     id: &str,
@@ -129,6 +140,19 @@ impl Inner {
             ));
         }
         let timed = activation::sample(self.config.timing_sample_every);
+        if !ask && self.settings.store.is_some() {
+            // Durable store: a tell is acknowledged once its turn's state is written.
+            let (mut env, rx) = Envelope::ask(message);
+            if timed {
+                env.enqueued = Some(crate::time::now());
+            }
+            self.route(&entry, id, env, hops).await?;
+            return match tokio::time::timeout(self.config.ask_timeout, rx).await {
+                Ok(Ok(answer)) => tell_acknowledgement(answer),
+                Ok(Err(_)) => Err(DeliveryError::Dropped(format!("{actor_type}/{id}"))),
+                Err(_) => Err(DeliveryError::Timeout(self.config.ask_timeout)),
+            };
+        }
         if ask {
             let (mut env, rx) = Envelope::ask(message);
             if timed {

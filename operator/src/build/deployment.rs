@@ -12,8 +12,9 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SeccompProfile, SecurityContext, Volume, VolumeMount,
+    HTTPGetAction, KeyToPath, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec,
+    Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Volume,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -21,7 +22,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use troupe_contract::{env, labels, ports};
 
 use super::Owner;
-use crate::crd::AppSpec;
+use crate::crd::{AppSpec, PostgresSpec, StateStoreKind};
 use crate::validate::ValidSpec;
 
 /// The uid and gid the containers run as (distroless `nonroot`).
@@ -32,6 +33,10 @@ pub const TERMINATION_GRACE_SECONDS: i64 = 30;
 pub const NODE_CONTAINER: &str = "node";
 /// Name of the sidecar-mode application container.
 pub const APP_CONTAINER: &str = "app";
+/// The volume of the user's database Secret.
+pub const STATE_VOLUME: &str = "state-store";
+/// Where the node container sees it.
+pub const STATE_MOUNT: &str = "/etc/troupe/state";
 
 /// The Deployment `<name>`.
 pub fn desired_deployment(owner: &Owner, spec: &ValidSpec<'_>) -> Deployment {
@@ -81,6 +86,8 @@ pub fn desired_deployment(owner: &Owner, spec: &ValidSpec<'_>) -> Deployment {
                         run_as_non_root: Some(true),
                         run_as_user: Some(RUN_AS_USER),
                         run_as_group: Some(RUN_AS_USER),
+                        // The mounted database Secret is readable by the node's group only.
+                        fs_group: postgres(spec).map(|_| RUN_AS_USER),
                         seccomp_profile: Some(SeccompProfile {
                             type_: "RuntimeDefault".to_owned(),
                             ..SeccompProfile::default()
@@ -88,14 +95,7 @@ pub fn desired_deployment(owner: &Owner, spec: &ValidSpec<'_>) -> Deployment {
                         ..PodSecurityContext::default()
                     }),
                     containers,
-                    volumes: Some(vec![Volume {
-                        name: "tmp".to_owned(),
-                        empty_dir: Some(EmptyDirVolumeSource {
-                            size_limit: Some(Quantity("16Mi".to_owned())),
-                            ..EmptyDirVolumeSource::default()
-                        }),
-                        ..Volume::default()
-                    }]),
+                    volumes: Some(volumes(spec)),
                     node_selector: overrides.node_selector.filter(|m| !m.is_empty()),
                     tolerations: overrides.tolerations.filter(|t| !t.is_empty()),
                     affinity: overrides.affinity,
@@ -107,6 +107,44 @@ pub fn desired_deployment(owner: &Owner, spec: &ValidSpec<'_>) -> Deployment {
         }),
         status: None,
     }
+}
+
+/// The PostgreSQL settings when actor states are kept there.
+fn postgres<'a>(spec: &'a ValidSpec<'_>) -> Option<&'a PostgresSpec> {
+    spec.spec
+        .state
+        .as_ref()
+        .filter(|s| s.store == StateStoreKind::Postgres)
+        .and_then(|s| s.postgres.as_ref())
+}
+
+/// `/tmp`, and the user's database Secret (only its connection-string key, read-only).
+fn volumes(spec: &ValidSpec<'_>) -> Vec<Volume> {
+    let mut v = vec![Volume {
+        name: "tmp".to_owned(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            size_limit: Some(Quantity("16Mi".to_owned())),
+            ..EmptyDirVolumeSource::default()
+        }),
+        ..Volume::default()
+    }];
+    if let Some(pg) = postgres(spec) {
+        v.push(Volume {
+            name: STATE_VOLUME.to_owned(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(pg.secret_name.clone()),
+                items: Some(vec![KeyToPath {
+                    key: pg.key.clone(),
+                    path: pg.key.clone(),
+                    mode: None,
+                }]),
+                default_mode: Some(0o440),
+                optional: Some(false),
+            }),
+            ..Volume::default()
+        });
+    }
+    v
 }
 
 fn container_security() -> SecurityContext {
@@ -188,6 +226,30 @@ fn node_container(owner: &Owner, spec: &ValidSpec<'_>) -> Container {
             format!("http://127.0.0.1:{}", app.port),
         ));
     }
+    let mut mounts = vec![VolumeMount {
+        name: "tmp".to_owned(),
+        mount_path: "/tmp".to_owned(),
+        ..VolumeMount::default()
+    }];
+    if let Some(pg) = postgres(spec) {
+        env_vars.push(value_env(
+            env::STATE_STORE,
+            StateStoreKind::Postgres.as_str(),
+        ));
+        env_vars.push(value_env(
+            env::STATE_POSTGRES_FILE,
+            format!("{STATE_MOUNT}/{}", pg.key),
+        ));
+        if let Some(max) = pg.max_state_bytes {
+            env_vars.push(value_env(env::STATE_MAX_BYTES, max.to_string()));
+        }
+        mounts.push(VolumeMount {
+            name: STATE_VOLUME.to_owned(),
+            mount_path: STATE_MOUNT.to_owned(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    }
     Container {
         name: NODE_CONTAINER.to_owned(),
         image: Some(spec.image.clone()),
@@ -211,11 +273,7 @@ fn node_container(owner: &Owner, spec: &ValidSpec<'_>) -> Container {
                 .unwrap_or_else(default_resources),
         ),
         security_context: Some(container_security()),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "tmp".to_owned(),
-            mount_path: "/tmp".to_owned(),
-            ..VolumeMount::default()
-        }]),
+        volume_mounts: Some(mounts),
         termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
         ..Container::default()
     }
@@ -293,6 +351,68 @@ mod tests {
         assert_eq!(ru.max_surge, Some(IntOrString::Int(1)));
         assert_eq!(ru.max_unavailable, Some(IntOrString::Int(0)));
         assert_eq!(spec.selector.match_labels, Some(owner().selector()));
+    }
+
+    #[test]
+    fn postgres_state_mounts_the_users_secret_and_memory_changes_nothing() {
+        use crate::crd::{PostgresSpec, StateSpec};
+        let memory = pod(&build(&ActorClusterSpec::default()));
+        let explicit = pod(&build(&ActorClusterSpec {
+            state: Some(StateSpec::default()),
+            ..Default::default()
+        }));
+        assert_eq!(memory, explicit, "memory mode builds exactly today's pod");
+        assert_eq!(memory.security_context.and_then(|s| s.fs_group), None);
+        assert!(env_of(&memory.containers[0], env::STATE_STORE).is_none());
+
+        let p = pod(&build(&ActorClusterSpec {
+            state: Some(StateSpec {
+                store: StateStoreKind::Postgres,
+                postgres: Some(PostgresSpec {
+                    secret_name: "orders-db".into(),
+                    key: "uri".into(),
+                    max_state_bytes: Some(4096),
+                }),
+            }),
+            ..Default::default()
+        }));
+        let node = &p.containers[0];
+        let value = |n: &str| env_of(node, n).and_then(|e| e.value);
+        assert_eq!(value(env::STATE_STORE).as_deref(), Some("postgres"));
+        assert_eq!(
+            value(env::STATE_POSTGRES_FILE).as_deref(),
+            Some("/etc/troupe/state/uri")
+        );
+        assert_eq!(value(env::STATE_MAX_BYTES).as_deref(), Some("4096"));
+        // The connection string never goes through the environment or the API: a volume.
+        assert!(node.env.iter().flatten().all(|e| {
+            e.value_from
+                .as_ref()
+                .is_none_or(|v| v.secret_key_ref.is_none())
+        }));
+        let secret = p
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == STATE_VOLUME)
+            .and_then(|v| v.secret.clone())
+            .expect("secret volume");
+        assert_eq!(secret.secret_name.as_deref(), Some("orders-db"));
+        assert_eq!(secret.default_mode, Some(0o440));
+        let mount = node
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.name == STATE_VOLUME)
+            .expect("mount");
+        assert_eq!(
+            (mount.mount_path.as_str(), mount.read_only),
+            (STATE_MOUNT, Some(true))
+        );
+        assert_eq!(
+            p.security_context.and_then(|s| s.fs_group),
+            Some(RUN_AS_USER)
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The in-memory mailbox-depth cache: which node pods exist (from the pod watch) and the
-//! latest depth sample scraped from each. Pure data; [`super::scrape`] fills it and
+//! latest depth sample scraped from each (and whether each reaches its durable state
+//! store, for the Degraded condition: [`DepthCache::store_report`]). Pure data; [`super::scrape`] fills it and
 //! [`super::server`] and [`super::reporter`] read it.
 //!
 //! A pod without a sample, or whose sample is older than the caller's `max_age`, is simply
@@ -41,6 +42,17 @@ pub struct DepthSample {
 struct Entry {
     target: PodTarget,
     sample: Option<DepthSample>,
+    /// `troupe_state_store_up` of its last scrape, and when (absent in memory mode).
+    store_up: Option<(bool, SystemTime)>,
+}
+
+/// What the node pods of one ActorCluster say about their state store.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreReport {
+    /// Pods that reported recently.
+    pub reporting: usize,
+    /// Those of them that cannot use the store, sorted.
+    pub down: Vec<String>,
 }
 
 /// A pod and its fresh sample, as answered by [`DepthCache::query`].
@@ -70,7 +82,19 @@ impl DepthCache {
                 .get(&key)
                 .filter(|e| e.target.ip == target.ip)
                 .and_then(|e| e.sample);
-            next.insert(key, Entry { target, sample });
+            let store_up = self
+                .pods
+                .get(&key)
+                .filter(|e| e.target.ip == target.ip)
+                .and_then(|e| e.store_up);
+            next.insert(
+                key,
+                Entry {
+                    target,
+                    sample,
+                    store_up,
+                },
+            );
         }
         self.pods = next;
     }
@@ -85,6 +109,41 @@ impl DepthCache {
         if let Some(e) = self.pods.get_mut(&(namespace.to_owned(), name.to_owned())) {
             e.sample = Some(sample);
         }
+    }
+
+    /// Records whether a known pod reaches its state store.
+    pub fn record_store(&mut self, namespace: &str, name: &str, up: bool, at: SystemTime) {
+        if let Some(e) = self.pods.get_mut(&(namespace.to_owned(), name.to_owned())) {
+            e.store_up = Some((up, at));
+        }
+    }
+
+    /// What the pods of `cluster` in `namespace` reported about their state store at most
+    /// `max_age` ago.
+    pub fn store_report(
+        &self,
+        namespace: &str,
+        cluster: &str,
+        now: SystemTime,
+        max_age: Duration,
+    ) -> StoreReport {
+        let mut r = StoreReport::default();
+        for e in self.pods.values() {
+            if e.target.namespace != namespace || e.target.cluster != cluster {
+                continue;
+            }
+            let Some((up, at)) = e.store_up else { continue };
+            let sample = DepthSample { value: 0.0, at };
+            if !fresh(&sample, now, max_age) {
+                continue;
+            }
+            r.reporting += 1;
+            if !up {
+                r.down.push(e.target.name.clone());
+            }
+        }
+        r.down.sort();
+        r
     }
 
     /// Pods in `namespace` (only `name` when given) matching `selector` whose sample is at
@@ -171,6 +230,39 @@ pub(crate) mod tests {
 
     fn at(secs: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn the_store_report_counts_fresh_reports_of_the_clusters_pods() {
+        let mut c = DepthCache::default();
+        c.set_pods(vec![
+            target("ns", "a", "orders"),
+            target("ns", "b", "orders"),
+            target("ns", "cc", "orders"),
+            target("ns", "d", "other"),
+        ]);
+        c.record_store("ns", "a", true, at(100));
+        c.record_store("ns", "b", false, at(100));
+        c.record_store("ns", "cc", false, at(50));
+        c.record_store("ns", "d", false, at(100));
+        let r = c.store_report("ns", "orders", at(101), Duration::from_secs(10));
+        assert_eq!(
+            r,
+            StoreReport {
+                reporting: 2,
+                down: vec!["b".into()]
+            },
+            "cc is stale, d is another cluster's"
+        );
+        // A pod replaced (new IP) starts without a report.
+        let mut moved = target("ns", "b", "orders");
+        moved.ip = "10.9.9.9".into();
+        c.set_pods(vec![target("ns", "a", "orders"), moved]);
+        assert_eq!(
+            c.store_report("ns", "orders", at(101), Duration::from_secs(10))
+                .reporting,
+            1
+        );
     }
 
     #[test]

@@ -99,11 +99,11 @@ pub async fn run(
     flags: Flags,
     metrics: Metrics,
     is_leader: impl Fn() -> bool + Send + 'static,
+    cache: Arc<RwLock<cache::DepthCache>>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), Error> {
     let interval = Duration::from_millis(flags.depth_scrape_ms.max(200));
     let max_age = (interval * 5).max(Duration::from_secs(10));
-    let cache = Arc::new(RwLock::new(cache::DepthCache::default()));
     let config = scrape::ScrapeConfig {
         interval,
         timeout: interval.min(Duration::from_secs(2)),

@@ -146,7 +146,7 @@ async fn round(
     if let Ok(mut c) = cache.write() {
         c.set_pods(targets.clone());
     }
-    let results: Vec<(PodTarget, Option<f64>)> = futures::stream::iter(targets)
+    let results: Vec<(PodTarget, Option<Page>)> = futures::stream::iter(targets)
         .map(|t| async move {
             let v = scrape(http, &t.ip, config.timeout).await;
             (t, v)
@@ -156,7 +156,10 @@ async fn round(
         .await;
     let at = SystemTime::now();
     if let Some(m) = metrics {
-        let ok = results.iter().filter(|(_, v)| v.is_some()).count();
+        let ok = results
+            .iter()
+            .filter(|(_, v)| v.is_some_and(|p| p.depth.is_some()))
+            .count();
         m.pods.set(i64::try_from(results.len()).unwrap_or(i64::MAX));
         m.scrapes.with_label_values(&["ok"]).inc_by(ok as u64);
         m.scrapes
@@ -164,8 +167,11 @@ async fn round(
             .inc_by((results.len() - ok) as u64);
     }
     if let Ok(mut c) = cache.write() {
-        for (t, value) in results {
-            match value {
+        for (t, page) in results {
+            if let Some(up) = page.as_ref().and_then(|p| p.store_up) {
+                c.record_store(&t.namespace, &t.name, up, at);
+            }
+            match page.and_then(|p| p.depth) {
                 Some(value) => c.record(&t.namespace, &t.name, DepthSample { value, at }),
                 None => {
                     tracing::debug!(pod = %t.name, namespace = %t.namespace, "custom metrics: no depth sample")
@@ -175,12 +181,29 @@ async fn round(
     }
 }
 
-/// Reads the per-pod total depth from one node; `None` on any failure.
+/// What one node's `/metrics` page says.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Page {
+    /// `troupe_mailbox_depth_total`.
+    pub depth: Option<f64>,
+    /// `troupe_state_store_up` (absent in memory mode).
+    pub store_up: Option<bool>,
+}
+
+/// Reads what the operator needs from a node's metrics page.
+pub fn read_page(text: &str) -> Page {
+    Page {
+        depth: prom::unlabelled(text, metrics::MAILBOX_DEPTH_TOTAL),
+        store_up: prom::unlabelled(text, metrics::STATE_STORE_UP).map(|v| v >= 1.0),
+    }
+}
+
+/// Reads the per-pod total depth and store health from one node; `None` on any failure.
 async fn scrape(
     http: &HttpClient<HttpConnector, Empty<Bytes>>,
     ip: &str,
     timeout: Duration,
-) -> Option<f64> {
+) -> Option<Page> {
     let host = if ip.contains(':') {
         format!("[{ip}]")
     } else {
@@ -199,7 +222,7 @@ async fn scrape(
             .await
             .ok()?;
         let text = String::from_utf8(body.to_bytes().to_vec()).ok()?;
-        prom::unlabelled(&text, metrics::MAILBOX_DEPTH_TOTAL)
+        Some(read_page(&text))
     };
     tokio::time::timeout(timeout, fetch).await.ok().flatten()
 }
@@ -207,6 +230,19 @@ async fn scrape(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_page_gives_depth_and_store_health() {
+        let page = "troupe_mailbox_depth_total 4\ntroupe_state_store_up 0\n";
+        assert_eq!(
+            read_page(page),
+            Page {
+                depth: Some(4.0),
+                store_up: Some(false)
+            }
+        );
+        assert_eq!(read_page("troupe_mailbox_depth_total 4\n").store_up, None);
+    }
 
     fn pod(phase: &str, ip: Option<&str>) -> Pod {
         serde_json::from_value(serde_json::json!({
