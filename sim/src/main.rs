@@ -7,6 +7,9 @@
 //! only those fault kinds, `SIM_SKIP=a,b` leaves those out; with `SEED`, `SHRINK=1` also
 //! prints the failing schedule with as few faults as still fail. Exits 1 on any violation.
 //!
+//! `SIM_STATE=durable` keeps actor states in a fenced store shared by every node process
+//! (standing for the cluster's PostgreSQL); oracle (b) then allows no loss at all.
+//!
 //! Diagnosing a seed: `SIM_HOLDINGS=1` adds a trace line whenever what a process holds of
 //! a counter changes (phase, generation, parked copies); `SIM_LOG=<filter>` (e.g.
 //! `troupe_actors=debug`) prints the nodes' own log events on stderr, each in a `node`
@@ -61,6 +64,11 @@ fn real_main() -> Result<ExitCode, String> {
     }
     let mut cfg = Config {
         trace_holdings: std::env::var("SIM_HOLDINGS").is_ok_and(|v| v == "1"),
+        durable: match std::env::var("SIM_STATE").as_deref() {
+            Ok("durable") => true,
+            Ok("memory") | Err(_) => false,
+            Ok(other) => return Err(format!("SIM_STATE={other:?}: memory or durable")),
+        },
         ..Config::default()
     };
     if let Some(only) = kinds("SIM_FAULTS")? {

@@ -39,6 +39,7 @@ use tokio::runtime::Runtime;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use troupe_actors::activation::Phase;
+use troupe_actors::store::InMemoryStore;
 use troupe_actors::{ActorRuntime, Message, RuntimeConfig};
 use troupe_contract::MemberStatus;
 use troupe_node::discovery::{PodInfo, PodSet};
@@ -76,6 +77,10 @@ pub struct Config {
     pub step: Duration,
     /// Trace every change of what the processes hold of each counter.
     pub trace_holdings: bool,
+    /// Actor states in a durable store shared by every node process (the runtime's
+    /// fenced [`InMemoryStore`], standing for the cluster's PostgreSQL): then nothing
+    /// acknowledged may be lost, whatever failed.
+    pub durable: bool,
 }
 
 impl Default for Config {
@@ -85,6 +90,7 @@ impl Default for Config {
             timing: Timing::default(),
             step: Duration::from_millis(10),
             trace_holdings: false,
+            durable: false,
         }
     }
 }
@@ -224,6 +230,8 @@ impl Action {
 
 struct World {
     cfg: Config,
+    /// The durable state store, when `cfg.durable`.
+    states: Option<InMemoryStore>,
     /// The last `holdings` trace line (`Config::trace_holdings`).
     last_holdings: String,
     store: SimStore,
@@ -329,6 +337,7 @@ fn run_world(schedule: Schedule, rng: &mut Rng, cfg: &Config) -> Outcome {
     let seed = schedule.seed;
     let mut w = World {
         last_holdings: String::new(),
+        states: cfg.durable.then(|| InMemoryStore::new(1 << 20)),
         cfg: cfg.clone(),
         store: SimStore::new(),
         net: SimNet::new(Rng::new(rng.next_u64())),
@@ -857,7 +866,11 @@ impl World {
         process: u64,
     ) -> Result<ActorRuntime, troupe_actors::Error> {
         let me = node.view().borrow().me.clone();
-        let config = RuntimeConfig::new(me.pod.clone(), me.incarnation.clone());
+        let mut config = RuntimeConfig::new(me.pod.clone(), me.incarnation.clone());
+        config.state_store = self
+            .states
+            .clone()
+            .map(|s| Arc::new(s) as Arc<dyn troupe_actors::store::StateStore>);
         let connector = Arc::new(SimConnector::new(&self.net, pod, process));
         let actors = ActorRuntime::with_connector(config, node.registry(), connector)?;
         let (accept, incoming) = tokio::sync::mpsc::unbounded_channel();
@@ -1221,7 +1234,14 @@ impl World {
                 .values()
                 .map(|n| states_lost(&n.registry))
                 .sum::<u64>();
-        let report = losses(&self.values, &tallies, &self.work.exposed, counted);
+        // With a durable store no failure may lose an acknowledged increment.
+        let no_exposure = BTreeSet::new();
+        let exposed = if self.cfg.durable {
+            &no_exposure
+        } else {
+            &self.work.exposed
+        };
+        let report = losses(&self.values, &tallies, exposed, counted);
         let mut line = String::from("actors:");
         for (id, t) in &tallies {
             let v = self.values.get(id).copied().unwrap_or(0);

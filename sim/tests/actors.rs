@@ -191,3 +191,25 @@ fn a_state_pushed_to_a_node_that_does_not_own_it_reaches_the_owner() {
     holds("1732");
     holds("1590");
 }
+
+/// With a durable store (`SIM_STATE=durable`: the runtime's fenced in-memory store shared
+/// by every node process, standing for PostgreSQL), the crashes that lose state in memory
+/// mode lose nothing acknowledged, and neither does any other fault: oracle (b) allows
+/// no exposure at all then.
+#[test]
+fn a_durable_store_loses_nothing_acknowledged_under_crashes() {
+    let n = seeds();
+    let out = sim(&[
+        ("SEEDS", &n),
+        ("SIM_STATE", "durable"),
+        (
+            "SIM_FAULTS",
+            "crash,delete-pod,pause,partition,lease-deleted",
+        ),
+    ]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    let (checked, short_runs, short, missing, _) = losses(&t);
+    assert_eq!(checked.to_string(), n, "{t}");
+    assert_eq!((short_runs, short, missing), (0, 0, 0), "{t}");
+}
