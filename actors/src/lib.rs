@@ -71,6 +71,7 @@ pub mod sidecar;
 pub mod supervision;
 mod sync;
 pub mod time;
+pub mod tls;
 pub mod transport;
 pub mod wire;
 
