@@ -303,8 +303,12 @@ impl Connector for TlsConnector {
                 .connect(tls.identity.clone(), tcp)
                 .await?;
             let (_, conn) = stream.get_ref();
-            check_peer(conn.peer_certificates(), conn.alpn_protocol(), &tls.identity)
-                .map_err(refused)?;
+            check_peer(
+                conn.peer_certificates(),
+                conn.alpn_protocol(),
+                &tls.identity,
+            )
+            .map_err(refused)?;
             Ok(split(stream))
         })
     }
@@ -323,8 +327,12 @@ impl Acceptor for TlsAcceptor {
                 .await
                 .map_err(|_| refused("TLS handshake timed out"))??;
             let (_, conn) = stream.get_ref();
-            check_peer(conn.peer_certificates(), conn.alpn_protocol(), &tls.identity)
-                .map_err(refused)?;
+            check_peer(
+                conn.peer_certificates(),
+                conn.alpn_protocol(),
+                &tls.identity,
+            )
+            .map_err(refused)?;
             Ok(split(stream))
         })
     }
@@ -465,7 +473,11 @@ pub(crate) mod tests {
         // Another cluster's CA and certificate (e.g. a pod that reused a member's IP).
         let other = TestCa::new("billing CA");
         const BILLING: &str = "billing.shop.troupe.internal";
-        let stranger = tls(&other.issue(BILLING, &other.pem), BILLING, &scratch("stranger"));
+        let stranger = tls(
+            &other.issue(BILLING, &other.pem),
+            BILLING,
+            &scratch("stranger"),
+        );
         let r = ask(Arc::new(stranger.connector()), &addr).await;
         assert!(r.is_err(), "another cluster's node got {r:?}");
 
@@ -490,7 +502,11 @@ pub(crate) mod tests {
         let ca = TestCa::new("orders CA");
         let other = TestCa::new("billing CA");
         // The impostor's CA is trusted by nobody here; its certificate names our cluster.
-        let impostor = tls(&other.issue(ORDERS, &other.pem), ORDERS, &scratch("impostor"));
+        let impostor = tls(
+            &other.issue(ORDERS, &other.pem),
+            ORDERS,
+            &scratch("impostor"),
+        );
         let addr = echo_server(Arc::new(impostor.acceptor()), errors()).await;
         let me = tls(&ca.issue(ORDERS, &ca.pem), ORDERS, &scratch("me"));
         let r = ask(Arc::new(me.connector()), &addr).await;
@@ -542,8 +558,7 @@ pub(crate) mod tests {
                 ..good.clone()
             },
             TlsMaterial {
-                key_pem: b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"
-                    .to_vec(),
+                key_pem: b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n".to_vec(),
                 ..good.clone()
             },
         ] {
