@@ -14,6 +14,7 @@
 //! server; [`crate::controller`] applies what these functions return.
 
 pub mod autoscaling;
+pub mod credential;
 pub mod deployment;
 pub mod disruption;
 pub mod rbac;
