@@ -173,7 +173,9 @@ fn ca_params(owner: &Owner, now: i64) -> Result<CertificateParams, CredentialErr
 
 fn new_ca(owner: &Owner, now: i64, previous: Option<&Ca>) -> Result<Ca, CredentialError> {
     let key = KeyPair::generate().map_err(issue_err)?;
-    let cert = ca_params(owner, now)?.self_signed(&key).map_err(issue_err)?;
+    let cert = ca_params(owner, now)?
+        .self_signed(&key)
+        .map_err(issue_err)?;
     Ok(Ca {
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem(),
@@ -195,9 +197,7 @@ fn issue_node(
     let issuer = Issuer::new(ca_params(owner, now)?, ca_key);
     let key = KeyPair::generate().map_err(issue_err)?;
     let mut params = CertificateParams::default();
-    params.subject_alt_names = vec![SanType::DnsName(
-        identity.try_into().map_err(issue_err)?,
-    )];
+    params.subject_alt_names = vec![SanType::DnsName(identity.try_into().map_err(issue_err)?)];
     params
         .distinguished_name
         .push(DnType::CommonName, identity.to_owned());
@@ -295,12 +295,14 @@ pub fn plan(
         Some((_, _, t, ..)) if t.trim().len() >= 32 => t.clone(),
         _ => token()?,
     };
-    let keep = node.as_ref().and_then(|(cert, key, _, issued_by, end, names, _)| {
-        let valid = end - now > CERT_RENEW_BEFORE && names.iter().any(|n| *n == identity);
-        // During the grace the old certificate stays (its CA is in the bundle).
-        let issuer_ok = *issued_by == current || in_grace;
-        (valid && issuer_ok).then(|| (cert.clone(), key.clone(), issued_by.clone()))
-    });
+    let keep = node
+        .as_ref()
+        .and_then(|(cert, key, _, issued_by, end, names, _)| {
+            let valid = end - now > CERT_RENEW_BEFORE && names.iter().any(|n| *n == identity);
+            // During the grace the old certificate stays (its CA is in the bundle).
+            let issuer_ok = *issued_by == current || in_grace;
+            (valid && issuer_ok).then(|| (cert.clone(), key.clone(), issued_by.clone()))
+        });
     let (cert, key, issued_by) = match keep {
         Some(k) => k,
         None => {
@@ -408,7 +410,10 @@ mod tests {
         let (ca, node) = (p.ca.expect("ca written"), p.node.expect("node written"));
         assert_eq!(ca.metadata.name.as_deref(), Some("orders-transport-ca"));
         assert_eq!(node.metadata.name.as_deref(), Some("orders-transport-tls"));
-        assert!(text(&node, CA_KEY_FILE).is_none(), "the CA key is never mounted");
+        assert!(
+            text(&node, CA_KEY_FILE).is_none(),
+            "the CA key is never mounted"
+        );
         let (_, names) = inspect(&text(&node, CERT_FILE).expect("cert")).expect("parses");
         assert_eq!(names, vec!["orders.shop.troupe.internal".to_owned()]);
         assert_eq!(text(&node, TOKEN_FILE).map(|t| t.len()), Some(64));
@@ -477,7 +482,9 @@ mod tests {
         assert!(run(&mut stored, t1 + ROTATION_GRACE - 1).node.is_none());
         // After the grace: the certificate from the new CA; those still on the widened
         // bundle accept it, and it accepts them.
-        let after = run(&mut stored, t1 + ROTATION_GRACE).node.expect("reissued");
+        let after = run(&mut stored, t1 + ROTATION_GRACE)
+            .node
+            .expect("reissued");
         assert_ne!(text(&after, CERT_FILE), text(&before, CERT_FILE));
         assert!(link(&during, &after).await && link(&after, &during).await);
         // The old CA leaves the bundle only when it has expired.
