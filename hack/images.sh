@@ -86,6 +86,6 @@ case "$what" in
   sidecar-example) sidecar_example ;;
   node) rust_images troupe-node ;;
   operator) rust_images troupe-operator ;;
-  pause | resolve) ;;
-  *) die "usage: images.sh [pause|resolve|node|operator|sidecar-example|all]" ;;
+  pause | resolve | intruder) ;;
+  *) die "usage: images.sh [pause|resolve|intruder|node|operator|sidecar-example|all]" ;;
 esac
