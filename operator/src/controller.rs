@@ -37,6 +37,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -145,6 +146,8 @@ pub struct Config {
     pub concurrency: u16,
     /// Name of this replica, for Events.
     pub instance: Option<String>,
+    /// The operator's namespace: its pods may scrape the nodes' management port.
+    pub namespace: String,
 }
 
 /// The watch caches the reconciler reads instead of the API server.
@@ -159,6 +162,7 @@ pub struct Stores {
     hpas: Store<HorizontalPodAutoscaler>,
     leases: Store<Lease>,
     secrets: Store<Secret>,
+    network_policies: Store<NetworkPolicy>,
 }
 
 impl Stores {
@@ -176,10 +180,12 @@ impl Stores {
             self.hpas.wait_until_ready(),
             self.leases.wait_until_ready(),
             self.secrets.wait_until_ready(),
+            self.network_policies.wait_until_ready(),
         );
-        let (a, b, c, d, e, f, g, h, i) = results;
+        let (a, b, c, d, e, f, g, h, i, j) = results;
         a.and(b)
             .and(i)
+            .and(j)
             .and(c)
             .and(d)
             .and(e)
@@ -289,6 +295,7 @@ pub async fn run(
     let (hpas, hpa_stream) = cache!(HorizontalPodAutoscaler, owned.clone());
     let (leases, lease_stream) = cache!(Lease, watcher::Config::default());
     let (secrets, secret_stream) = cache!(Secret, owned.clone());
+    let (network_policies, np_stream) = cache!(NetworkPolicy, owned.clone());
 
     let recorder = Recorder::new(
         client.clone(),
@@ -308,6 +315,7 @@ pub async fn run(
         hpas,
         leases,
         secrets,
+        network_policies,
     };
     let (ready_tx, caches_ready) = tokio::sync::watch::channel(false);
     let waiter = stores.clone();
@@ -352,6 +360,7 @@ pub async fn run(
         .owns_stream(pdb_stream)
         .owns_stream(hpa_stream)
         .owns_stream(secret_stream)
+        .owns_stream(np_stream)
         .watches_stream(lease_stream, |lease: Lease| {
             let namespace = lease.namespace();
             let name = lease.name_any();
@@ -432,7 +441,7 @@ async fn reconcile_inner(ac: &ActorCluster, ctx: &Context) -> Result<Action, Err
     match validate(&ac.spec, &ctx.config.default_image) {
         Err(invalid) => problem = Some(Problem::InvalidSpec(invalid.0)),
         Ok(valid) => {
-            let children = desired_children(&owner, &valid);
+            let children = desired_children(&owner, &valid, &ctx.config.namespace);
             if let Err(e) = apply_children(ctx, &owner, &children, &mut applied).await {
                 problem = Some(Problem::ApplyFailed(e.to_string()));
                 failure = Some(e);
@@ -510,6 +519,10 @@ async fn apply_children(
     match &c.hpa {
         Some(hpa) => ensure(ctx, &s.hpas, hpa, applied).await?,
         None => remove_owned(ctx, &s.hpas, owner, &owner.name, applied).await?,
+    }
+    match &c.network_policy {
+        Some(np) => ensure(ctx, &s.network_policies, np, applied).await?,
+        None => remove_owned(ctx, &s.network_policies, owner, &owner.name, applied).await?,
     }
     Ok(())
 }

@@ -128,6 +128,7 @@ async fn main() -> anyhow::Result<()> {
         resync: Duration::from_secs(args.resync_seconds.max(10)),
         concurrency: args.concurrency.max(1),
         instance: Some(identity.clone()),
+        namespace: args.namespace.clone(),
     };
     tracing::info!(node_image = %args.node_image, %identity, "troupe-operator starting");
     {
