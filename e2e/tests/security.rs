@@ -122,6 +122,19 @@ async fn a_pod_outside_the_cluster_cannot_drain_read_or_claim() -> anyhow::Resul
             "the mounted Secret must not carry the CA key: {keys:?}"
         );
 
+        // The operator's NetworkPolicy is there. (The local cluster's `bridge` CNI does
+        // not enforce NetworkPolicies: the intruder's packets reach the ports, and what
+        // refuses it below is the token and the TLS handshake.)
+        let np = ctx
+            .api::<k8s_openapi::api::networking::v1::NetworkPolicy>()
+            .get(NAME)
+            .await
+            .context("the operator writes a NetworkPolicy")?;
+        println!(
+            "[security] NetworkPolicy {NAME}: {}",
+            serde_json::to_string(&np.spec)?
+        );
+
         // State to steal, written through the client Service (open to clients by design);
         // asks to the Service reach both pods, so some are forwarded over the TLS transport.
         let vip = actor_cluster::client_address(&ctx, NAME).await?;
