@@ -15,8 +15,8 @@ pub fn desired_service_account(owner: &Owner) -> ServiceAccount {
     }
 }
 
-/// The node Role `<name>-node`: pods get/list/watch; its own member Lease get/update, and
-/// leases create.
+/// The node Role `<name>-node`: pods get/list/watch; its own member Lease
+/// get/list/watch/update, and leases create.
 pub fn desired_role(owner: &Owner) -> Role {
     let rule = |group: &str, resource: &str, verbs: &[&str]| PolicyRule {
         api_groups: Some(vec![group.to_owned()]),
@@ -28,12 +28,18 @@ pub fn desired_role(owner: &Owner) -> Role {
         metadata: owner.meta(owner.node_account_name()),
         rules: Some(vec![
             rule("", "pods", &["get", "list", "watch"]),
-            // The member Lease only: read and compare-and-swap. Kubernetes cannot limit
+            // The member Lease only: read, watch (`watch_object`: list and watch with a
+            // `metadata.name` field selector, which RBAC matches against resourceNames)
+            // and compare-and-swap. Kubernetes cannot limit
             // `create` by name (the name is not known when it is authorised), so creation
             // (first formation, or after a Lease deletion) is a rule of its own.
             PolicyRule {
                 resource_names: Some(vec![coordination::lease_name(&owner.name)]),
-                ..rule("coordination.k8s.io", "leases", &["get", "update"])
+                ..rule(
+                    "coordination.k8s.io",
+                    "leases",
+                    &["get", "list", "watch", "update"],
+                )
             },
             rule("coordination.k8s.io", "leases", &["create"]),
         ]),
@@ -72,8 +78,8 @@ mod tests {
             .collect();
         let mut verbs: Vec<String> = leases.iter().flat_map(|r| r.verbs.clone()).collect();
         verbs.sort();
-        // get (read), create (formation), update (compare-and-swap): nothing else.
-        assert_eq!(verbs, ["create", "get", "update"]);
+        // get and watch (read), create (formation), update (compare-and-swap); no patch.
+        assert_eq!(verbs, ["create", "get", "list", "update", "watch"]);
         for r in leases {
             if r.verbs != ["create"] {
                 assert_eq!(r.resource_names, Some(vec!["orders-members".to_owned()]));
