@@ -47,6 +47,14 @@ soak-faults: ## Long fault tests on the running cluster: 60 s API outage, >=150 
 	TROUPE_E2E_FAULTS_ROLLOUTS=$${ROLLOUTS:-3} \
 	hack/e2e.sh --test faults -- --include-ignored
 
+.PHONY: fuzz
+fuzz: ## Every cargo-fuzz target (fuzz/) for SECS seconds each (default 60) from the committed corpus; installs cargo-fuzz, needs nightly
+	hack/fuzz.sh $${SECS:-60}
+
+.PHONY: fuzz-smoke
+fuzz-smoke: ## The fuzz targets for 10 s each: a smoke run for CI
+	hack/fuzz.sh 10
+
 .PHONY: simulate
 simulate: ## Deterministic simulation of membership and the actor runtime: SEEDS=N seeds (default 10000), or SEED=n to replay one
 	$(CARGO) build --quiet --locked --profile sim -p troupe-sim
