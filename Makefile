@@ -56,6 +56,13 @@ soak-durable: ## Durable state on the running cluster: >=150 s of SIGKILL chaos 
 .PHONY: bench-durable
 bench-durable: ## Benchmark: durable (PostgreSQL) vs in-memory asks through one node, side by side
 	bench/durable.sh
+.PHONY: fuzz
+fuzz: ## Every cargo-fuzz target (fuzz/) for SECS seconds each (default 60) from the committed corpus; installs cargo-fuzz, needs nightly
+	hack/fuzz.sh $${SECS:-60}
+
+.PHONY: fuzz-smoke
+fuzz-smoke: ## The fuzz targets for 10 s each: a smoke run for CI
+	hack/fuzz.sh 10
 
 .PHONY: simulate
 simulate: ## Deterministic simulation of membership and the actor runtime: SEEDS=N seeds (default 10000), or SEED=n to replay one

@@ -3,11 +3,12 @@
 # them into the local cluster's containerd:
 #   troupe-pause:0.1.0     the pod sandbox (hack/images/pause.c, musl-gcc -static)
 #   troupe-resolve:0.1.0   the e2e DNS check run as a pod (hack/images/resolve.c, musl-gcc -static)
+#   troupe-intruder:0.1.0  the e2e security check's non-member pod (hack/images/intruder.c)
 #   troupe-node:0.1.0      target/x86_64-unknown-linux-musl/release/troupe-node, also named
 #                          troupe-node:0.1.0-rollout (the fault tests' rolling image update)
 #   troupe-operator:0.1.0  target/x86_64-unknown-linux-musl/release/troupe-operator
 #   troupe-sidecar-example:0.1.0  the sidecar-mode example (actors/examples/sidecar_greeter.rs)
-# usage: images.sh [pause|resolve|node|operator|sidecar-example|all]   (default all)
+# usage: images.sh [pause|resolve|intruder|node|operator|sidecar-example|all]   (default all)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/.." && pwd)"
@@ -45,6 +46,14 @@ if [ "$what" = resolve ] || [ "$what" = all ]; then
   import "$out/resolve.tar"
 fi
 
+if [ "$what" = intruder ] || [ "$what" = all ]; then
+  musl-gcc -static -Os -o "$out/intruder" "$here/images/intruder.c"
+  strip "$out/intruder"
+  python3 "$here/images/mkimage.py" --name troupe-intruder:0.1.0 --out "$out/intruder.tar" \
+    --entrypoint /intruder --user 65532:65532 --file "$out/intruder:/intruder"
+  import "$out/intruder.tar"
+fi
+
 # Builds the given binaries in one cargo invocation (one feature resolution, one build),
 # then packages and imports one image per binary.
 rust_images() { # binary...
@@ -77,6 +86,6 @@ case "$what" in
   sidecar-example) sidecar_example ;;
   node) rust_images troupe-node ;;
   operator) rust_images troupe-operator ;;
-  pause | resolve) ;;
-  *) die "usage: images.sh [pause|resolve|node|operator|sidecar-example|all]" ;;
+  pause | resolve | intruder) ;;
+  *) die "usage: images.sh [pause|resolve|intruder|node|operator|sidecar-example|all]" ;;
 esac

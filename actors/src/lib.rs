@@ -74,6 +74,7 @@ pub mod store;
 pub mod supervision;
 mod sync;
 pub mod time;
+pub mod tls;
 pub mod transport;
 pub mod wire;
 mod write_through;

@@ -85,12 +85,43 @@ pub trait Connector: Send + Sync + fmt::Debug {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TcpConnector;
 
+/// A TCP connection to `addr` with `TCP_NODELAY` and [`KEEPALIVE`] (what every production
+/// link starts as; [`crate::tls`] adds mutual TLS on top).
+pub(crate) async fn tcp_connect(addr: &str) -> std::io::Result<TcpStream> {
+    let stream = TcpStream::connect(addr).await?;
+    let _ = stream.set_nodelay(true);
+    set_keepalive(&stream);
+    Ok(stream)
+}
+
 impl Connector for TcpConnector {
     fn connect<'a>(&'a self, addr: &'a str) -> Connecting<'a> {
         Box::pin(async move {
-            let stream = TcpStream::connect(addr).await?;
-            let _ = stream.set_nodelay(true);
-            set_keepalive(&stream);
+            let (r, w) = tcp_connect(addr).await?.into_split();
+            Ok((Box::new(r) as ReadHalf, Box::new(w) as WriteHalf))
+        })
+    }
+}
+
+/// What [`Acceptor::accept`] returns.
+pub type Accepting = Pin<Box<dyn Future<Output = std::io::Result<Connection>> + Send>>;
+
+/// Turns an accepted TCP stream into a transport connection: as is ([`PlainAcceptor`]), or
+/// after a handshake that authenticates the peer ([`crate::tls::TlsAcceptor`]). An error
+/// refuses the peer; [`serve`] runs each acceptance in the connection's own task.
+pub trait Acceptor: Send + Sync + fmt::Debug {
+    /// Accepts `stream`.
+    fn accept(&self, stream: TcpStream) -> Accepting;
+}
+
+/// Accepts every peer, unauthenticated: tests, benchmarks and nodes started without a
+/// credential.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PlainAcceptor;
+
+impl Acceptor for PlainAcceptor {
+    fn accept(&self, stream: TcpStream) -> Accepting {
+        Box::pin(async move {
             let (r, w) = stream.into_split();
             Ok((Box::new(r) as ReadHalf, Box::new(w) as WriteHalf))
         })
@@ -353,9 +384,12 @@ pub type Handler =
 /// Answers a request at once when it can (no waiting), or gives it back for [`Handler`].
 pub type FastPath = Arc<dyn Fn(Request) -> Result<Response, Request> + Send + Sync>;
 
-/// Accepts peer connections on `listener` forever, answering each request with `handler`.
+/// Accepts peer connections on `listener` forever through `acceptor`, answering each
+/// request with `handler`. A peer the acceptor refuses is counted (`handshake_refused`) and
+/// disconnected.
 pub async fn serve(
     listener: TcpListener,
+    acceptor: Arc<dyn Acceptor>,
     fast: FastPath,
     handler: Handler,
     max_frame: usize,
@@ -373,16 +407,20 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         set_keepalive(&stream);
-        let (r, w) = stream.into_split();
-        tokio::spawn(serve_connection(
-            Box::new(r),
-            Box::new(w),
-            peer.to_string(),
-            fast.clone(),
-            handler.clone(),
-            max_frame,
-            errors.clone(),
-        ));
+        let accepting = acceptor.accept(stream);
+        let (fast, handler, errors) = (fast.clone(), handler.clone(), errors.clone());
+        tokio::spawn(async move {
+            match accepting.await {
+                Ok((r, w)) => {
+                    serve_connection(r, w, peer.to_string(), fast, handler, max_frame, errors)
+                        .await;
+                }
+                Err(e) => {
+                    errors.with_label_values(&["handshake_refused"]).inc();
+                    tracing::warn!(%peer, error = %e, "transport peer refused");
+                }
+            }
+        });
     }
 }
 

@@ -5,6 +5,7 @@
 //! - `remote_ask`: one ask at a time (round trip latency).
 //! - `remote_tell`: one-way throughput, 100-byte payloads, 256 tells in flight, each
 //!   acknowledged once it is in the remote mailbox.
+//! - `*_tls`: the same two over mutual TLS 1.3 (`troupe_actors::tls`, as in production).
 
 use std::{hint::black_box, time::Instant};
 
@@ -13,14 +14,20 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use troupe_actors::Message;
 use troupe_bench::cluster;
 
-fn remote(c: &mut Criterion) {
+/// The two benchmarks over links made by `start` (plaintext or mutual TLS), named `label`.
+fn remote_over(c: &mut Criterion, label: &str, tls: bool) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("tokio runtime");
     let (nodes, id) = rt.block_on(async {
-        let nodes = cluster::start(2, 1_000_000).await.expect("nodes");
+        let nodes = if tls {
+            cluster::start_tls(2, 1_000_000).await
+        } else {
+            cluster::start(2, 1_000_000).await
+        }
+        .expect("nodes");
         let id = cluster::id_owned_by(&nodes, 1, "bench").await.expect("id");
         (nodes, id)
     });
@@ -28,7 +35,7 @@ fn remote(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("remote_ask");
     g.throughput(Throughput::Elements(1));
-    g.bench_function("troupe_loopback", |b| {
+    g.bench_function(format!("troupe_loopback{label}"), |b| {
         b.iter_custom(|iters| {
             rt.block_on(async {
                 let t = Instant::now();
@@ -44,7 +51,7 @@ fn remote(c: &mut Criterion) {
     let payload = Bytes::from(vec![b'x'; 100]);
     let mut g = c.benchmark_group("remote_tell");
     g.throughput(Throughput::Elements(1));
-    g.bench_function("troupe_loopback_100B", |b| {
+    g.bench_function(format!("troupe_loopback{label}_100B"), |b| {
         b.iter_custom(|iters| {
             rt.block_on(async {
                 const IN_FLIGHT: u64 = 256;
@@ -69,6 +76,15 @@ fn remote(c: &mut Criterion) {
         })
     });
     g.finish();
+}
+
+fn remote(c: &mut Criterion) {
+    remote_over(c, "", false);
+}
+
+/// The same over mutual TLS (TLS 1.3, the production transport).
+fn remote_tls(c: &mut Criterion) {
+    remote_over(c, "_tls", true);
 }
 
 /// The floor: a bare tokio TCP ping-pong on loopback (4-byte length + 100-byte body each
@@ -163,5 +179,5 @@ fn tcp_floor(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, remote, tcp_floor);
+criterion_group!(benches, remote, remote_tls, tcp_floor);
 criterion_main!(benches);

@@ -4,6 +4,8 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use bytes::Bytes;
+use troupe_actors::tls::{TlsFiles, TransportTls};
+use troupe_actors::transport::{Acceptor, Connector, PlainAcceptor, TcpConnector};
 use troupe_actors::{Actor, ActorRuntime, ActorType, RuntimeConfig, Step};
 use troupe_contract::{Member, MemberStatus, MemberTable};
 
@@ -49,18 +51,56 @@ pub struct LoopbackNode {
 /// Starts `n` runtimes on 127.0.0.1 (transport on ephemeral ports), all Up and accepting,
 /// with the `bench` type and a large mailbox. Call inside a Tokio runtime.
 pub async fn start(n: usize, capacity: usize) -> anyhow::Result<Vec<LoopbackNode>> {
+    start_with(n, capacity, None).await
+}
+
+/// Like [`start`], with the transport speaking mutual TLS as in production: one CA, one
+/// node credential for the cluster `bench`, written to a temporary directory.
+pub async fn start_tls(n: usize, capacity: usize) -> anyhow::Result<Vec<LoopbackNode>> {
+    let tls = bench_credential()?;
+    start_with(n, capacity, Some(tls)).await
+}
+
+fn bench_credential() -> anyhow::Result<Arc<TransportTls>> {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let identity = troupe_contract::tls::identity("bench", "bench");
+    let ca_key = KeyPair::generate()?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate()?;
+    let cert = CertificateParams::new(vec![identity.clone()])?.signed_by(&key, &issuer)?;
+    let dir = std::env::temp_dir().join(format!("troupe-bench-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let files = TlsFiles::in_dir(&dir);
+    std::fs::write(&files.ca, ca.pem())?;
+    std::fs::write(&files.cert, cert.pem())?;
+    std::fs::write(&files.key, key.serialize_pem())?;
+    Ok(TransportTls::load(files, &identity)?)
+}
+
+async fn start_with(
+    n: usize,
+    capacity: usize,
+    tls: Option<Arc<TransportTls>>,
+) -> anyhow::Result<Vec<LoopbackNode>> {
     let mut nodes = Vec::new();
     for i in 0..n {
         let pod = format!("bench-{i}");
         let mut config = RuntimeConfig::new(&pod, format!("{pod}-1"));
         config.actor_types.push(Arc::new(BenchType));
         config.mailbox.capacity = capacity;
-        let rt = ActorRuntime::new(config, &prometheus::Registry::new())?;
+        let (connector, acceptor): (Arc<dyn Connector>, Arc<dyn Acceptor>) = match &tls {
+            Some(t) => (Arc::new(t.connector()), Arc::new(t.acceptor())),
+            None => (Arc::new(TcpConnector), Arc::new(PlainAcceptor)),
+        };
+        let rt = ActorRuntime::with_connector(config, &prometheus::Registry::new(), connector)?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let transport = listener.local_addr()?;
         tokio::spawn({
             let rt = rt.clone();
-            async move { rt.serve_transport(listener).await }
+            async move { rt.serve_transport_with(listener, acceptor).await }
         });
         rt.set_accepting(true);
         nodes.push(LoopbackNode { rt, transport, pod });

@@ -98,6 +98,45 @@ pub mod env {
     pub const STATE_POSTGRES_URL: &str = "TROUPE_STATE_POSTGRES_URL";
     /// Largest actor state the store takes, in bytes (a larger one is refused with 413).
     pub const STATE_MAX_BYTES: &str = "TROUPE_STATE_MAX_BYTES";
+    /// Directory of the mounted transport credential ([`crate::tls`]); set, the transport
+    /// speaks mutual TLS only and the management endpoints want the cluster's token.
+    pub const TLS_DIR: &str = "TROUPE_TLS_DIR";
+}
+
+/// The per-ActorCluster credential: a CA the operator keeps, and a certificate, key and
+/// management token it issues into a Secret that the kubelet mounts into node pods.
+pub mod tls {
+    /// Where the operator mounts the credential Secret in the node container.
+    pub const MOUNT_DIR: &str = "/etc/troupe/tls";
+    /// The CA bundle file (PEM, one or more certificates: old and new during a rotation).
+    pub const CA_FILE: &str = "ca.crt";
+    /// The node certificate file (PEM).
+    pub const CERT_FILE: &str = "tls.crt";
+    /// The node key file (PEM, PKCS#8).
+    pub const KEY_FILE: &str = "tls.key";
+    /// The management token file: `Authorization: Bearer <token>` on `/admin/*` and
+    /// `/cluster/*`.
+    pub const TOKEN_FILE: &str = "management.token";
+    /// The ALPN protocol of the current wire format: the handshake versions the wire.
+    pub const ALPN_WIRE_V1: &[u8] = b"troupe-wire/1";
+
+    /// The Secret mounted into the node pods of `cluster` (CA bundle, certificate, key,
+    /// token; no CA key).
+    pub fn secret_name(cluster: &str) -> String {
+        format!("{cluster}-transport-tls")
+    }
+
+    /// The Secret holding the CA key of `cluster` (read by the operator only, never
+    /// mounted).
+    pub fn ca_secret_name(cluster: &str) -> String {
+        format!("{cluster}-transport-ca")
+    }
+
+    /// The DNS name the node certificate of `namespace/cluster` carries and every peer
+    /// checks: a credential of another cluster is refused even if its CA were trusted.
+    pub fn identity(namespace: &str, cluster: &str) -> String {
+        format!("{cluster}.{namespace}.troupe.internal")
+    }
 }
 
 /// Names of metrics that more than one program reads.

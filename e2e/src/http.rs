@@ -40,6 +40,11 @@ async fn request_inner(
     path: &str,
     body: Option<String>,
 ) -> anyhow::Result<Response> {
+    let token = if path.starts_with("/admin/") || path.starts_with("/cluster/") {
+        management_token(addr).await?
+    } else {
+        None
+    };
     let stream = tokio::net::TcpStream::connect(addr)
         .await
         .with_context(|| format!("connecting to {addr}"))?;
@@ -50,8 +55,12 @@ async fn request_inner(
         .uri(path)
         .header("host", addr)
         .header("content-type", "application/json")
-        .header("connection", "close")
-        .body(Full::new(Bytes::from(body.unwrap_or_default())))?;
+        .header("connection", "close");
+    let req = match token {
+        Some(t) => req.header("authorization", format!("Bearer {t}")),
+        None => req,
+    };
+    let req = req.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
     let resp = sender.send_request(req).await?;
     let status = resp.status().as_u16();
     let bytes = resp.into_body().collect().await?.to_bytes();
@@ -59,6 +68,36 @@ async fn request_inner(
         status,
         body: String::from_utf8_lossy(&bytes).into_owned(),
     })
+}
+
+/// The management token of the node pod at `addr` (`ip:port`), as its members send it
+/// (SECURITY.md): read from its ActorCluster's credential Secret with the test's admin
+/// credentials. `None` when no node pod has that IP or its cluster has no credential.
+pub async fn management_token(addr: &str) -> anyhow::Result<Option<String>> {
+    use k8s_openapi::api::core::v1::{Pod, Secret};
+    use kube::Api;
+    use kube::api::ListParams;
+    use troupe_contract::{labels, tls};
+    let ip = addr.rsplit_once(':').map_or(addr, |(ip, _)| ip);
+    let client = crate::connect().await?;
+    let params = ListParams::default()
+        .labels(&format!("{}={}", labels::NAME, labels::NAME_VALUE))
+        .fields(&format!("status.podIP={ip}"));
+    let pods = Api::<Pod>::all(client.clone()).list(&params).await?;
+    let Some((namespace, cluster)) = pods.items.iter().find_map(|p| {
+        Some((
+            p.metadata.namespace.clone()?,
+            p.metadata.labels.as_ref()?.get(labels::INSTANCE)?.clone(),
+        ))
+    }) else {
+        return Ok(None);
+    };
+    let secret = Api::<Secret>::namespaced(client, &namespace)
+        .get_opt(&tls::secret_name(&cluster))
+        .await?;
+    Ok(secret
+        .and_then(|s| s.data?.remove(tls::TOKEN_FILE))
+        .map(|b| String::from_utf8_lossy(&b.0).trim().to_owned()))
 }
 
 /// `GET http://addr/path`.

@@ -10,7 +10,8 @@
 //! * [`watch_pods`]: a watch on the cluster's pods by label, in the node's namespace. On
 //!   errors the watcher backs off and resumes; the snapshot stays as it was.
 //!
-//! RBAC needed: pods get/list/watch; leases get/list/watch/create/update.
+//! RBAC needed: pods get/list/watch; the member Lease get/list/watch/update (by name),
+//! leases create.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

@@ -27,6 +27,7 @@ pub mod coordinator;
 pub mod discovery;
 pub mod election;
 pub mod failure_detector;
+pub mod guard;
 pub mod health;
 pub mod host;
 pub mod http;

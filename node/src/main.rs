@@ -13,6 +13,7 @@
 //! `handover` of `node.leave`. With `TROUPE_STATE_STORE=postgres` the runtime writes
 //! actor states through to PostgreSQL ([`troupe_state_postgres`]).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -20,12 +21,19 @@ use clap::Parser;
 use prometheus::Registry;
 use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
+use troupe_actors::tls::{TlsFiles, TransportTls};
+use troupe_actors::transport::{Acceptor, Connector, PlainAcceptor, TcpConnector};
 use troupe_actors::{ActorRuntime, RuntimeConfig};
 use troupe_contract::{env, ports};
+use troupe_node::guard::ManagementToken;
 use troupe_node::health::{self, Health};
 use troupe_node::k8s::{LeaseStore, watch_pods};
 use troupe_node::probe::HttpProber;
 use troupe_node::{Identity, Node, Timing};
+
+/// How often the mounted credential is re-read (the kubelet refreshes a Secret volume
+/// within about a minute).
+const TLS_RELOAD_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Parser)]
 #[command(version, about = "Troupe actor node")]
@@ -52,6 +60,10 @@ struct Args {
     /// it below the readiness probe's timeoutSeconds. 0 answers at once.
     #[arg(long, env = "TROUPE_READY_WAIT_MS", default_value_t = 800)]
     ready_wait_ms: u64,
+    /// Directory of the mounted transport credential (ca.crt, tls.crt, tls.key): the
+    /// transport then speaks mutual TLS only. Unset: plaintext, unauthenticated.
+    #[arg(long, env = env::TLS_DIR)]
+    tls_dir: Option<std::path::PathBuf>,
     /// Time allowed for a graceful leave; keep it below terminationGracePeriodSeconds.
     #[arg(long, env = "TROUPE_LEAVE_TIMEOUT_SECS", default_value_t = 20)]
     leave_timeout_secs: u64,
@@ -84,6 +96,29 @@ async fn main() -> anyhow::Result<()> {
     let pod = required(args.pod_name, env::POD_NAME)?;
     let namespace = required(args.pod_namespace, env::POD_NAMESPACE)?;
     let address = required(args.pod_ip, env::POD_IP)?;
+    // The transport credential first: a node that cannot authenticate must not join.
+    let tls = match &args.tls_dir {
+        Some(dir) => {
+            let identity = troupe_contract::tls::identity(&namespace, &cluster);
+            let tls = TransportTls::load(TlsFiles::in_dir(dir), &identity).with_context(|| {
+                format!(
+                    "cannot load the transport credential from {}",
+                    dir.display()
+                )
+            })?;
+            tokio::spawn(tls.clone().watch(TLS_RELOAD_EVERY));
+            tracing::info!(%identity, "transport speaks mutual TLS");
+            Some(tls)
+        }
+        None => None,
+    };
+    let token = match &args.tls_dir {
+        Some(dir) => {
+            let path = dir.join(troupe_contract::tls::TOKEN_FILE);
+            Some(ManagementToken::read(&path).context("the management routes need their token")?)
+        }
+        None => None,
+    };
     let client = kube::Client::try_default()
         .await
         .context("cannot configure the Kubernetes client (in-cluster service account expected)")?;
@@ -92,7 +127,7 @@ async fn main() -> anyhow::Result<()> {
     let timing = Timing::default();
     let (pods, _pod_watch) = watch_pods(client.clone(), &namespace, &cluster);
     let store = LeaseStore::new(client, &namespace, &cluster);
-    let prober = HttpProber::new(ports::MANAGEMENT, timing.probe_timeout);
+    let prober = HttpProber::new(ports::MANAGEMENT, timing.probe_timeout).with_token(token.clone());
     let node = Node::start(
         Identity { pod, address },
         timing,
@@ -109,7 +144,7 @@ async fn main() -> anyhow::Result<()> {
     // The management server runs until the node has left, so that /alive keeps answering
     // during the graceful leave.
     let (stop_tx, mut stop_rx) = watch::channel(false);
-    let router = node.router();
+    let router = troupe_node::guard::protect(node.router(), token);
     let server = tokio::spawn(async move {
         axum::serve(listener, router)
             .with_graceful_shutdown(async move {
@@ -119,7 +154,7 @@ async fn main() -> anyhow::Result<()> {
     });
 
     let leave_timeout = Duration::from_secs(args.leave_timeout_secs);
-    let actors = host_actors(&node).await?;
+    let actors = host_actors(&node, tls).await?;
 
     shutdown_signal().await;
     // Not Ready first (leave does that), then Leaving in the table, then the actors are
@@ -150,22 +185,32 @@ async fn main() -> anyhow::Result<()> {
 /// node's registry, and a task that feeds every membership change to the runtime with
 /// the serving deadline (the runtime checks it on every delivery and stops its actors
 /// when it passes) and the draining flag.
-async fn host_actors(node: &Node) -> anyhow::Result<ActorRuntime> {
+async fn host_actors(node: &Node, tls: Option<Arc<TransportTls>>) -> anyhow::Result<ActorRuntime> {
     let me = node.view().borrow().me.clone();
     let mut config = RuntimeConfig::from_env(me.pod.clone(), me.incarnation.clone(), |k| {
         std::env::var(k).ok()
     })
     .context("invalid actor runtime configuration")?;
     config.state_store = state_store(node.registry()).await?;
-    let actors =
-        ActorRuntime::new(config, node.registry()).context("cannot start the actor runtime")?;
+    let (connector, acceptor): (Arc<dyn Connector>, Arc<dyn Acceptor>) = match tls {
+        Some(tls) => (Arc::new(tls.connector()), Arc::new(tls.acceptor())),
+        None => {
+            tracing::warn!(
+                "{} is not set: the transport accepts any peer, unauthenticated",
+                env::TLS_DIR
+            );
+            (Arc::new(TcpConnector), Arc::new(PlainAcceptor))
+        }
+    };
+    let actors = ActorRuntime::with_connector(config, node.registry(), connector)
+        .context("cannot start the actor runtime")?;
 
     let transport = tokio::net::TcpListener::bind(("0.0.0.0", ports::TRANSPORT))
         .await
         .with_context(|| format!("cannot listen on transport port {}", ports::TRANSPORT))?;
     let rt = actors.clone();
     tokio::spawn(async move {
-        if let Err(e) = rt.serve_transport(transport).await {
+        if let Err(e) = rt.serve_transport_with(transport, acceptor).await {
             tracing::error!(error = %e, "transport server failed");
         }
     });

@@ -81,20 +81,35 @@ pub fn management_addr(address: &str, port: u16) -> Option<SocketAddr> {
 pub struct HttpProber {
     port: u16,
     timeout: Duration,
+    token: Option<crate::guard::ManagementToken>,
 }
 
 impl HttpProber {
     /// Probes members on `port` (the management port), giving up after `timeout`.
     pub fn new(port: u16, timeout: Duration) -> Self {
-        Self { port, timeout }
+        Self {
+            port,
+            timeout,
+            token: None,
+        }
+    }
+
+    /// Sends the cluster's management token with every probe ([`crate::guard`]).
+    pub fn with_token(mut self, token: Option<crate::guard::ManagementToken>) -> Self {
+        self.token = token;
+        self
     }
 }
+
+/// The largest ping answer read (a reply is a few hundred bytes).
+const MAX_PING_BYTES: usize = 64 * 1024;
 
 impl Prober for HttpProber {
     async fn probe(&self, target: &Member) -> Result<PingReply, ProbeError> {
         let addr = management_addr(&target.address, self.port)
             .ok_or_else(|| ProbeError::BadAddress(target.address.clone()))?;
-        let reply = tokio::time::timeout(self.timeout, get_ping(addr))
+        let auth = self.token.as_ref().map(|t| t.header_value());
+        let reply = tokio::time::timeout(self.timeout, get_ping(addr, auth))
             .await
             .map_err(|_| ProbeError::NoAnswer {
                 addr,
@@ -104,7 +119,7 @@ impl Prober for HttpProber {
     }
 }
 
-async fn get_ping(addr: SocketAddr) -> Result<PingReply, ProbeError> {
+async fn get_ping(addr: SocketAddr, auth: Option<String>) -> Result<PingReply, ProbeError> {
     let no_answer = |reason: String| ProbeError::NoAnswer { addr, reason };
     let bad = |reason: String| ProbeError::BadAnswer { addr, reason };
     let stream = tokio::net::TcpStream::connect(addr)
@@ -115,8 +130,11 @@ async fn get_ping(addr: SocketAddr) -> Result<PingReply, ProbeError> {
         .await
         .map_err(|e| no_answer(e.to_string()))?;
     let conn = tokio::spawn(conn);
-    let req = hyper::Request::get("/cluster/ping")
-        .header("host", addr.to_string())
+    let mut req = hyper::Request::get("/cluster/ping").header("host", addr.to_string());
+    if let Some(auth) = auth {
+        req = req.header(hyper::header::AUTHORIZATION, auth);
+    }
+    let req = req
         .body(Empty::<Bytes>::new())
         .map_err(|e| bad(e.to_string()))?;
     let resp = sender
@@ -124,8 +142,7 @@ async fn get_ping(addr: SocketAddr) -> Result<PingReply, ProbeError> {
         .await
         .map_err(|e| no_answer(e.to_string()))?;
     let status = resp.status();
-    let body = resp
-        .into_body()
+    let body = http_body_util::Limited::new(resp.into_body(), MAX_PING_BYTES)
         .collect()
         .await
         .map_err(|e| no_answer(e.to_string()))?
@@ -156,5 +173,61 @@ mod tests {
             "[fd00::1]:8558".parse().ok()
         );
         assert_eq!(management_addr("not an ip", 8558), None);
+    }
+
+    /// A management server on loopback answering pings with `body`, recording whether
+    /// each probe carried `Authorization`.
+    async fn ping_server(body: String) -> (Member, std::sync::Arc<std::sync::Mutex<Vec<bool>>>) {
+        use axum::{Router, http::HeaderMap, routing::get};
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let app = Router::new().route(
+            "/cluster/ping",
+            get(move |h: HeaderMap| {
+                let (body, log) = (body.clone(), log.clone());
+                async move {
+                    log.lock()
+                        .map(|mut l| l.push(h.contains_key("authorization")))
+                        .ok();
+                    body
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let member = Member {
+            pod: "p".into(),
+            incarnation: "i".into(),
+            address: addr.to_string(),
+            status: troupe_contract::MemberStatus::Up,
+            since_version: 0,
+        };
+        (member, seen)
+    }
+
+    fn reply_json() -> String {
+        serde_json::to_string(&PingReply {
+            pod: "p".into(),
+            incarnation: "i".into(),
+            table: MemberTable::default(),
+            store_age_ms: Some(1),
+        })
+        .expect("json")
+    }
+
+    #[tokio::test]
+    async fn a_huge_ping_answer_is_refused_not_collected() {
+        // Valid JSON padded past the limit: read whole, it would parse.
+        let (member, _) = ping_server(format!("{}{}", reply_json(), " ".repeat(1 << 20))).await;
+        let prober = HttpProber::new(0, Duration::from_secs(5));
+        assert!(prober.probe(&member).await.is_err());
+        let (member, seen) = ping_server(reply_json()).await;
+        let token = crate::guard::ManagementToken::new(&"t".repeat(32)).expect("token");
+        let ok = prober.with_token(Some(token)).probe(&member).await;
+        assert!(ok.is_ok(), "{ok:?}");
+        assert_eq!(*seen.lock().expect("log"), vec![true], "the token is sent");
     }
 }

@@ -36,7 +36,8 @@ use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -50,6 +51,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use troupe_contract::{coordination, labels};
 
+use crate::build::credential::{self, CredentialError};
 use crate::build::{BuildError, Children, Owner, desired_children};
 use crate::crd::{ActorCluster, ActorClusterStatus, StateStoreKind};
 use crate::custom_metrics::cache::DepthCache;
@@ -101,6 +103,18 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// The transport credential cannot be issued.
+    #[error(transparent)]
+    Credential(#[from] CredentialError),
+    /// Reading a stored credential Secret failed.
+    #[error("reading Secret {name} failed (check the operator's ClusterRole): {source}")]
+    ReadSecret {
+        /// Name of the Secret.
+        name: String,
+        /// What the API server said.
+        #[source]
+        source: kube::Error,
+    },
     /// The watch caches were dropped: the controller is shutting down.
     #[error("the watch caches are gone; the operator is shutting down")]
     CachesGone,
@@ -114,6 +128,8 @@ impl Error {
             Self::Apply { .. } => "apply",
             Self::Delete { .. } => "delete",
             Self::Status { .. } => "status",
+            Self::Credential(_) => "credential",
+            Self::ReadSecret { .. } => "read_secret",
             Self::CachesGone => "caches",
         }
     }
@@ -134,6 +150,8 @@ pub struct Config {
     /// What the node pods' `/metrics` say (filled by the scraper of `custom_metrics`): read
     /// for the state store's health of `postgres` clusters. `None`: not known.
     pub scraped: Option<Arc<std::sync::RwLock<DepthCache>>>,
+    /// The operator's namespace: its pods may scrape the nodes' management port.
+    pub namespace: String,
 }
 
 /// How old a node's report about its state store may be to count.
@@ -175,6 +193,8 @@ pub struct Stores {
     pdbs: Store<PodDisruptionBudget>,
     hpas: Store<HorizontalPodAutoscaler>,
     leases: Store<Lease>,
+    secrets: Store<Secret>,
+    network_policies: Store<NetworkPolicy>,
 }
 
 impl Stores {
@@ -191,9 +211,13 @@ impl Stores {
             self.pdbs.wait_until_ready(),
             self.hpas.wait_until_ready(),
             self.leases.wait_until_ready(),
+            self.secrets.wait_until_ready(),
+            self.network_policies.wait_until_ready(),
         );
-        let (a, b, c, d, e, f, g, h) = results;
+        let (a, b, c, d, e, f, g, h, i, j) = results;
         a.and(b)
+            .and(i)
+            .and(j)
             .and(c)
             .and(d)
             .and(e)
@@ -302,6 +326,8 @@ pub async fn run(
     let (pdbs, pdb_stream) = cache!(PodDisruptionBudget, owned.clone());
     let (hpas, hpa_stream) = cache!(HorizontalPodAutoscaler, owned.clone());
     let (leases, lease_stream) = cache!(Lease, watcher::Config::default());
+    let (secrets, secret_stream) = cache!(Secret, owned.clone());
+    let (network_policies, np_stream) = cache!(NetworkPolicy, owned.clone());
 
     let recorder = Recorder::new(
         client.clone(),
@@ -320,6 +346,8 @@ pub async fn run(
         pdbs,
         hpas,
         leases,
+        secrets,
+        network_policies,
     };
     let (ready_tx, caches_ready) = tokio::sync::watch::channel(false);
     let waiter = stores.clone();
@@ -363,6 +391,8 @@ pub async fn run(
         .owns_stream(rb_stream)
         .owns_stream(pdb_stream)
         .owns_stream(hpa_stream)
+        .owns_stream(secret_stream)
+        .owns_stream(np_stream)
         .watches_stream(lease_stream, |lease: Lease| {
             let namespace = lease.namespace();
             let name = lease.name_any();
@@ -443,7 +473,7 @@ async fn reconcile_inner(ac: &ActorCluster, ctx: &Context) -> Result<Action, Err
     match validate(&ac.spec, &ctx.config.default_image) {
         Err(invalid) => problem = Some(Problem::InvalidSpec(invalid.0)),
         Ok(valid) => {
-            let children = desired_children(&owner, &valid);
+            let children = desired_children(&owner, &valid, &ctx.config.namespace);
             if let Err(e) = apply_children(ctx, &owner, &children, &mut applied).await {
                 problem = Some(Problem::ApplyFailed(e.to_string()));
                 failure = Some(e);
@@ -519,11 +549,72 @@ async fn apply_children(
     ensure(ctx, &s.role_bindings, &c.role_binding, applied).await?;
     ensure(ctx, &s.services, &c.peer_service, applied).await?;
     ensure(ctx, &s.services, &c.client_service, applied).await?;
+    ensure_credential(ctx, owner, applied).await?;
     ensure(ctx, &s.deployments, &c.deployment, applied).await?;
     ensure(ctx, &s.pdbs, &c.pdb, applied).await?;
     match &c.hpa {
         Some(hpa) => ensure(ctx, &s.hpas, hpa, applied).await?,
         None => remove_owned(ctx, &s.hpas, owner, &owner.name, applied).await?,
+    }
+    match &c.network_policy {
+        Some(np) => ensure(ctx, &s.network_policies, np, applied).await?,
+        None => remove_owned(ctx, &s.network_policies, owner, &owner.name, applied).await?,
+    }
+    Ok(())
+}
+
+/// Issues, reissues or rotates the transport credential ([`credential::plan`]). The plan is
+/// made from the caches; one that wants a write is made again from the API server, since
+/// the cache may not show the operator's own last write yet (and a CA made twice would
+/// make nodes distrust each other for a moment).
+async fn ensure_credential(
+    ctx: &Context,
+    owner: &Owner,
+    applied: &mut Vec<String>,
+) -> Result<(), Error> {
+    let names = [
+        troupe_contract::tls::ca_secret_name(&owner.name),
+        troupe_contract::tls::secret_name(&owner.name),
+    ];
+    let cached = names.clone().map(|n| {
+        ctx.stores
+            .secrets
+            .get(&ObjectRef::new(&n).within(&owner.namespace))
+    });
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    let plan = credential::plan(owner, cached[0].as_deref(), cached[1].as_deref(), now)?;
+    if plan == credential::Plan::default() {
+        return Ok(());
+    }
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &owner.namespace);
+    let mut fresh = Vec::new();
+    for name in &names {
+        fresh.push(
+            api.get_opt(name)
+                .await
+                .map_err(|source| Error::ReadSecret {
+                    name: name.clone(),
+                    source,
+                })?,
+        );
+    }
+    let plan = credential::plan(owner, fresh[0].as_ref(), fresh[1].as_ref(), now)?;
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    for secret in [plan.ca, plan.node].into_iter().flatten() {
+        let name = secret.name_any();
+        ctx.metrics.write("Secret", "apply", &owner.namespace);
+        api.patch(&name, &params, &Patch::Apply(&secret))
+            .await
+            .map_err(|source| Error::Apply {
+                kind: "Secret".into(),
+                name: name.clone(),
+                source,
+            })?;
+        tracing::info!(secret = %name, "transport credential written");
+        applied.push(format!("Secret {name}"));
     }
     Ok(())
 }

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscalerBehavior;
 use k8s_openapi::api::core::v1::{Affinity, EnvVar, ResourceRequirements, Toleration};
+use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
@@ -125,6 +126,47 @@ pub struct ActorClusterSpec {
     /// Overrides of the pod template: labels, annotations, scheduling.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_template: Option<PodTemplateOverrides>,
+
+    /// Who may reach the nodes: the NetworkPolicy the operator writes (SECURITY.md).
+    #[serde(default)]
+    pub network: NetworkSpec,
+}
+
+/// The cluster's NetworkPolicy. The transport and management ports are open only to the
+/// cluster's own pods (management also to the operator, and to `metricsFrom`); the client
+/// port to `clientFrom`, everyone by default.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkSpec {
+    /// Write the NetworkPolicy (`false`: remove it, every port open to every pod). A
+    /// NetworkPolicy is only enforced where the cluster's network plugin enforces them.
+    #[serde(default = "yes")]
+    pub policy: bool,
+    /// Who may call the client API (port 8080), as NetworkPolicy peers. Absent: anyone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.size() <= 32")
+        .message("spec.network.clientFrom may list at most 32 peers"))]
+    pub client_from: Option<Vec<NetworkPolicyPeer>>,
+    /// Who else may read the management port (8558: `/metrics`, and the probes' routes,
+    /// which want the cluster's token), e.g. a Prometheus namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.size() <= 32")
+        .message("spec.network.metricsFrom may list at most 32 peers"))]
+    pub metrics_from: Option<Vec<NetworkPolicyPeer>>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for NetworkSpec {
+    fn default() -> Self {
+        Self {
+            policy: true,
+            client_from: None,
+            metrics_from: None,
+        }
+    }
 }
 
 fn default_replicas() -> i32 {
@@ -527,6 +569,10 @@ mod tests {
             (
                 serde_json::json!({"state": {"store": "postgres", "postgres": {"secretName": "db", "maxStateBytes": 0}}}),
                 "spec.state.postgres.maxStateBytes",
+            ),
+            (
+                serde_json::json!({"network": {"clientFrom": vec![serde_json::json!({}); 33]}}),
+                "spec.network.clientFrom",
             ),
         ];
         for (spec, field) in cases {

@@ -133,6 +133,7 @@ async fn main() -> anyhow::Result<()> {
         concurrency: args.concurrency.max(1),
         instance: Some(identity.clone()),
         scraped: Some(scraped.clone()),
+        namespace: args.namespace.clone(),
     };
     tracing::info!(node_image = %args.node_image, %identity, "troupe-operator starting");
     {

@@ -454,9 +454,21 @@ impl ActorRuntime {
     /// Serves the node-to-node transport on `listener` (bind it to
     /// `0.0.0.0:`[`troupe_contract::ports::TRANSPORT`]); runs until the task is dropped.
     pub async fn serve_transport(&self, listener: tokio::net::TcpListener) -> Result<(), Error> {
+        self.serve_transport_with(listener, Arc::new(transport::PlainAcceptor))
+            .await
+    }
+
+    /// Like [`serve_transport`](Self::serve_transport), accepting peers through `acceptor`
+    /// (mutual TLS in production: [`crate::tls::TransportTls::acceptor`]).
+    pub async fn serve_transport_with(
+        &self,
+        listener: tokio::net::TcpListener,
+        acceptor: Arc<dyn transport::Acceptor>,
+    ) -> Result<(), Error> {
         let (fast, handler) = self.transport_handlers();
         transport::serve(
             listener,
+            acceptor,
             fast,
             handler,
             self.inner.config.max_frame_bytes,

@@ -11,10 +11,11 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    HTTPGetAction, KeyToPath, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec,
-    Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Volume,
-    VolumeMount,
+    Capabilities, ConfigMapProjection, Container, ContainerPort, DownwardAPIProjection,
+    DownwardAPIVolumeFile, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath,
+    ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecretVolumeSource,
+    SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -37,6 +38,14 @@ pub const APP_CONTAINER: &str = "app";
 pub const STATE_VOLUME: &str = "state-store";
 /// Where the node container sees it.
 pub const STATE_MOUNT: &str = "/etc/troupe/state";
+
+/// The volume of the transport credential ([`troupe_contract::tls`]).
+pub const TLS_VOLUME: &str = "transport-tls";
+/// The volume of the node container's API token (the pod does not automount one, so the
+/// sidecar application container gets none).
+pub const API_TOKEN_VOLUME: &str = "kube-api-access";
+/// Where in-cluster clients look for the service account token.
+pub const API_TOKEN_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
 /// The Deployment `<name>`.
 pub fn desired_deployment(owner: &Owner, spec: &ValidSpec<'_>) -> Deployment {
@@ -80,14 +89,15 @@ pub fn desired_deployment(owner: &Owner, spec: &ValidSpec<'_>) -> Deployment {
                 }),
                 spec: Some(PodSpec {
                     service_account_name: Some(owner.node_account_name()),
-                    automount_service_account_token: Some(true),
+                    // Only the node container mounts a token (API_TOKEN_VOLUME).
+                    automount_service_account_token: Some(false),
                     termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
                     security_context: Some(PodSecurityContext {
                         run_as_non_root: Some(true),
                         run_as_user: Some(RUN_AS_USER),
                         run_as_group: Some(RUN_AS_USER),
-                        // The mounted database Secret is readable by the node's group only.
-                        fs_group: postgres(spec).map(|_| RUN_AS_USER),
+                        // Mounted Secret files belong to this group (mode 0440).
+                        fs_group: Some(RUN_AS_USER),
                         seccomp_profile: Some(SeccompProfile {
                             type_: "RuntimeDefault".to_owned(),
                             ..SeccompProfile::default()
@@ -95,7 +105,7 @@ pub fn desired_deployment(owner: &Owner, spec: &ValidSpec<'_>) -> Deployment {
                         ..PodSecurityContext::default()
                     }),
                     containers,
-                    volumes: Some(volumes(spec)),
+                    volumes: Some(volumes(owner, spec)),
                     node_selector: overrides.node_selector.filter(|m| !m.is_empty()),
                     tolerations: overrides.tolerations.filter(|t| !t.is_empty()),
                     affinity: overrides.affinity,
@@ -118,8 +128,9 @@ fn postgres<'a>(spec: &'a ValidSpec<'_>) -> Option<&'a PostgresSpec> {
         .and_then(|s| s.postgres.as_ref())
 }
 
-/// `/tmp`, and the user's database Secret (only its connection-string key, read-only).
-fn volumes(spec: &ValidSpec<'_>) -> Vec<Volume> {
+/// `/tmp`, the transport credential, the node container's API token, and the user's
+/// database Secret (only its connection-string key, read-only).
+fn volumes(owner: &Owner, spec: &ValidSpec<'_>) -> Vec<Volume> {
     let mut v = vec![Volume {
         name: "tmp".to_owned(),
         empty_dir: Some(EmptyDirVolumeSource {
@@ -128,6 +139,8 @@ fn volumes(spec: &ValidSpec<'_>) -> Vec<Volume> {
         }),
         ..Volume::default()
     }];
+    v.push(tls_volume(owner));
+    v.push(api_token_volume());
     if let Some(pg) = postgres(spec) {
         v.push(Volume {
             name: STATE_VOLUME.to_owned(),
@@ -145,6 +158,65 @@ fn volumes(spec: &ValidSpec<'_>) -> Vec<Volume> {
         });
     }
     v
+}
+
+fn tls_volume(owner: &Owner) -> Volume {
+    Volume {
+        name: TLS_VOLUME.to_owned(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(troupe_contract::tls::secret_name(&owner.name)),
+            default_mode: Some(0o440),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
+/// What the kubelet would automount, for the node container alone: a bound token, the
+/// cluster CA and the namespace.
+fn api_token_volume() -> Volume {
+    Volume {
+        name: API_TOKEN_VOLUME.to_owned(),
+        projected: Some(ProjectedVolumeSource {
+            default_mode: Some(0o444),
+            sources: Some(vec![
+                VolumeProjection {
+                    service_account_token: Some(ServiceAccountTokenProjection {
+                        path: "token".to_owned(),
+                        expiration_seconds: Some(3607),
+                        ..ServiceAccountTokenProjection::default()
+                    }),
+                    ..VolumeProjection::default()
+                },
+                VolumeProjection {
+                    config_map: Some(ConfigMapProjection {
+                        name: "kube-root-ca.crt".to_owned(),
+                        items: Some(vec![KeyToPath {
+                            key: "ca.crt".to_owned(),
+                            path: "ca.crt".to_owned(),
+                            ..KeyToPath::default()
+                        }]),
+                        ..ConfigMapProjection::default()
+                    }),
+                    ..VolumeProjection::default()
+                },
+                VolumeProjection {
+                    downward_api: Some(DownwardAPIProjection {
+                        items: Some(vec![DownwardAPIVolumeFile {
+                            path: "namespace".to_owned(),
+                            field_ref: Some(ObjectFieldSelector {
+                                api_version: Some("v1".to_owned()),
+                                field_path: "metadata.namespace".to_owned(),
+                            }),
+                            ..DownwardAPIVolumeFile::default()
+                        }]),
+                    }),
+                    ..VolumeProjection::default()
+                },
+            ]),
+        }),
+        ..Volume::default()
+    }
 }
 
 fn container_security() -> SecurityContext {
@@ -219,6 +291,7 @@ fn node_container(owner: &Owner, spec: &ValidSpec<'_>) -> Container {
             spec.spec.mailbox.capacity.to_string(),
         ),
         value_env(env::MAILBOX_OVERFLOW, spec.spec.mailbox.overflow.as_str()),
+        value_env(env::TLS_DIR, troupe_contract::tls::MOUNT_DIR),
     ];
     if let Some(app) = &spec.spec.app {
         env_vars.push(value_env(
@@ -226,11 +299,25 @@ fn node_container(owner: &Owner, spec: &ValidSpec<'_>) -> Container {
             format!("http://127.0.0.1:{}", app.port),
         ));
     }
-    let mut mounts = vec![VolumeMount {
-        name: "tmp".to_owned(),
-        mount_path: "/tmp".to_owned(),
-        ..VolumeMount::default()
-    }];
+    let mut mounts = vec![
+        VolumeMount {
+            name: "tmp".to_owned(),
+            mount_path: "/tmp".to_owned(),
+            ..VolumeMount::default()
+        },
+        VolumeMount {
+            name: TLS_VOLUME.to_owned(),
+            mount_path: troupe_contract::tls::MOUNT_DIR.to_owned(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+        VolumeMount {
+            name: API_TOKEN_VOLUME.to_owned(),
+            mount_path: API_TOKEN_DIR.to_owned(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+    ];
     if let Some(pg) = postgres(spec) {
         env_vars.push(value_env(
             env::STATE_STORE,
@@ -498,6 +585,46 @@ mod tests {
         assert_eq!(
             env_of(c, "TROUPE_MAILBOX_OVERFLOW").and_then(|e| e.value),
             Some("DropOldest".into())
+        );
+    }
+
+    #[test]
+    fn only_the_node_container_holds_the_api_token_and_the_credential() {
+        let spec = ActorClusterSpec {
+            app: Some(AppSpec {
+                image: "shop/app:1".into(),
+                port: 3000,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let p = pod(&build(&spec));
+        assert_eq!(p.automount_service_account_token, Some(false));
+        let mounts = |c: &Container| -> Vec<String> {
+            c.volume_mounts
+                .iter()
+                .flatten()
+                .map(|m| m.mount_path.clone())
+                .collect()
+        };
+        let node = mounts(&p.containers[0]);
+        assert!(node.contains(&API_TOKEN_DIR.to_owned()), "{node:?}");
+        assert!(node.contains(&troupe_contract::tls::MOUNT_DIR.to_owned()));
+        assert!(
+            mounts(&p.containers[1]).is_empty(),
+            "the app mounts nothing"
+        );
+        let tls = p
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == TLS_VOLUME)
+            .and_then(|v| v.secret.as_ref())
+            .and_then(|s| s.secret_name.clone());
+        assert_eq!(tls.as_deref(), Some("orders-transport-tls"));
+        assert_eq!(
+            env_of(&p.containers[0], "TROUPE_TLS_DIR").and_then(|e| e.value),
+            Some("/etc/troupe/tls".into())
         );
     }
 

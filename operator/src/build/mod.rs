@@ -6,7 +6,10 @@
 //!                   ├──► services    headless peer Service (<name>-peers), client Service (<name>)
 //!                   ├──► deployment  Deployment (<name>)
 //!                   ├──► disruption  PodDisruptionBudget (<name>)
-//!                   └──► autoscaling HorizontalPodAutoscaler (<name>), only with spec.autoscaling
+//!                   ├──► autoscaling HorizontalPodAutoscaler (<name>), only with spec.autoscaling
+//!                   ├──► network     NetworkPolicy (<name>), unless spec.network.policy is false
+//!                   └──► credential  transport CA and node credential Secrets (not pure:
+//!                                    made from the stored ones, see credential::plan)
 //! ```
 //!
 //! Every child carries the cluster's labels and a controller owner reference, so deleting
@@ -14,8 +17,10 @@
 //! server; [`crate::controller`] applies what these functions return.
 
 pub mod autoscaling;
+pub mod credential;
 pub mod deployment;
 pub mod disruption;
+pub mod network;
 pub mod rbac;
 pub mod services;
 
@@ -24,6 +29,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -135,10 +141,12 @@ pub struct Children {
     pub pdb: PodDisruptionBudget,
     /// The HPA, when autoscaling is on; `None` means "delete it if it exists".
     pub hpa: Option<HorizontalPodAutoscaler>,
+    /// The NetworkPolicy, unless turned off; `None` means "delete it if it exists".
+    pub network_policy: Option<NetworkPolicy>,
 }
 
-/// Builds every child of `owner` from `spec`.
-pub fn desired_children(owner: &Owner, spec: &ValidSpec<'_>) -> Children {
+/// Builds every child of `owner` from `spec`; the operator runs in `operator_namespace`.
+pub fn desired_children(owner: &Owner, spec: &ValidSpec<'_>, operator_namespace: &str) -> Children {
     Children {
         service_account: rbac::desired_service_account(owner),
         role: rbac::desired_role(owner),
@@ -148,6 +156,11 @@ pub fn desired_children(owner: &Owner, spec: &ValidSpec<'_>) -> Children {
         deployment: deployment::desired_deployment(owner, spec),
         pdb: disruption::desired_pdb(owner),
         hpa: autoscaling::desired_hpa(owner, spec.spec),
+        network_policy: network::desired_network_policy(
+            owner,
+            &spec.spec.network,
+            operator_namespace,
+        ),
     }
 }
 
@@ -212,7 +225,7 @@ mod tests {
             ..Default::default()
         };
         let valid = validate(&spec, "img:1").expect("valid");
-        let c = desired_children(&owner(), &valid);
+        let c = desired_children(&owner(), &valid, "troupe-system");
         let metas = [
             &c.service_account.metadata,
             &c.role.metadata,
@@ -242,6 +255,10 @@ mod tests {
     fn no_hpa_without_autoscaling() {
         let spec = ActorClusterSpec::default();
         let valid = validate(&spec, "img:1").expect("valid");
-        assert!(desired_children(&owner(), &valid).hpa.is_none());
+        assert!(
+            desired_children(&owner(), &valid, "troupe-system")
+                .hpa
+                .is_none()
+        );
     }
 }

@@ -197,9 +197,11 @@ impl DepthCache {
     ) -> BTreeMap<(String, String), i64> {
         let mut totals = BTreeMap::new();
         for d in self.fresh(now, max_age) {
-            *totals
+            // `as` saturates each sample; the sum saturates too (hostile pages).
+            let total = totals
                 .entry((d.pod.namespace.clone(), d.pod.cluster.clone()))
-                .or_insert(0) += d.sample.value.max(0.0).round() as i64;
+                .or_insert(0i64);
+            *total = total.saturating_add(d.sample.value.max(0.0).round() as i64);
         }
         totals
     }
@@ -385,6 +387,27 @@ pub(crate) mod tests {
         t.ip = "10.9.9.9".into();
         c.set_pods(vec![t]);
         assert!(c.fresh(at(1), Duration::from_secs(5)).is_empty());
+    }
+
+    #[test]
+    fn cluster_totals_saturate_on_hostile_samples() {
+        let mut c = DepthCache::default();
+        c.set_pods(vec![
+            target("ns", "a", "orders"),
+            target("ns", "bb", "orders"),
+        ]);
+        for pod in ["a", "bb"] {
+            c.record(
+                "ns",
+                pod,
+                DepthSample {
+                    value: f64::MAX,
+                    at: at(10),
+                },
+            );
+        }
+        let totals = c.cluster_totals(at(11), Duration::from_secs(5));
+        assert_eq!(totals.get(&("ns".into(), "orders".into())), Some(&i64::MAX));
     }
 
     #[test]

@@ -37,8 +37,9 @@ pub fn worth_writing(old: Option<i64>, new: i64) -> bool {
         Some(old) if old == new => false,
         Some(old) if old == 0 || new == 0 => true,
         Some(old) => {
-            let diff = (new - old).abs();
-            diff >= 2 && diff * 5 >= old.abs()
+            // Depths come from pods' pages: saturate rather than overflow.
+            let diff = new.saturating_sub(old).saturating_abs();
+            diff >= 2 && diff.saturating_mul(5) >= old.saturating_abs()
         }
     }
 }
@@ -165,6 +166,15 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hostile_depths_never_overflow() {
+        // Depths come from pods' /metrics pages: any i64 can reach here.
+        assert!(worth_writing(Some(i64::MIN), i64::MAX));
+        assert!(worth_writing(Some(i64::MAX), -1));
+        assert!(worth_writing(Some(1), i64::MAX));
+        assert!(!worth_writing(Some(i64::MAX), i64::MAX - 1));
+    }
 
     #[test]
     fn only_meaningful_changes_are_written() {
