@@ -449,7 +449,8 @@ mod tests {
             ..Default::default()
         }));
         assert_eq!(memory, explicit, "memory mode builds exactly today's pod");
-        assert_eq!(memory.security_context.and_then(|s| s.fs_group), None);
+        // The transport credential is mounted in every mode: its files belong to the group.
+        assert_eq!(memory.security_context.and_then(|s| s.fs_group), Some(RUN_AS_USER));
         assert!(env_of(&memory.containers[0], env::STATE_STORE).is_none());
 
         let p = pod(&build(&ActorClusterSpec {
