@@ -450,7 +450,10 @@ mod tests {
         }));
         assert_eq!(memory, explicit, "memory mode builds exactly today's pod");
         // The transport credential is mounted in every mode: its files belong to the group.
-        assert_eq!(memory.security_context.and_then(|s| s.fs_group), Some(RUN_AS_USER));
+        assert_eq!(
+            memory.security_context.and_then(|s| s.fs_group),
+            Some(RUN_AS_USER)
+        );
         assert!(env_of(&memory.containers[0], env::STATE_STORE).is_none());
 
         let p = pod(&build(&ActorClusterSpec {
