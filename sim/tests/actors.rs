@@ -48,7 +48,6 @@ fn the_workload_runs_and_replays_exactly() {
 }
 
 #[test]
-#[ignore = "open: failed in the final CI rehearsal of stop 17 on the merged tree (undiagnosed); see the closing note"]
 fn graceful_membership_changes_lose_no_acknowledged_increment() {
     let n = seeds();
     let out = sim(&[("SEEDS", &n), ("SIM_FAULTS", "scale-up,scale-down,replace")]);
@@ -213,4 +212,16 @@ fn a_durable_store_loses_nothing_acknowledged_under_crashes() {
     let (checked, short_runs, short, missing, _) = losses(&t);
     assert_eq!(checked.to_string(), n, "{t}");
     assert_eq!((short_runs, short, missing), (0, 0, 0), "{t}");
+}
+
+/// Graceful seed 1 (`SIM_FAULTS=scale-up,scale-down,replace`): a leaving node pushed a
+/// state to a peer whose older table still named the leaver the owner; the peer pushed it
+/// back at once, the leaver took it after its last push and exited holding it (c0 64
+/// below its acknowledged 153). A draining node now refuses hand-offs.
+#[test]
+fn a_leaving_node_takes_no_state_pushed_back_to_it() {
+    let out = sim(&[("SEED", "1"), ("SIM_FAULTS", "scale-up,scale-down,replace")]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("short 0 missing 0"), "{t}");
 }

@@ -731,6 +731,13 @@ impl Inner {
         let Ok(entry) = self.type_entry(actor_type) else {
             return Response::HandOffAck;
         };
+        if self.draining.load(Ordering::Acquire) {
+            // A leaving node must not take states: it may be past its last push and exit
+            // holding one (a peer with an older table pushes back to it).
+            return Response::Failed(DeliveryError::Unavailable(format!(
+                "{actor_type}/{id}: this node is leaving and takes no state"
+            )));
+        }
         match entry.offer_handoff(id, generation, state) {
             // Kept even when this node does not own the actor under its (maybe older)
             // table: pushing it on at once would bounce it between nodes whose tables
