@@ -79,18 +79,6 @@ stop() {
   fi
 }
 
-# Closes every descriptor above stderr in the calling (sub)shell, so that a process
-# started from it holds nothing of its caller's: a `flock` lock taken around a test would
-# otherwise be held by the restarted API server (or its watchdog) for as long as it runs.
-close_inherited_fds() {
-  local fd
-  for fd in /proc/$BASHPID/fd/*; do
-    fd="${fd##*/}"
-    [ "$fd" -gt 2 ] 2>/dev/null && eval "exec $fd>&-" 2>/dev/null
-  done
-  return 0
-}
-
 start() {
   local token=""
   while [ $# -gt 0 ]; do

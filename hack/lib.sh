@@ -43,3 +43,15 @@ CLUSTER_DNS_IP="${CLUSTER_DNS_IP:-$NODE_IP}"
 # PostgreSQL for durable actor state (hack/postgres.sh): Debian's server on the node address.
 POSTGRES_DIR="$CLUSTER_DIR/postgres"
 POSTGRES_PORT="${POSTGRES_PORT:-5433}"
+
+# Closes every descriptor above stderr in the calling (sub)shell, so that a process
+# started from it holds nothing of its caller's: a `flock` lock taken around a test would
+# otherwise be held by a restarted API server or database (or a watchdog) for as long as it runs.
+close_inherited_fds() {
+  local fd
+  for fd in /proc/$BASHPID/fd/*; do
+    fd="${fd##*/}"
+    [ "$fd" -gt 2 ] 2>/dev/null && eval "exec $fd>&-" 2>/dev/null
+  done
+  return 0
+}

@@ -40,14 +40,6 @@ our_pid() {
   echo "$pid"
 }
 
-close_inherited_fds() {
-  local fd
-  for fd in $(ls /proc/$$/fd); do
-    [ "$fd" -gt 2 ] 2>/dev/null && eval "exec $fd>&-" 2>/dev/null
-  done
-  return 0
-}
-
 start_server() {
   local bin
   bin="$(bin_dir)"

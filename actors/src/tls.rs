@@ -278,6 +278,11 @@ impl TransportTls {
     }
 }
 
+/// [`check_peer`] on an established session (either side), as an I/O error.
+fn check_session(conn: &rustls::CommonState, identity: &ServerName<'_>) -> std::io::Result<()> {
+    check_peer(conn.peer_certificates(), conn.alpn_protocol(), identity).map_err(refused)
+}
+
 fn refused(msg: impl Into<String>) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::PermissionDenied, msg.into())
 }
@@ -303,12 +308,7 @@ impl Connector for TlsConnector {
                 .connect(tls.identity.clone(), tcp)
                 .await?;
             let (_, conn) = stream.get_ref();
-            check_peer(
-                conn.peer_certificates(),
-                conn.alpn_protocol(),
-                &tls.identity,
-            )
-            .map_err(refused)?;
+            check_session(conn, &tls.identity)?;
             Ok(split(stream))
         })
     }
@@ -327,12 +327,7 @@ impl Acceptor for TlsAcceptor {
                 .await
                 .map_err(|_| refused("TLS handshake timed out"))??;
             let (_, conn) = stream.get_ref();
-            check_peer(
-                conn.peer_certificates(),
-                conn.alpn_protocol(),
-                &tls.identity,
-            )
-            .map_err(refused)?;
+            check_session(conn, &tls.identity)?;
             Ok(split(stream))
         })
     }

@@ -7,18 +7,13 @@ mod common;
 
 use std::{sync::Arc, time::Duration};
 
-use axum::{
-    body::Body,
-    http::{Request, StatusCode},
-};
-use http_body_util::BodyExt;
-use tower::ServiceExt;
+use axum::http::StatusCode;
 use troupe_actors::{
     ActorRuntime, DeliveryError, InMemoryStore, Message, RuntimeConfig, StateStore,
 };
 use troupe_contract::MemberStatus;
 
-use common::table;
+use common::{post, table};
 
 fn store() -> InMemoryStore {
     InMemoryStore::new(64)
@@ -54,28 +49,6 @@ fn value(answer: &[u8]) -> i64 {
         .ok()
         .and_then(|v| v["value"].as_i64())
         .unwrap_or(i64::MIN)
-}
-
-async fn post(
-    router: &axum::Router,
-    uri: &str,
-    body: &'static str,
-) -> (StatusCode, Option<String>, String) {
-    let req = Request::post(uri).body(Body::from(body)).expect("request");
-    let resp = router.clone().oneshot(req).await.expect("response");
-    let status = resp.status();
-    let retry = resp
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    (status, retry, String::from_utf8_lossy(&body).into_owned())
 }
 
 #[tokio::test]

@@ -5,17 +5,12 @@ mod common;
 
 use std::time::Duration;
 
-use axum::{
-    body::Body,
-    http::{Request, StatusCode},
-};
-use http_body_util::BodyExt;
-use tower::ServiceExt;
+use axum::http::StatusCode;
 use troupe_actors::{
     ActorError, DeliveryError, MailboxConfig, Message, OverflowPolicy, RuntimeConfig,
 };
 
-use common::{TrackedType, Tracker, int, single_node};
+use common::{TrackedType, Tracker, int, post, single_node};
 
 fn config(tune: impl FnOnce(&mut RuntimeConfig)) -> RuntimeConfig {
     let mut c = RuntimeConfig::new("solo", "solo-1");
@@ -25,28 +20,6 @@ fn config(tune: impl FnOnce(&mut RuntimeConfig)) -> RuntimeConfig {
     }));
     tune(&mut c);
     c
-}
-
-async fn post(
-    router: &axum::Router,
-    uri: &str,
-    body: impl Into<Body>,
-) -> (StatusCode, Option<String>, String) {
-    let req = Request::post(uri).body(body.into()).expect("request");
-    let resp = router.clone().oneshot(req).await.expect("response");
-    let status = resp.status();
-    let retry = resp
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    (status, retry, String::from_utf8_lossy(&body).into_owned())
 }
 
 #[tokio::test]

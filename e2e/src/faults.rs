@@ -450,6 +450,20 @@ impl MetricLedger {
     }
 }
 
+/// Reads every counter of `record` through the client Service of ActorCluster `cluster`
+/// (once it serves the current pods) and prints the reckoning as a figure of `test`.
+pub async fn reckon(
+    ctx: &crate::TestContext,
+    cluster: &str,
+    test: &str,
+    record: &crate::load::Record,
+) -> anyhow::Result<crate::load::Reckoning> {
+    let vip = crate::actor_cluster::client_address(ctx, cluster).await?;
+    let r = crate::load::reckon(&vip, record).await?;
+    figure(test, &format!("reckoning: {}", r.summary()));
+    Ok(r)
+}
+
 /// Polls a TCP connect to the `kubernetes` Service's cluster IP (port 443) from the host
 /// every 100 ms until one succeeds, and returns how long that took (`None` after `bound`).
 /// In-cluster clients reach the API server only through it: a single API server's lease

@@ -20,6 +20,7 @@ pub mod faults;
 pub mod http;
 pub mod load;
 pub mod members;
+pub mod one_shot;
 pub mod service;
 pub mod wait;
 

@@ -418,6 +418,25 @@ pub struct Reckoning {
 }
 
 impl Reckoning {
+    /// Nothing acknowledged lost, nothing counted beyond acknowledged + maybe-applied, and
+    /// something acknowledged at all.
+    pub fn ensure_exact(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.lost().is_empty(),
+            "acknowledged increments lost on {} counters: {}",
+            self.lost().len(),
+            self.describe(Reckoned::lost)
+        );
+        anyhow::ensure!(
+            self.over().is_empty(),
+            "counters above acknowledged + maybe-applied (counted twice, or a refused increment applied) on {}: {}",
+            self.over().len(),
+            self.describe(Reckoned::over)
+        );
+        anyhow::ensure!(self.acked() > 0, "no increment was acknowledged at all");
+        Ok(())
+    }
+
     /// The counters that lost acknowledged increments.
     pub fn lost(&self) -> Vec<&Reckoned> {
         self.counters.iter().filter(|c| c.lost()).collect()

@@ -4,13 +4,11 @@
 //! `/etc/resolv.conf` the kubelet gave it, prints what it got and exits 0 only when every
 //! name resolved as expected. Its log is the test's evidence.
 
-use std::time::Duration;
-
 use anyhow::{Context, ensure};
-use k8s_openapi::api::core::v1::{Pod, Service};
-use kube::api::{LogParams, PostParams};
+use k8s_openapi::api::core::v1::Service;
+use kube::api::PostParams;
 use serde_json::json;
-use troupe_e2e::{service, wait, with_namespace};
+use troupe_e2e::{one_shot, service, with_namespace};
 
 const TARGET: &str = "dns-target";
 const RESOLVER: &str = "resolve";
@@ -45,46 +43,8 @@ async fn a_pod_resolves_services_by_name_and_nothing_outside_the_cluster() -> an
             // Nothing is forwarded outside the cluster domain.
             "example.com=none".to_owned(),
         ];
-        let pod: Pod = serde_json::from_value(json!({
-            "metadata": { "name": RESOLVER },
-            "spec": {
-                "restartPolicy": "Never",
-                "securityContext": { "runAsNonRoot": true, "runAsUser": 65532,
-                                     "seccompProfile": { "type": "RuntimeDefault" } },
-                "containers": [{
-                    "name": RESOLVER,
-                    "image": "troupe-resolve:0.1.0",
-                    "imagePullPolicy": "IfNotPresent",
-                    "args": checks,
-                    "securityContext": { "readOnlyRootFilesystem": true,
-                                         "allowPrivilegeEscalation": false,
-                                         "capabilities": { "drop": ["ALL"] } }
-                }]
-            }
-        }))?;
-        ctx.api::<Pod>()
-            .create(&PostParams::default(), &pod)
-            .await
-            .context("creating the resolver pod")?;
-        let phase = wait::until(
-            "the resolver pod to finish",
-            Duration::from_secs(120),
-            Duration::from_millis(500),
-            || async {
-                let p = ctx.api::<Pod>().get(RESOLVER).await?;
-                let phase = p.status.and_then(|s| s.phase).unwrap_or_default();
-                Ok(matches!(phase.as_str(), "Succeeded" | "Failed").then_some(phase))
-            },
-        )
-        .await?;
-        let logs = ctx
-            .api::<Pod>()
-            .logs(RESOLVER, &LogParams::default())
-            .await
-            .context("reading the resolver's log")?;
-        for line in logs.lines() {
-            println!("[dns] {line}");
-        }
+        let troupe_e2e::one_shot::Finished { phase, logs } =
+            one_shot::run(&ctx, RESOLVER, "troupe-resolve:0.1.0", checks, "dns").await?;
         ensure!(
             phase == "Succeeded",
             "the resolver pod ended {phase}: a name did not resolve as expected (is CoreDNS running and the kubelet's clusterDNS set? see hack/cluster-up.sh):\n{logs}"

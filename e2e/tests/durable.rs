@@ -131,38 +131,15 @@ fn service_load(vip: &str) -> (Vec<Target>, LoadSpec) {
     )
 }
 
-async fn reckon(
-    ctx: &TestContext,
-    test: &str,
-    record: &load::Record,
-) -> anyhow::Result<load::Reckoning> {
-    let vip = actor_cluster::client_address(ctx, NAME).await?;
-    let r = load::reckon(&vip, record).await?;
-    figure(test, &format!("reckoning: {}", r.summary()));
-    Ok(r)
-}
-
 /// Nothing acknowledged lost, nothing counted beyond acknowledged + maybe-applied, no
 /// reset seen by a client.
 fn assert_nothing_lost(r: &load::Reckoning) -> anyhow::Result<()> {
-    ensure!(
-        r.lost().is_empty(),
-        "acknowledged increments lost on {} counters: {}",
-        r.lost().len(),
-        r.describe(load::Reckoned::lost)
-    );
-    ensure!(
-        r.over().is_empty(),
-        "counters above acknowledged + maybe-applied on {}: {}",
-        r.over().len(),
-        r.describe(load::Reckoned::over)
-    );
+    r.ensure_exact()?;
     ensure!(
         r.resets() == 0,
         "the clients saw {} resets (an actor started without its state)",
         r.resets()
     );
-    ensure!(r.acked() > 0, "no increment was acknowledged at all");
     Ok(())
 }
 
@@ -234,7 +211,7 @@ async fn sigkill_chaos(
             record.all()
         ),
     );
-    let r = reckon(ctx, test, &record).await?;
+    let r = faults::reckon(ctx, NAME, test, &record).await?;
     figure(
         test,
         &format!(
@@ -334,7 +311,7 @@ async fn database_stopped_under_load_loses_nothing_acknowledged() -> anyhow::Res
         figure(test, &format!("database down {:.0} s: {}", down_for.as_secs_f64(), record.window(|_| true, stopped_at, started_at)));
         figure(test, &format!("after it returned: first 200 after {back:.2} s; {}", record.window(|_| true, started_at, record.ended_at)));
         figure(test, &format!("Degraded reasons sampled while down (every 0.5 s): {reasons:?}; container restarts: {restarted}"));
-        let r = reckon(&ctx, test, &record).await?;
+        let r = faults::reckon(&ctx, NAME, test, &record).await?;
         figure(test, &format!("acknowledged {} / counted {} / lost {} counters / maybe-applied {}", r.acked(), r.counted(), r.lost().len(), r.unknown()));
 
         assert_nothing_lost(&r)?;

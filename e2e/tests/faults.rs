@@ -116,37 +116,6 @@ async fn one_cluster(
     .await
 }
 
-/// Reads every counter through the client Service (once it serves the current pods) and
-/// prints the reckoning.
-async fn reckon(
-    ctx: &TestContext,
-    test: &str,
-    record: &load::Record,
-) -> anyhow::Result<load::Reckoning> {
-    let vip = actor_cluster::client_address(ctx, NAME).await?;
-    let r = load::reckon(&vip, record).await?;
-    figure(test, &format!("reckoning: {}", r.summary()));
-    Ok(r)
-}
-
-/// Nothing acknowledged lost, nothing counted beyond acknowledged + maybe-applied.
-fn assert_exact(r: &load::Reckoning) -> anyhow::Result<()> {
-    ensure!(
-        r.lost().is_empty(),
-        "acknowledged increments lost on {} counters: {}",
-        r.lost().len(),
-        r.describe(load::Reckoned::lost)
-    );
-    ensure!(
-        r.over().is_empty(),
-        "counters above acknowledged + maybe-applied (counted twice, or a refused increment applied) on {}: {}",
-        r.over().len(),
-        r.describe(load::Reckoned::over)
-    );
-    ensure!(r.acked() > 0, "no increment was acknowledged at all");
-    Ok(())
-}
-
 /// Every loss the clients saw is counted once by the loss metric, and nothing is counted
 /// twice or applied beyond what was sent: no counter above acknowledged + maybe-applied,
 /// and the rise of `troupe_actor_states_lost_total` (over every node process) equals the
@@ -506,7 +475,7 @@ async fn api_server_outage(operator_bound: bool) -> anyhow::Result<()> {
         let node_after = restart_counts(&node_pods(&ctx).await?.into_iter().filter(|p| node_restarts.contains_key(&name(p))).collect::<Vec<_>>());
         let op_after = restart_counts(&operator_pods(&ctx).await?);
         figure(test, &format!("container restarts: nodes {node_restarts:?} -> {node_after:?}; operator {op_restarts:?} -> {op_after:?}"));
-        let reckoning = reckon(&ctx, test, &record).await?;
+        let reckoning = faults::reckon(&ctx, NAME, test, &record).await?;
         settled(&ctx, 4).await?;
         figure(test, &format!("4 pods Ready and Up {:.1} s after the scale", scaled.elapsed().as_secs_f64()));
 
@@ -533,7 +502,7 @@ async fn api_server_outage(operator_bound: bool) -> anyhow::Result<()> {
             let late = record.window(|x| x.label == t, start_at - 10.0, start_at);
             ensure!(late.acked > 0, "{t} answered no increment with 200 in the last 10 s of the outage: {late}");
         }
-        assert_exact(&reckoning)?;
+        reckoning.ensure_exact()?;
         ensure!(node_after == node_restarts, "node containers restarted: {node_restarts:?} -> {node_after:?}");
         ensure!(op_after == op_restarts, "operator containers restarted: {op_restarts:?} -> {op_after:?}");
         ensure!(
@@ -622,7 +591,7 @@ async fn sigkill_chaos_loses_only_what_the_loss_metric_counts() -> anyhow::Resul
         }
         figure(test, &format!("whole run ({kills} kills): {}", record.all()));
         figure(test, &format!("container restarts {restarts_before:?} -> {restarts_after:?}; one cluster {} v{} at the end", members::history(&t), t.version));
-        let reckoning = reckon(&ctx, test, &record).await?;
+        let reckoning = faults::reckon(&ctx, NAME, test, &record).await?;
         let lost = reckoning.lost().len();
         let rise = lost_ledger.rise();
         figure(test, &format!(
@@ -721,8 +690,8 @@ async fn graceful_chaos_keeps_counters_exact() -> anyhow::Result<()> {
             members::history(&t),
             t.version
         ));
-        let reckoning = reckon(&ctx, test, &record).await?;
-        assert_exact(&reckoning)?;
+        let reckoning = faults::reckon(&ctx, NAME, test, &record).await?;
+        reckoning.ensure_exact()?;
         ensure!(
             lost_ledger.rise() == 0.0,
             "{STATES_LOST} rose by {} under graceful deletions only",
@@ -841,7 +810,7 @@ async fn partitioned_pod_heals_into_one_cluster_and_its_losses_are_counted() -> 
             figure(test, &format!("during partition {}: {}", i + 1, record.window(|_| true, *from, *to)));
         }
         figure(test, &format!("whole run: {}; rise of {STATES_LOST}: {}", record.all(), lost_ledger.rise()));
-        let reckoning = reckon(&ctx, test, &record).await?;
+        let reckoning = faults::reckon(&ctx, NAME, test, &record).await?;
         assert_losses_counted(&reckoning, lost_ledger.rise())?;
         Ok(())
     })
@@ -930,13 +899,13 @@ async fn member_lease_deleted_restores_one_cluster_one_epoch_later() -> anyhow::
             figure(test, &format!("from deletion {} (+{from:.1} s) to +{until:.1} s: {}", i + 1, record.window(|_| true, *from, until)));
         }
         figure(test, &format!("whole run: {}", record.all()));
-        let reckoning = reckon(&ctx, test, &record).await?;
+        let reckoning = faults::reckon(&ctx, NAME, test, &record).await?;
         ensure!(
             cluster_ids(&h.0).len() == 1 && h.1.len() == 1,
             "more than one cluster id: {:?}",
             h.0
         );
-        assert_exact(&reckoning)?;
+        reckoning.ensure_exact()?;
         Ok(())
     })
     .await
@@ -1010,8 +979,8 @@ async fn rolling_image_update_replaces_every_pod_and_loses_nothing() -> anyhow::
             figure(test, &format!("during rollout {}: {}", i + 1, record.window(|_| true, *from, *to)));
         }
         figure(test, &format!("whole run: {}; rise of {STATES_LOST} over {} node processes: {}", record.all(), lost_ledger.processes(), lost_ledger.rise()));
-        let reckoning = reckon(&ctx, test, &record).await?;
-        assert_exact(&reckoning)?;
+        let reckoning = faults::reckon(&ctx, NAME, test, &record).await?;
+        reckoning.ensure_exact()?;
         Ok(())
     })
     .await

@@ -13,11 +13,11 @@ use std::time::Duration;
 use anyhow::{Context, ensure};
 use bytes::BytesMut;
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::api::{ListParams, LogParams, PostParams};
+use kube::api::{ListParams, PostParams};
 use serde_json::json;
 use troupe_actors::wire::{self, Frame, Request};
 use troupe_contract::{labels, ports, tls};
-use troupe_e2e::{TestContext, actor_cluster, http, members, wait, with_namespace};
+use troupe_e2e::{TestContext, actor_cluster, http, members, one_shot, with_namespace};
 
 const NAME: &str = "guarded";
 const INTRUDER: &str = "intruder";
@@ -44,47 +44,8 @@ fn forged_claim(cluster_id: &str, claimant: &str) -> String {
 }
 
 async fn run_intruder(ctx: &TestContext, args: Vec<String>) -> anyhow::Result<String> {
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": { "name": INTRUDER },
-        "spec": {
-            "restartPolicy": "Never",
-            "automountServiceAccountToken": false,
-            "securityContext": { "runAsNonRoot": true, "runAsUser": 65532,
-                                 "seccompProfile": { "type": "RuntimeDefault" } },
-            "containers": [{
-                "name": INTRUDER,
-                "image": "troupe-intruder:0.1.0",
-                "imagePullPolicy": "IfNotPresent",
-                "args": args,
-                "securityContext": { "readOnlyRootFilesystem": true,
-                                     "allowPrivilegeEscalation": false,
-                                     "capabilities": { "drop": ["ALL"] } }
-            }]
-        }
-    }))?;
-    ctx.api::<Pod>()
-        .create(&PostParams::default(), &pod)
-        .await
-        .context("creating the intruder pod")?;
-    let phase = wait::until(
-        "the intruder pod to finish",
-        Duration::from_secs(120),
-        Duration::from_millis(500),
-        || async {
-            let p = ctx.api::<Pod>().get(INTRUDER).await?;
-            let phase = p.status.and_then(|s| s.phase).unwrap_or_default();
-            Ok(matches!(phase.as_str(), "Succeeded" | "Failed").then_some(phase))
-        },
-    )
-    .await?;
-    let logs = ctx
-        .api::<Pod>()
-        .logs(INTRUDER, &LogParams::default())
-        .await
-        .context("reading the intruder's log")?;
-    for line in logs.lines() {
-        println!("[security] {line}");
-    }
+    let one_shot::Finished { phase, logs } =
+        one_shot::run(ctx, INTRUDER, "troupe-intruder:0.1.0", args, "security").await?;
     ensure!(
         phase == "Succeeded",
         "the intruder pod ended {phase}:\n{logs}"

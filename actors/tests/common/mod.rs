@@ -313,3 +313,30 @@ async fn pump(
         }
     }
 }
+
+/// POSTs `body` to `uri` on `router`: status, `Retry-After`, body text.
+pub async fn post(
+    router: &axum::Router,
+    uri: &str,
+    body: impl Into<axum::body::Body>,
+) -> (axum::http::StatusCode, Option<String>, String) {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let req = axum::http::Request::post(uri)
+        .body(body.into())
+        .expect("request");
+    let resp = router.clone().oneshot(req).await.expect("response");
+    let status = resp.status();
+    let retry = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    (status, retry, String::from_utf8_lossy(&body).into_owned())
+}

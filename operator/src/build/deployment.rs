@@ -592,17 +592,21 @@ mod tests {
         );
     }
 
-    #[test]
-    fn only_the_node_container_holds_the_api_token_and_the_credential() {
-        let spec = ActorClusterSpec {
+    /// A spec with a sidecar application `shop/app:1` on port 3000.
+    fn with_app() -> ActorClusterSpec {
+        ActorClusterSpec {
             app: Some(AppSpec {
                 image: "shop/app:1".into(),
                 port: 3000,
                 ..Default::default()
             }),
             ..Default::default()
-        };
-        let p = pod(&build(&spec));
+        }
+    }
+
+    #[test]
+    fn only_the_node_container_holds_the_api_token_and_the_credential() {
+        let p = pod(&build(&with_app()));
         assert_eq!(p.automount_service_account_token, Some(false));
         let mounts = |c: &Container| -> Vec<String> {
             c.volume_mounts
@@ -634,15 +638,7 @@ mod tests {
 
     #[test]
     fn app_sidecar_gets_a_container_and_the_node_its_url() {
-        let spec = ActorClusterSpec {
-            app: Some(AppSpec {
-                image: "shop/app:1".into(),
-                port: 3000,
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let p = pod(&build(&spec));
+        let p = pod(&build(&with_app()));
         assert_eq!(p.containers.len(), 2);
         assert_eq!(p.containers[1].name, "app");
         assert_eq!(p.containers[1].image.as_deref(), Some("shop/app:1"));
