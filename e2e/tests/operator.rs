@@ -250,16 +250,35 @@ async fn example_creates_every_child_with_owner_references() -> anyhow::Result<(
         })
         .await?;
         let role: Role = until_child(&ctx, "orders-node", "node Role", |r| owned_by(r, o)).await?;
-        let resources: Vec<String> = role
+        // Each rule as (resources, resourceNames, verbs): the member Lease is reachable by
+        // name only, and creation (which RBAC cannot limit by name) is a rule of its own.
+        let rules: Vec<(Vec<String>, Vec<String>, Vec<String>)> = role
             .rules
             .unwrap_or_default()
             .into_iter()
-            .flat_map(|r| r.resources.unwrap_or_default())
+            .map(|r| {
+                (
+                    r.resources.unwrap_or_default(),
+                    r.resource_names.unwrap_or_default(),
+                    r.verbs,
+                )
+            })
             .collect();
-        ensure!(
-            resources == ["pods", "leases"],
-            "node Role covers {resources:?}"
-        );
+        let strings = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let expected = vec![
+            (
+                strings(&["pods"]),
+                vec![],
+                strings(&["get", "list", "watch"]),
+            ),
+            (
+                strings(&["leases"]),
+                strings(&["orders-members"]),
+                strings(&["get", "list", "watch", "update"]),
+            ),
+            (strings(&["leases"]), vec![], strings(&["create"])),
+        ];
+        ensure!(rules == expected, "node Role rules {rules:?}");
         until_child::<RoleBinding, _>(&ctx, "orders-node", "node RoleBinding", |r| owned_by(r, o))
             .await?;
         ensure!(
