@@ -225,3 +225,14 @@ fn a_leaving_node_takes_no_state_pushed_back_to_it() {
     assert!(out.status.success(), "{t}");
     assert!(t.contains("short 0 missing 0"), "{t}");
 }
+
+/// Seed 5315: pod-0's claim of c4 aborted when a newer table made pod-3 the owner, leaving
+/// the state parked at pod-0; pod-3 never activated c4, and when pod-4 (whose history
+/// began after pod-0's tables) became the owner it claimed only from pod-3, which
+/// answered "nothing here": c4 activated empty and the state pod-0 pushed on was
+/// superseded (c4 45 below its acknowledged 126). A node that holds nothing and points
+/// nowhere now sends the claimant to the owner before it in its own history (`Moved`).
+#[test]
+fn a_claimed_node_that_never_held_the_actor_points_at_its_predecessor() {
+    holds("5315");
+}

@@ -655,8 +655,29 @@ impl Inner {
                 pod: b.pod.to_string(),
                 address: b.address.to_string(),
             },
+            None if !holds => match self.predecessor(actor_type, id, &claimant) {
+                // Never held here and never given away: if a table made this node the
+                // owner, the state stayed where its owner before left it (a claim that
+                // aborted parks it there) — the claimant asks that member too.
+                Some(m) => Response::Moved {
+                    order: mine,
+                    pod: m.pod.to_string(),
+                    address: m.transport_addr.to_string(),
+                },
+                None => Response::Claimed(None),
+            },
             _ => Response::Claimed(None),
         }
+    }
+
+    /// The newest owner of `(actor_type, id)` in this node's history other than itself
+    /// and `claimant` that is still in the current table: where a claim asked here should
+    /// go on when this node never held the actor.
+    fn predecessor(&self, actor_type: &str, id: &str, claimant: &str) -> Option<PlacedMember> {
+        read(&self.view)
+            .previous_owners(actor_type, id, &self.config.pod)
+            .into_iter()
+            .find(|m| *m.pod != *claimant)
     }
 
     /// Records that `(actor_type, id)` went to `pod` under `order` (a tombstone), unless a
