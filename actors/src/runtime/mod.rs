@@ -48,7 +48,10 @@
 //! made it the owner, and only the owner acknowledges the very same state offered twice
 //! (two nodes pushing one state to each other must not both drop it). A
 //! node that holds nothing and already points elsewhere answers `Moved` and keeps its
-//! pointer (a claimant that cannot reach that holder must not erase the chain). A
+//! pointer (a claimant that cannot reach that holder must not erase the chain); one that
+//! holds nothing and points nowhere answers `Moved` to the owner before it in its own
+//! history (a table made it the owner but it never claimed: the state is still where that
+//! owner left it, parked by a claim that aborted, say). A
 //! claim from a node with an older table than the claimed node's, or than a claim it
 //! already granted, is refused (`Conflict`): the claimant drops its pending activation and
 //! routes its messages again once its table is newer. Messages that reach an activation
