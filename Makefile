@@ -95,6 +95,10 @@ crds: ## Regenerate crds/ (and the chart's copy) from the Rust types
 	$(CARGO) run --quiet --locked -p troupe-operator --bin crdgen > crds/actorcluster.yaml
 	cp crds/actorcluster.yaml charts/troupe/files/actorcluster.yaml
 
+.PHONY: check-chart
+check-chart: ## Lint and render charts/troupe with every option on, promtool on its alerts (needs helm: make cluster-up builds it)
+	hack/check-chart.sh
+
 .PHONY: manifests
 manifests: ## Render manifests/install.yaml from the chart
 	manifests/render.sh

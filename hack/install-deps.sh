@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs what the local cluster and the image builds need: Debian packages and the
 # rustup musl target. Idempotent; quiet when everything is there already.
+# prometheus is there for promtool (hack/check-chart.sh checks the chart's alert rules).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 # shellcheck source=lib.sh
 . "$here/lib.sh"
 
 packages=(containerd runc containernetworking-plugins iptables conntrack openssl musl-tools
-  iproute2 jq kmod python3 curl postgresql)
+  iproute2 jq kmod python3 curl postgresql prometheus)
 need=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")

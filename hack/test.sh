@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make test`: the whole gate, in order of cost. Lint and unit tests first; then a local
-# cluster is brought up, the end-to-end suite runs against it, and the cluster is torn
+# cluster is brought up, the chart is checked (hack/check-chart.sh needs the helm that
+# cluster-up builds), the end-to-end suite runs against it, and the cluster is torn
 # down whatever happened. If the cluster cannot come up the run fails with the reason:
 # an end-to-end test never passes by skipping. At the end, pass or fail, it prints how
 # long each phase and each e2e suite took, so that CI time stays visible.
@@ -45,5 +46,7 @@ phase "lint" make --no-print-directory lint
 phase "unit tests" make --no-print-directory unit
 cluster_started=1
 phase "cluster up" "$here/cluster-up.sh"
+# The chart's checks need helm, which cluster-up builds; they use no cluster.
+phase "chart" "$here/check-chart.sh"
 phase "e2e setup" env TROUPE_E2E_LOG=/dev/null "$here/e2e.sh" --no-run
 phase "e2e" env TROUPE_E2E_SETUP=0 TROUPE_E2E_LOG="$e2e_log" "$here/e2e.sh"

@@ -51,3 +51,67 @@ for the Service's DNS names. Memoised in .Values so every template sees the same
 {{- end -}}
 {{- toYaml (get .Values "__customMetricsTLS") -}}
 {{- end -}}
+
+{{- /*
+Refuses to register the custom metrics API over another provider's. An APIService of
+custom.metrics.k8s.io that this release does not own (prometheus-adapter, another Troupe
+release, anything else) serves other teams' HPAs: a second version of the group would change
+which server they reach. `helm template` (no cluster) looks up nothing and cannot refuse.
+*/ -}}
+{{- define "troupe.customMetricsGuard" -}}
+{{- $all := lookup "apiregistration.k8s.io/v1" "APIService" "" "" -}}
+{{- range (dig "items" list $all) -}}
+{{- if eq (dig "spec" "group" "" .) "custom.metrics.k8s.io" -}}
+{{- $release := dig "metadata" "annotations" "meta.helm.sh/release-name" "" . -}}
+{{- $releaseNs := dig "metadata" "annotations" "meta.helm.sh/release-namespace" "" . -}}
+{{- if not (and (eq $release $.Release.Name) (eq $releaseNs $.Release.Namespace)) -}}
+{{- $owner := "no Helm release" -}}
+{{- if $release }}{{ $owner = printf "Helm release %s/%s" $releaseNs $release }}{{ end -}}
+{{- $svc := "no service" -}}
+{{- with (dig "spec" "service" dict .) }}{{ $svc = printf "service %s/%s" (dig "namespace" "" .) (dig "name" "" .) }}{{ end -}}
+{{- fail (printf "APIService %s already serves custom.metrics.k8s.io (%s, %s), and this release does not own it. Another provider answers other teams' custom-metric HPAs there; Troupe will not register beside it. Install with --set customMetrics.enabled=false and serve troupe_mailbox_depth from that provider: the adapter rule is in the chart README, section \"Using prometheus-adapter instead\"." .metadata.name $svc $owner) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- /* Labels of every monitoring object: the chart's, then monitoring.labels. */ -}}
+{{- define "troupe.monitoringLabels" -}}
+{{ include "troupe.labels" . }}
+{{- with .Values.monitoring.labels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- /* The namespaceSelector of the node-pod monitors: monitoring.actorClusterNamespaces, or any. */ -}}
+{{- define "troupe.actorClusterNamespaceSelector" -}}
+{{- with .Values.monitoring.actorClusterNamespaces -}}
+matchNames:
+  {{- toYaml . | nindent 2 }}
+{{- else -}}
+any: true
+{{- end }}
+{{- end -}}
+
+{{- /* The labels of the node pods, as the operator sets them (contract/src/lib.rs `labels`). */ -}}
+{{- define "troupe.nodeSelectorLabels" -}}
+app.kubernetes.io/name: troupe-node
+app.kubernetes.io/managed-by: troupe-operator
+{{- end -}}
+
+{{- /* An alert's labels: (list $ severity); monitoring.prometheusRule.alertLabels added. */ -}}
+{{- define "troupe.alertLabels" -}}
+{{- $root := index . 0 -}}
+{{- toYaml (merge (dict "severity" (index . 1)) ($root.Values.monitoring.prometheusRule.alertLabels | default dict)) -}}
+{{- end -}}
+
+{{- /*
+An alert's runbook_url annotation on a line of its own, when
+monitoring.prometheusRule.runbookBaseURL is set (else nothing): (list $ alert).
+*/ -}}
+{{- define "troupe.runbookURL" -}}
+{{- $root := index . 0 -}}
+{{- with $root.Values.monitoring.prometheusRule.runbookBaseURL -}}
+{{- printf "runbook_url: %s" (printf "%s#%s" . (lower (index $ 1)) | quote) | nindent 12 -}}
+{{- end -}}
+{{- end -}}
