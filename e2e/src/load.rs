@@ -81,6 +81,8 @@ impl Outcome {
 /// One recorded increment.
 #[derive(Debug, Clone)]
 pub struct Event {
+    /// Seconds since the load started, when the request was sent.
+    pub sent: f64,
     /// Seconds since the load started, when the outcome was known.
     pub at: f64,
     /// Index into the targets.
@@ -169,10 +171,12 @@ impl CounterLoad {
                             break;
                         }
                         let (k, id) = &mine[i % mine.len()];
+                        let sent = started.elapsed().as_secs_f64();
                         let outcome = increment(&addr, id).await;
                         let at = started.elapsed().as_secs_f64();
                         if let Ok(mut ev) = events.lock() {
                             ev.push(Event {
+                                sent,
                                 at,
                                 target: ti,
                                 counter: *k,
@@ -300,10 +304,20 @@ impl Record {
     /// Figures of the events of the targets `pick` selects, between `from` and `to`
     /// seconds.
     pub fn window(&self, pick: impl Fn(&Target) -> bool, from: f64, to: f64) -> Window {
+        self.window_of(|e| e.at >= from && pick(&self.targets[e.target]), from, to)
+    }
+
+    /// Figures of the requests *sent* at `from` or later and answered by `to`: what was
+    /// asked of the cluster after some moment (answers to earlier requests excluded).
+    pub fn sent_within(&self, from: f64, to: f64) -> Window {
+        self.window_of(|e| e.sent >= from, from, to)
+    }
+
+    fn window_of(&self, keep: impl Fn(&Event) -> bool, from: f64, to: f64) -> Window {
         let mut w = Window::default();
         let mut last_ack = from;
         for e in &self.events {
-            if e.at < from || e.at > to || !pick(&self.targets[e.target]) {
+            if e.at > to || !keep(e) {
                 continue;
             }
             w.sent += 1;
@@ -609,6 +623,7 @@ mod tests {
             events: events
                 .iter()
                 .map(|&(at, counter, outcome)| Event {
+                    sent: at,
                     at,
                     target: counter,
                     counter,
@@ -633,6 +648,25 @@ mod tests {
         );
         assert_eq!(classify(504, ""), Outcome::Unknown(504));
         assert_eq!(classify(429, ""), Outcome::Refused(429));
+    }
+
+    #[test]
+    fn sent_within_leaves_out_answers_to_requests_sent_before() {
+        let mut r = record(&[
+            (3.0, 0, Outcome::Refused(503)),
+            (4.0, 1, Outcome::Refused(503)),
+        ]);
+        // Sent at 1.0, before the moment, answered 200 late at 2.5: not counted.
+        r.events.push(Event {
+            sent: 1.0,
+            at: 2.5,
+            target: 0,
+            counter: 0,
+            outcome: Outcome::Acked(7),
+        });
+        let w = r.sent_within(2.0, 5.0);
+        assert_eq!((w.sent, w.acked), (2, 0), "{w}");
+        assert_eq!(r.window(|_| true, 2.0, 5.0).acked, 1);
     }
 
     #[test]

@@ -923,6 +923,19 @@ impl World {
                 held.insert(a.id);
             }
         }
+        // A state this process handed to a claim that has not completed (the answer may
+        // still be on the wire, or lost): it dies with this process.
+        for (t, id, claimant) in n.actors.handed_states() {
+            let waiting = t == COUNTER
+                && self.nodes.get(&claimant).is_some_and(|c| {
+                    c.actors.activations().iter().any(|a| {
+                        a.actor_type == COUNTER && a.id == id && a.phase == Phase::Claiming
+                    })
+                });
+            if waiting {
+                held.insert(id);
+            }
+        }
         self.work.exposed.extend(held);
         self.work.lost_gone += states_lost(&n.registry);
     }

@@ -236,3 +236,36 @@ fn a_leaving_node_takes_no_state_pushed_back_to_it() {
 fn a_claimed_node_that_never_held_the_actor_points_at_its_predecessor() {
     holds("5315");
 }
+
+/// Seed 8722: pod-3 handed c0's state in its answer to pod-1's claim and was deleted
+/// (killed) before the answer arrived; pod-1, still claiming, found pod-3 gone and
+/// activated empty, counting the loss (the loss metric rose), but the oracle did not expose
+/// c0: the state was in no activation and no parked slot at the kill. A process that dies
+/// keeping a handed copy for a claim still in progress now exposes the counter: the
+/// design's crash loss without a durable store, counted, not a broken promise.
+#[test]
+fn a_holder_killed_while_its_claim_answer_is_on_the_wire_exposes_the_counter() {
+    holds("8722");
+}
+
+/// Seed 6534: pod-0's claim of c4 from pod-2 was out when pod-0 restored a deleted Lease
+/// (pod-2 left out, rejoining); the request failed after the restore, and the verdict used
+/// the "left out by a restore" time read before the request, which had none: pod-2 was
+/// given up at once instead of waited for `restore_grace`, its answer (with the state) was
+/// dropped, and c4 activated empty elsewhere (44 below its acknowledged 110, no loss
+/// counted). The verdict now reads it after the failure.
+#[test]
+fn a_restore_during_a_claim_waits_for_the_member_it_left_out() {
+    holds("6534");
+}
+
+/// Seed 6527: pod-2, paused through a Lease deletion, found two claims of pod-3 for c6
+/// queued when it resumed (the first had timed out at pod-3 and was sent again); the first
+/// took the state (its answer went to the abandoned request), the second found nothing
+/// parked and, having seen the actor held when it arrived, answered "nothing here": c6
+/// activated empty (20 below its acknowledged 67). A claim that finds the state gone to a
+/// concurrent claim now sends the copy kept for the same claimant, or points at the other.
+#[test]
+fn a_repeated_claim_queued_beside_the_first_gets_the_state_too() {
+    holds("6527");
+}

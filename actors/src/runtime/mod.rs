@@ -759,6 +759,18 @@ impl ActorRuntime {
         out
     }
 
+    /// Every state this node handed to a claimant lately and keeps a copy of (`Handed`),
+    /// as `(type, id, claimant pod)`, sorted: a read-only view for observers (the
+    /// simulation exposes a counter whose holder dies while its claimant still waits).
+    pub fn handed_states(&self) -> Vec<(String, String, String)> {
+        let mut out: Vec<(String, String, String)> = lock(&self.inner.handed)
+            .iter()
+            .map(|((t, id), h)| (t.to_string(), id.to_string(), h.claimant.to_string()))
+            .collect();
+        out.sort();
+        out
+    }
+
     /// How many times this node was evicted (downed, replaced, removed without a leave,
     /// or moved to another cluster), each time dropping every kept state.
     pub fn evictions(&self) -> u64 {

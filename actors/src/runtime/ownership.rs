@@ -524,6 +524,9 @@ impl Inner {
                 }
                 None => (None, None),
             };
+            // Read again: a restore while the request was out may have left the member
+            // out of the table (it is rejoining, and waited for `restore_grace`).
+            let away = lock(&self.restored_away).get(&key).copied();
             let verdict = match away.filter(|_| status.is_none()) {
                 Some(since) => unanswered(
                     None,
@@ -644,13 +647,20 @@ impl Inner {
             self.keep_handed(key, &claimant, order, &state);
             return Response::Claimed(Some(state));
         }
-        if !holds && let Some(state) = self.handed_again(&key, &claimant, order) {
-            // The same claim again: the answer that carried the state was lost.
+        if let Some(state) = self.handed_again(&key, &claimant, order) {
+            // The same claim again: the answer that carried the state was lost (or a
+            // repeat of it, queued beside it, took the state meanwhile).
             tracing::debug!(actor_type, id, %claimant, "claim repeated; the state is sent again");
             return Response::Claimed(Some(state));
         }
+        // Something held here went meanwhile to a concurrent claim: point at that one.
+        let before = if holds {
+            lock(&self.tombstones).get(&key).cloned()
+        } else {
+            before
+        };
         match before {
-            Some(b) if !holds && *b.pod != *claimant => Response::Moved {
+            Some(b) if *b.pod != *claimant => Response::Moved {
                 order: b.order,
                 pod: b.pod.to_string(),
                 address: b.address.to_string(),
@@ -730,14 +740,16 @@ impl Inner {
         );
     }
 
-    /// The state handed lately to `claimant` under `order`, if this is its claim again.
+    /// The state handed lately to `claimant`, if this is its claim again: under the same
+    /// table or a later one (its table may have moved on while the answer was lost). A
+    /// copy the claimant no longer needs loses to every newer state by generation.
     fn handed_again(&self, key: &ActorKey, claimant: &str, order: TableOrder) -> Option<State> {
         let keep_for = self.config.ask_timeout * 4;
         let handed = lock(&self.handed);
         handed
             .get(key)
             .filter(|h| {
-                *h.claimant == *claimant && h.order == order && crate::time::since(h.at) < keep_for
+                *h.claimant == *claimant && h.order <= order && crate::time::since(h.at) < keep_for
             })
             .map(|h| h.state.clone())
     }
