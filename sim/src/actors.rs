@@ -26,7 +26,8 @@
 //!   was downed (Down in some node's table), was evicted (the runtime's eviction count
 //!   rose: downed, replaced, removed, or another cluster id), or left with it still held;
 //!   when a process crashed while claiming it (the holder's answer carries the state and
-//!   may have been on its way); or when a process that held it was cut off from every
+//!   may have been on its way), or crashed after handing it to a claim that was still in
+//!   progress (the answer with the state may not have arrived); or when a process that held it was cut off from every
 //!   peer (paused or partitioned) for at least the down grace while another process ran
 //!   it (a member cut off that long is treated as dead, whether a Down or a restore left
 //!   it out): the design's ways of losing state without a durable store.
