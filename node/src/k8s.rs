@@ -69,9 +69,12 @@ impl LeaseStore {
         }
     }
 
+    /// The metadata of a write: the cached object's when it is the version written over,
+    /// always with the node labels (the operator watches member Leases by them; a Lease
+    /// written by an older release without them gets them on the next write).
     fn base(&self, resource_version: Option<&str>) -> ObjectMeta {
         let cached = self.last.lock().ok().and_then(|g| g.clone());
-        match cached {
+        let mut meta = match cached {
             Some(l)
                 if resource_version.is_some()
                     && l.metadata.resource_version.as_deref() == resource_version =>
@@ -80,16 +83,15 @@ impl LeaseStore {
             }
             _ => ObjectMeta {
                 name: Some(self.name.clone()),
-                labels: Some(
-                    labels::node_selector_pairs(&self.cluster)
-                        .into_iter()
-                        .map(|(k, v)| (k.to_owned(), v))
-                        .collect(),
-                ),
                 resource_version: resource_version.map(str::to_owned),
                 ..ObjectMeta::default()
             },
+        };
+        let labels = meta.labels.get_or_insert_with(BTreeMap::new);
+        for (k, v) in labels::node_selector_pairs(&self.cluster) {
+            labels.insert(k.to_owned(), v);
         }
+        meta
     }
 
     fn lease(&self, resource_version: Option<&str>, record: &LeaseRecord) -> Lease {

@@ -2,7 +2,7 @@
 //! of an ActorCluster.
 //!
 //! ```text
-//!  watches ──► reflector stores (children by label, member Leases; managedFields dropped)
+//!  watches ──► reflector stores (children by label, member Leases by label; managedFields dropped)
 //!     │                     │
 //!     ▼                     ▼ (reads only)
 //!  reconcile ─ validate ─ build ─ for each child: converged? ── yes ──► skip (no write)
@@ -19,6 +19,10 @@
 //! one we wrote. The status is written only when the computed status differs from the
 //! stored one. Every write call increments `troupe_operator_api_writes_total{kind,verb}`,
 //! which is how writes are counted.
+//!
+//! **No reconcile per renewal.** Only member Leases are watched (by label), and only an
+//! event that changes the member table, creates a Lease anew or deletes one reconciles
+//! ([`member_leases`]); a coordinator's renewal every second does not.
 //!
 //! Errors requeue the object with its own exponential backoff (2 s doubling to 5 min),
 //! reset by its next success.
@@ -56,6 +60,7 @@ use crate::build::{BuildError, Children, Owner, desired_children};
 use crate::crd::{ActorCluster, ActorClusterStatus, StateStoreKind};
 use crate::custom_metrics::cache::DepthCache;
 use crate::drift;
+use crate::member_leases;
 use crate::metrics::Metrics;
 use crate::status::{self, Observed, Problem, StoreHealth};
 use crate::validate::validate;
@@ -325,7 +330,25 @@ pub async fn run(
     let (role_bindings, rb_stream) = cache!(RoleBinding, owned.clone());
     let (pdbs, pdb_stream) = cache!(PodDisruptionBudget, owned.clone());
     let (hpas, hpa_stream) = cache!(HorizontalPodAutoscaler, owned.clone());
-    let (leases, lease_stream) = cache!(Lease, watcher::Config::default());
+    let (leases, lease_stream) = cache!(
+        Lease,
+        watcher::Config::default().labels(&member_leases::selector())
+    );
+    // Only a changed member table, a new Lease or a deletion reconciles (not the
+    // coordinator's renewal every second).
+    let lease_stream = {
+        let store = leases.clone();
+        let mut changes = member_leases::LeaseChanges::default();
+        lease_stream.filter(move |event| {
+            std::future::ready(match event {
+                Ok(lease) => {
+                    let present = store.get(&ObjectRef::from_obj(lease)).is_some();
+                    changes.worth_a_reconcile(lease, present)
+                }
+                Err(_) => true,
+            })
+        })
+    };
     let (secrets, secret_stream) = cache!(Secret, owned.clone());
     let (network_policies, np_stream) = cache!(NetworkPolicy, owned.clone());
 

@@ -26,6 +26,7 @@ pub mod crd;
 pub mod custom_metrics;
 pub mod drift;
 pub mod leader;
+pub mod member_leases;
 pub mod metrics;
 pub mod server;
 pub mod status;
