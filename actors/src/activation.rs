@@ -11,7 +11,9 @@
 //!  activated, then a counter bumped per activation on the same lineage. An activation
 //!  started under table order O gets the successor of max(its state, (O, 0)), so a state
 //!  that forked off under an older table (its owner was downed while alive) is always older
-//!  than one activated later without it: a stale lineage never silently wins.
+//!  than one activated later without it: a stale lineage never silently wins. Epochs start
+//!  at the cluster's formation time (`MemberTable::first_epoch_at`), so the lineages of a
+//!  later life of the ActorCluster are above every one a durable store kept from before.
 //!
 //!  Activation lifecycle (one task each):
 //!   Claiming ──claimed──► Active ──idle / handed over / drained──► Closing ──► Gone

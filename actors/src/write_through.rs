@@ -225,6 +225,22 @@ mod tests {
     }
 
     #[test]
+    fn a_later_life_of_the_cluster_activates_over_an_earlier_one() {
+        // Durable seeds 29 and 422: a fresh cluster ran on epoch 0 under owners of epoch
+        // 5 and was refused; a life's first epoch is its formation time, above them.
+        let earlier = g(
+            troupe_contract::MemberTable::first_epoch_at(1_000) + 5,
+            40,
+            2,
+        );
+        let later = (troupe_contract::MemberTable::first_epoch_at(61_000), 1);
+        assert_eq!(
+            generation(None, Some(earlier), later),
+            Ok(g(later.0, later.1, 1))
+        );
+    }
+
+    #[test]
     fn a_node_behind_the_writer_table_refuses_to_activate() {
         assert_eq!(generation(None, Some(g(0, 5, 1)), (0, 4)), Err(g(0, 5, 1)));
         assert_eq!(

@@ -375,6 +375,7 @@ async fn killed_node_loses_k_states(replaced: bool) {
     let to_p = Proxy::start(&p.addr).await;
     let table = |version, members| troupe_contract::MemberTable {
         cluster: "test".into(),
+        first_epoch: 0,
         epoch: 0,
         version,
         members,
@@ -719,6 +720,7 @@ async fn states_lost_after_their_witness_restarted_are_counted() {
     let to_p = Proxy::start(&p.addr).await;
     let table = |version, members| troupe_contract::MemberTable {
         cluster: "test".into(),
+        first_epoch: 0,
         epoch: 0,
         version,
         members,

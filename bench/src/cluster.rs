@@ -107,6 +107,7 @@ async fn start_with(
     }
     let table = MemberTable {
         cluster: "bench".into(),
+        first_epoch: 0,
         epoch: 0,
         version: 1,
         members: nodes

@@ -17,14 +17,25 @@
 //! both programs and the tests agree on them.
 //!
 //! **Epochs.** A table belongs to one *life* of the Lease. [`MemberTable::cluster`] is a
-//! random id chosen when a cluster first forms; [`MemberTable::epoch`] is bumped when the
-//! table is restored into a Lease that was deleted or stripped of its annotation. Versions
+//! random id chosen when a cluster first forms; [`MemberTable::epoch`] starts at the
+//! wall-clock millisecond the cluster formed ([`MemberTable::first_epoch_at`], kept as
+//! [`MemberTable::first_epoch`]) and is bumped
+//! when the table is restored into a Lease that was deleted or stripped of its annotation.
+//! Starting from the formation time orders the lives of one ActorCluster by when they
+//! formed: a life that forms after every pod of an earlier one died (or after the
+//! ActorCluster was deleted and created again) runs on epochs above the earlier life's, so
+//! the owners a durable store keeps from it are older than any activation of the new one
+//! (`actors::write_through::generation`). Versions
 //! are only comparable within one cluster id, and there ordered by `(epoch, version)`
 //! ([`MemberTable::order`]); tables of different cluster ids are never compared at all
 //! ([`MemberTable::compare`] answers `None`). Tables written before epochs existed read as
 //! cluster `""`, epoch 0.
 
 use serde::{Deserialize, Serialize};
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
 
 /// The state of one member.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -76,7 +87,12 @@ pub struct MemberTable {
     /// Empty only in the default (never stored) table and in tables from before epochs.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub cluster: String,
-    /// Bumped each time the table is restored into a deleted or stripped Lease.
+    /// The cluster's first epoch: the wall-clock millisecond it formed
+    /// ([`Self::first_epoch_at`]); 0 in tables from before formation times.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub first_epoch: u64,
+    /// [`Self::first_epoch`], bumped each time the table is restored into a deleted or
+    /// stripped Lease.
     #[serde(default)]
     pub epoch: u64,
     /// Bumped by one on every change.
@@ -121,6 +137,23 @@ impl MemberTable {
     pub fn to_json(&self) -> String {
         // A struct of strings and integers always serialises.
         serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// The first epoch of a cluster formed at wall-clock `formed_at_ms` (milliseconds since
+    /// the Unix epoch): that millisecond, so that a later life of the same ActorCluster
+    /// starts above every epoch an earlier one reached (each restore adds one; a life
+    /// restored more often than once per millisecond it lived is not a thing). Clocks set
+    /// back by more than an earlier life's lifetime would break the order; then activations
+    /// of actors that life stored are refused (never a state silently overwritten) until the
+    /// clock catches up.
+    pub fn first_epoch_at(formed_at_ms: i64) -> u64 {
+        u64::try_from(formed_at_ms).unwrap_or_default().max(1)
+    }
+
+    /// Whether this table's epoch came from a restore (a previous epoch of the cluster
+    /// may still be served by a member that has not read the loss yet).
+    pub fn is_restored(&self) -> bool {
+        self.epoch > self.first_epoch
     }
 
     /// The position of this table in its cluster's history: `(epoch, version)`.
@@ -274,6 +307,7 @@ mod tests {
     fn tables_of_different_clusters_are_never_compared() {
         let a = MemberTable {
             cluster: "c1".into(),
+            first_epoch: 0,
             epoch: 0,
             version: 40,
             members: Vec::new(),
@@ -295,6 +329,38 @@ mod tests {
         assert!(!a.is_newer_than(&restored));
         assert_eq!(other.compare(&a), None);
         assert!(!other.is_newer_than(&a) && !a.is_newer_than(&other));
+    }
+
+    #[test]
+    fn a_cluster_starts_at_its_formation_time_and_restores_count_from_there() {
+        let formed = MemberTable::first_epoch_at(1_700_000_000_000);
+        let t = MemberTable {
+            cluster: "c1".into(),
+            first_epoch: formed,
+            epoch: formed,
+            version: 1,
+            members: Vec::new(),
+        };
+        assert!(!t.is_restored());
+        let back = MemberTable::from_json(&t.to_json()).ok();
+        assert_eq!(
+            back.as_ref(),
+            Some(&t),
+            "the first epoch is kept in the Lease"
+        );
+        let restored = MemberTable {
+            epoch: formed + 1,
+            ..t.clone()
+        };
+        assert!(restored.is_restored());
+        // A later life (all pods gone with the Lease, or the ActorCluster created anew)
+        // starts above every epoch of an earlier one.
+        assert!(MemberTable::first_epoch_at(1_700_000_060_000) > restored.epoch);
+        // Tables from before formation times: epoch 0 is a first epoch, above it restored;
+        // a clock before 1970 gives the lowest first epoch, 1.
+        let old = MemberTable::from_json(r#"{"cluster":"c","epoch":2,"version":7,"members":[]}"#);
+        assert!(old.is_ok_and(|t| t.first_epoch == 0 && t.is_restored()));
+        assert_eq!(MemberTable::first_epoch_at(-5), 1);
     }
 
     #[test]

@@ -100,6 +100,7 @@ pub fn live_members(
 ) -> MemberTable {
     MemberTable {
         cluster: table.cluster.clone(),
+        first_epoch: table.first_epoch,
         epoch: table.epoch,
         version: table.version,
         members: table

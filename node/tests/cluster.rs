@@ -1142,6 +1142,7 @@ async fn another_clusters_table_in_the_lease_is_joined_as_new_nodes() -> anyhow:
     let incs = incarnations(&c);
     let mut other = MemberTable {
         cluster: "another-life".into(),
+        first_epoch: 0,
         epoch: 0,
         version: 0,
         members: Vec::new(),

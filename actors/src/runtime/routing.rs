@@ -287,6 +287,7 @@ mod tests {
     fn placement(version: u64, members: &[(&str, MemberStatus)]) -> Placement {
         let table = MemberTable {
             cluster: "c".into(),
+            first_epoch: 0,
             epoch: 0,
             version,
             members: members

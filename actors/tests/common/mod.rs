@@ -19,6 +19,7 @@ use troupe_contract::{Member, MemberStatus, MemberTable};
 pub fn table(version: u64, members: &[(&str, &str, MemberStatus)]) -> MemberTable {
     MemberTable {
         cluster: "test".into(),
+        first_epoch: 0,
         epoch: 0,
         version,
         members: members

@@ -70,6 +70,7 @@ async fn node(
     let rt = ActorRuntime::new(config, &Registry::new())?;
     rt.update_members(&MemberTable {
         cluster: "bench".into(),
+        first_epoch: 0,
         epoch: 0,
         version: 1,
         members: vec![Member {

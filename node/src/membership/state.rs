@@ -346,9 +346,10 @@ impl MemberState {
     /// Makes `table` (of our cluster, not older) the node's table, and notices whether
     /// this incarnation was evicted.
     fn adopt(&mut self, table: MemberTable, now: Instant) {
-        if table.epoch > self.table.epoch {
+        if table.epoch > self.table.epoch && table.is_restored() {
             // A later epoch (also the first table of a fresh node, if restored): whoever
-            // still serves the previous epoch stops within the isolation timeout.
+            // still serves the previous epoch stops within the isolation timeout. A
+            // cluster's first epoch had no previous one.
             tracing::info!(cluster = %table.cluster, epoch = table.epoch, version = table.version, "following a restored member table");
             self.epoch_hold = Some(now + self.timing.isolation_timeout);
         }
@@ -668,17 +669,22 @@ impl MemberState {
         waited
     }
 
-    /// A new cluster (a new random id, epoch 0) with this node Up and holding the
+    /// A new cluster (a new random id, its first epoch the wall-clock time,
+    /// [`MemberTable::first_epoch_at`]) with this node Up and holding the
     /// coordinator lease — if this node may form one now.
     fn form(&mut self, base: Option<String>, now: Instant, pods: &PodSet) -> Write {
         if !self.may_form(now, pods) {
             return Write::Nothing;
         }
+        // Above every epoch of an earlier life of this ActorCluster, whose owners a
+        // durable store may still name.
+        let first_epoch = MemberTable::first_epoch_at(self.sources.wall());
         let mut table = MemberTable {
             // A new cluster gets a new random id, so that its versions are never compared
             // with those of another life of the Lease.
             cluster: self.sources.id(),
-            epoch: 0,
+            first_epoch,
+            epoch: first_epoch,
             version: 0,
             members: Vec::new(),
         };
@@ -998,6 +1004,28 @@ mod tests {
             late.desired(t0 + grace, &pods),
             Write::Form { .. }
         ));
+    }
+
+    #[test]
+    fn a_cluster_formed_anew_starts_above_every_epoch_of_an_earlier_life() {
+        // Durable seeds 29 and 422: every pod died while the Lease was deleted; the fresh
+        // cluster began again at epoch 0, below the owners (epoch 5) the store kept from
+        // the earlier life, and every activation of their actors was refused for good.
+        let t0 = Instant::now();
+        let mut s = state("d", t0);
+        s.on_absent(None, t0);
+        s.on_survey("a", None, t0);
+        let Write::Form { record, .. } = s.desired(t0, &two_pods(Some(900))) else {
+            panic!("did not form on a cold start");
+        };
+        // `state` runs on a wall clock at 1,000 ms; an earlier life formed before it and
+        // was restored a few times.
+        assert_eq!(
+            (record.table.first_epoch, record.table.epoch),
+            (1_000, 1_000)
+        );
+        assert!(!record.table.is_restored());
+        assert!(record.table.epoch > MemberTable::first_epoch_at(990) + 5);
     }
 
     #[test]
