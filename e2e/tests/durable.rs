@@ -7,6 +7,7 @@
 //! |---|---|---|
 //! | `sigkill_chaos_with_postgres…` | a node process `kill -9`ed every ~20 s | acknowledged == counted: no counter lost an acknowledged increment, none above acknowledged + maybe-applied; no reset seen by a client |
 //! | `sigkill_chaos_in_memory…` (ignored: `make soak-durable`) | the same with `store: memory` | figures only, side by side with the one above |
+//! | `a_cluster_formed_anew…` | the ActorCluster deleted, its member Lease deleted while no pod ran, the ActorCluster created again: a new life (another cluster id) | every counter reads what the earlier life acknowledged, and counts on from there (durable sim seeds 29 and 422: a new life's activations were refused for good) |
 //! | `database_stopped…` | PostgreSQL stopped `TROUPE_E2E_DURABLE_DB_DOWN_SECS` (30 s) | nothing acknowledged lost; asks answered 503 meanwhile (what the clients saw is printed); the ActorCluster turned Degraded (StateStoreUnreachable) and the increments succeed again after the database is back, without a pod restart |
 //!
 //! Figures go to the `TROUPE_E2E_FIGURES` file as `[faults] durable-…` lines.
@@ -16,13 +17,14 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::api::PostParams;
+use kube::api::{DeleteParams, PostParams};
 use serde_json::{Value, json};
-use troupe_contract::labels;
+use troupe_contract::{coordination, labels};
 use troupe_e2e::faults::{self, MetricLedger, env_u64, figure};
 use troupe_e2e::load::{self, CounterLoad, LoadSpec, Target};
-use troupe_e2e::{TestContext, actor_cluster, diagnostics, wait, with_namespace};
+use troupe_e2e::{TestContext, actor_cluster, diagnostics, members, wait, with_namespace};
 
 const NAME: &str = "durable";
 const IMAGE: &str = "troupe-node:0.1.0";
@@ -89,6 +91,12 @@ async fn start_cluster(ctx: &TestContext, state: Value) -> anyhow::Result<String
             .await
             .context("creating the database Secret")?;
     }
+    create_cluster(ctx, state).await
+}
+
+/// The ActorCluster of 3 nodes with `state` (its Secret made already); the client address
+/// once it serves.
+async fn create_cluster(ctx: &TestContext, state: Value) -> anyhow::Result<String> {
     actor_cluster::create(
         ctx,
         NAME,
@@ -254,6 +262,73 @@ async fn sigkill_chaos_in_memory_for_comparison() -> anyhow::Result<()> {
             r.over().is_empty(),
             "counters above acknowledged + maybe-applied"
         );
+        Ok(())
+    })
+    .await
+}
+
+/// Durable sim seeds 29 and 422 on the real cluster: a cluster that forms anew (no pod
+/// of the earlier one left and its Lease gone: a namespace cleanup, GitOps pruning, the
+/// ActorCluster deleted and applied again) must activate the actors the earlier life
+/// stored. With epochs restarting at 0 its tables were "behind" the owners in the store,
+/// and every such activation was refused.
+#[tokio::test]
+async fn a_cluster_formed_anew_reads_what_an_earlier_life_stored() -> anyhow::Result<()> {
+    let _only = faults::exclusive().await;
+    with_namespace("durable-lives", |ctx| async move {
+        let test = "durable-new-life";
+        let vip = start_cluster(&ctx, postgres_state()).await?;
+        let (targets, spec) = service_load(&vip);
+        let load = CounterLoad::start("life", targets, &spec);
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        let record = load.stop().await?;
+        figure(test, &format!("life 1: {}", record.all()));
+        let first = faults::reckon(&ctx, NAME, test, &record).await?;
+        assert_nothing_lost(&first)?;
+        let before = members::lease_table(&ctx, NAME).await?.context("no member Lease")?;
+
+        actor_cluster::api(&ctx).delete(NAME, &DeleteParams::background()).await?;
+        wait::until("the ActorCluster and every node pod gone", SETTLE, Duration::from_millis(500), || async {
+            let gone = actor_cluster::api(&ctx).get_opt(NAME).await?.is_none();
+            Ok((gone && node_pods(&ctx).await?.is_empty()).then_some(()))
+        })
+        .await?;
+        ctx.api::<Lease>()
+            .delete(&coordination::lease_name(NAME), &DeleteParams::default())
+            .await
+            .context("deleting the member Lease")?;
+        let formed = Instant::now();
+        create_cluster(&ctx, postgres_state()).await?;
+        let after = members::lease_table(&ctx, NAME).await?.context("no member Lease")?;
+        figure(test, &format!(
+            "life 1 ran cluster {} epoch {} (first {}), version {}; life 2 formed as cluster {} epoch {} (first {}), serving {:.1} s after the create",
+            before.cluster, before.epoch, before.first_epoch, before.version,
+            after.cluster, after.epoch, after.first_epoch, formed.elapsed().as_secs_f64()
+        ));
+        ensure!(after.cluster != before.cluster, "the cluster did not form anew: {after:?}");
+
+        let again = faults::reckon(&ctx, NAME, test, &record).await?;
+        assert_nothing_lost(&again)?;
+        // And the new life counts on from what the earlier one stored.
+        let vip = actor_cluster::client_address(&ctx, NAME).await?;
+        for c in &again.counters {
+            let id = &c.facts.id;
+            // Retried only while surely not applied (a maybe-applied answer would blur the
+            // count, so it fails the test).
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let value = loop {
+                match load::increment(&vip, id).await {
+                    load::Outcome::Acked(v) => break v,
+                    load::Outcome::Refused(status) if Instant::now() < deadline => {
+                        tracing::debug!(%id, status, "increment refused; retrying");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    other => anyhow::bail!("an increment of {id} answered {other:?}"),
+                }
+            };
+            ensure!(value == c.value + 1, "{id}: the earlier life stored {}, the new one counted on to {value}", c.value);
+        }
+        figure(test, &format!("life 2 read every one of {} counters as life 1 left it and counted each on by one", again.counters.len()));
         Ok(())
     })
     .await
