@@ -78,6 +78,9 @@ pub mod env {
     pub const POD_UID: &str = "POD_UID";
     /// The ActorCluster's name.
     pub const CLUSTER_NAME: &str = "TROUPE_CLUSTER";
+    /// The ActorCluster's UID: the member Lease the node creates names the ActorCluster as
+    /// its owner, so that deleting the ActorCluster collects the Lease too.
+    pub const CLUSTER_UID: &str = "TROUPE_CLUSTER_UID";
     /// Mailbox capacity per actor.
     pub const MAILBOX_CAPACITY: &str = "TROUPE_MAILBOX_CAPACITY";
     /// Mailbox overflow policy (`Backpressure`, `DropNewest`, `DropOldest`, `Reject`).

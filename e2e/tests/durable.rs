@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | `sigkill_chaos_with_postgres…` | a node process `kill -9`ed every ~20 s | acknowledged == counted: no counter lost an acknowledged increment, none above acknowledged + maybe-applied; no reset seen by a client |
 //! | `sigkill_chaos_in_memory…` (ignored: `make soak-durable`) | the same with `store: memory` | figures only, side by side with the one above |
-//! | `a_cluster_formed_anew…` | the ActorCluster deleted, its member Lease deleted while no pod ran, the ActorCluster created again: a new life (another cluster id) | every counter reads what the earlier life acknowledged, and counts on from there (durable sim seeds 29 and 422: a new life's activations were refused for good) |
+//! | `a_cluster_formed_anew…` | the ActorCluster deleted (its member Lease collected with it, as its owner), the ActorCluster created again: a new life (another cluster id) | the Lease is collected; every counter reads what the earlier life acknowledged, and counts on from there (durable sim seeds 29 and 422: a new life's activations were refused for good) |
 //! | `database_stopped…` | PostgreSQL stopped `TROUPE_E2E_DURABLE_DB_DOWN_SECS` (30 s) | nothing acknowledged lost; asks answered 503 meanwhile (what the clients saw is printed); the ActorCluster turned Degraded (StateStoreUnreachable) and the increments succeed again after the database is back, without a pod restart |
 //!
 //! Figures go to the `TROUPE_E2E_FIGURES` file as `[faults] durable-…` lines.
@@ -270,7 +270,8 @@ async fn sigkill_chaos_in_memory_for_comparison() -> anyhow::Result<()> {
 /// Durable sim seeds 29 and 422 on the real cluster: a cluster that forms anew (no pod
 /// of the earlier one left and its Lease gone: a namespace cleanup, GitOps pruning, the
 /// ActorCluster deleted and applied again) must activate the actors the earlier life
-/// stored. With epochs restarting at 0 its tables were "behind" the owners in the store,
+/// stored. Deleting the ActorCluster collects its member Lease (the node names the
+/// ActorCluster as the Lease's owner), which the test waits for. With epochs restarting at 0 its tables were "behind" the owners in the store,
 /// and every such activation was refused.
 #[tokio::test]
 async fn a_cluster_formed_anew_reads_what_an_earlier_life_stored() -> anyhow::Result<()> {
@@ -293,10 +294,12 @@ async fn a_cluster_formed_anew_reads_what_an_earlier_life_stored() -> anyhow::Re
             Ok((gone && node_pods(&ctx).await?.is_empty()).then_some(()))
         })
         .await?;
-        ctx.api::<Lease>()
-            .delete(&coordination::lease_name(NAME), &DeleteParams::default())
-            .await
-            .context("deleting the member Lease")?;
+        // The Lease names the ActorCluster as its owner: the garbage collector takes it.
+        let lease = coordination::lease_name(NAME);
+        wait::until("the member Lease collected with its ActorCluster", SETTLE, Duration::from_millis(500), || async {
+            Ok(ctx.api::<Lease>().get_opt(&lease).await?.is_none().then_some(()))
+        })
+        .await?;
         let formed = Instant::now();
         create_cluster(&ctx, postgres_state()).await?;
         let after = members::lease_table(&ctx, NAME).await?.context("no member Lease")?;

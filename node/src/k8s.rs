@@ -7,6 +7,10 @@
 //!   Writes are `replace` with the read `resourceVersion` (409 → [`StoreError::Conflict`]).
 //!   A Lease without the annotation reads as [`Found::Stripped`] (never as an empty table);
 //!   a 403 is [`StoreError::Forbidden`], naming the Role `<cluster>-node`.
+//!   Given the ActorCluster's UID ([`LeaseStore::owned_by`]), every write names the
+//!   ActorCluster as the Lease's owner ([`own`]): deleting the ActorCluster collects the
+//!   Lease, and a Lease a terminating node writes back after that is collected again. The
+//!   reference does not block deletion, so it needs no permission beyond the write.
 //! * [`watch_pods`]: a watch on the cluster's pods by label, in the node's namespace. On
 //!   errors the watcher backs off and resumes; the snapshot stays as it was.
 //!
@@ -19,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::PostParams;
 use kube::runtime::WatchStreamExt;
@@ -29,7 +33,7 @@ use kube::{Api, Client};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use troupe_contract::coordination::{MEMBER_TABLE_ANNOTATION, lease_name};
-use troupe_contract::{MemberTable, labels};
+use troupe_contract::{API_GROUP, API_VERSION, MemberTable, labels};
 
 use crate::discovery::PodSet;
 use crate::store::{ChangeStream, Found, LeaseRecord, MemberStore, StoreError, Stored};
@@ -40,6 +44,8 @@ pub struct LeaseStore {
     api: Api<Lease>,
     name: String,
     cluster: String,
+    /// The ActorCluster as the Lease's owner, when its UID is known.
+    owner: Option<OwnerReference>,
     /// The last Lease object seen, so that a replace keeps its other metadata.
     last: Arc<Mutex<Option<Lease>>>,
 }
@@ -59,8 +65,17 @@ impl LeaseStore {
             api: Api::namespaced(client, namespace),
             name: lease_name(cluster),
             cluster: cluster.to_owned(),
+            owner: None,
             last: Arc::new(Mutex::new(None)),
         }
+    }
+
+    /// Every write names the ActorCluster with this UID as the Lease's owner. An empty
+    /// UID (an operator of an earlier release) leaves the Lease without an owner.
+    #[must_use]
+    pub fn owned_by(mut self, uid: &str) -> Self {
+        self.owner = (!uid.is_empty()).then(|| cluster_reference(&self.cluster, uid));
+        self
     }
 
     fn remember(&self, lease: &Lease) {
@@ -91,6 +106,9 @@ impl LeaseStore {
         for (k, v) in labels::node_selector_pairs(&self.cluster) {
             labels.insert(k.to_owned(), v);
         }
+        if let Some(owner) = &self.owner {
+            own(&mut meta, owner);
+        }
         meta
     }
 
@@ -112,6 +130,28 @@ impl LeaseStore {
                 ..LeaseSpec::default()
             }),
         }
+    }
+}
+
+/// A non-controller, non-blocking owner reference to the ActorCluster `name` with `uid`.
+fn cluster_reference(name: &str, uid: &str) -> OwnerReference {
+    OwnerReference {
+        api_version: format!("{API_GROUP}/{API_VERSION}"),
+        kind: "ActorCluster".to_owned(),
+        name: name.to_owned(),
+        uid: uid.to_owned(),
+        controller: None,
+        block_owner_deletion: None,
+    }
+}
+
+/// Makes `owner` the Lease's ActorCluster owner: a reference to an ActorCluster of the
+/// same name with another UID (an earlier life) is replaced; other owners are kept.
+pub fn own(meta: &mut ObjectMeta, owner: &OwnerReference) {
+    let refs = meta.owner_references.get_or_insert_with(Vec::new);
+    refs.retain(|r| !(r.kind == owner.kind && r.name == owner.name && r.uid != owner.uid));
+    if !refs.iter().any(|r| r.uid == owner.uid) {
+        refs.push(owner.clone());
     }
 }
 
@@ -299,6 +339,41 @@ fn replace_if_changed(current: &mut PodSet, next: PodSet) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_lease_names_the_actor_cluster_as_a_non_blocking_owner() {
+        let owner = cluster_reference("orders", "uid-2");
+        assert_eq!(owner.api_version, "troupe.dev/v1alpha1");
+        assert_eq!(
+            owner.block_owner_deletion, None,
+            "blocking would need more RBAC"
+        );
+        assert_eq!(
+            owner.controller, None,
+            "the operator is not the Lease's controller"
+        );
+
+        let mut meta = ObjectMeta::default();
+        own(&mut meta, &owner);
+        own(&mut meta, &owner);
+        assert_eq!(
+            meta.owner_references,
+            Some(vec![owner.clone()]),
+            "added once"
+        );
+
+        // A Lease an earlier life of `orders` owned, with another object's reference too.
+        let other = OwnerReference {
+            kind: "ConfigMap".into(),
+            ..cluster_reference("orders", "cm-1")
+        };
+        let mut meta = ObjectMeta {
+            owner_references: Some(vec![cluster_reference("orders", "uid-1"), other.clone()]),
+            ..ObjectMeta::default()
+        };
+        own(&mut meta, &owner);
+        assert_eq!(meta.owner_references, Some(vec![other, owner]));
+    }
 
     #[test]
     fn a_lease_round_trips_a_record() {

@@ -47,6 +47,9 @@ struct Args {
     /// The ActorCluster this node belongs to.
     #[arg(long, env = env::CLUSTER_NAME)]
     cluster: Option<String>,
+    /// The ActorCluster's UID: the member Lease names the ActorCluster as its owner.
+    #[arg(long, env = env::CLUSTER_UID, default_value = "")]
+    cluster_uid: String,
     /// This pod's name (downward API).
     #[arg(long, env = env::POD_NAME)]
     pod_name: Option<String>,
@@ -126,7 +129,7 @@ async fn main() -> anyhow::Result<()> {
     let registry = Registry::new();
     let timing = Timing::default();
     let (pods, _pod_watch) = watch_pods(client.clone(), &namespace, &cluster);
-    let store = LeaseStore::new(client, &namespace, &cluster);
+    let store = LeaseStore::new(client, &namespace, &cluster).owned_by(&args.cluster_uid);
     let prober = HttpProber::new(ports::MANAGEMENT, timing.probe_timeout).with_token(token.clone());
     let node = Node::start(
         Identity { pod, address },

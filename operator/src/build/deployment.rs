@@ -286,6 +286,7 @@ fn node_container(owner: &Owner, spec: &ValidSpec<'_>) -> Container {
         field_env(env::POD_IP, "status.podIP"),
         field_env(env::POD_UID, "metadata.uid"),
         value_env(env::CLUSTER_NAME, owner.name.clone()),
+        value_env(env::CLUSTER_UID, owner.reference.uid.clone()),
         value_env(
             env::MAILBOX_CAPACITY,
             spec.spec.mailbox.capacity.to_string(),
@@ -548,6 +549,10 @@ mod tests {
         assert_eq!(
             env_of(c, "TROUPE_CLUSTER").and_then(|e| e.value),
             Some("orders".into())
+        );
+        assert_eq!(
+            env_of(c, "TROUPE_CLUSTER_UID").and_then(|e| e.value),
+            Some(owner().reference.uid)
         );
         assert_eq!(
             env_of(c, "TROUPE_MAILBOX_CAPACITY").and_then(|e| e.value),
