@@ -16,6 +16,9 @@
 //! node keeps it as the state to hand over, so `$deactivate` is not needed to move it.
 //!
 //! A 4xx answer is the client's fault ([`ActorError::BadRequest`]), anything else a failure.
+//! Methods starting with `$` are the node's lifecycle calls: a message naming one (from a
+//! client, or forwarded by a peer) is refused as a bad request and never reaches the
+//! application, so nobody but the node can pop or overwrite an actor's state there.
 
 use std::{sync::Arc, time::Duration};
 
@@ -187,8 +190,17 @@ pub struct SidecarActor {
     last_state: Option<Bytes>,
 }
 
+/// The prefix of the lifecycle methods (`$activate`, `$deactivate`).
+const LIFECYCLE_PREFIX: char = '$';
+
 impl Actor for SidecarActor {
     fn handle(&mut self, m: &Message) -> Step {
+        if m.method.starts_with(LIFECYCLE_PREFIX) {
+            return Step::Done(Err(ActorError::BadRequest(format!(
+                "method {:?}: names starting with '{LIFECYCLE_PREFIX}' are reserved for the node's lifecycle calls",
+                m.method
+            ))));
+        }
         let turn = self
             .app
             .call_turn(&self.actor_type, &self.id, &m.method, m.payload.clone());

@@ -104,6 +104,42 @@ async fn sidecar_actors_answer_and_keep_their_state_across_a_move() {
     assert_eq!(json(&r.expect("greet"))["count"], 2);
 }
 
+/// Lifecycle calls travel on `$` paths of the application; a client (or a forwarded
+/// message) naming such a method would pop or overwrite the application's state behind the
+/// node's back. Such methods are refused before the application sees them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_methods_starting_with_a_dollar_are_refused_and_the_state_stays() {
+    let Some((_child, url)) = start_app().await else {
+        panic!("python3 could not start the example sidecar app");
+    };
+    let tracker = Tracker::default();
+    let a = TestNode::start("a", &tracker, |c| c.app_url = Some(url.clone())).await;
+    a.rt.update_members(&table(1, &[("a", &a.addr, Up)]));
+    let add = || {
+        a.rt.ask(
+            "cart",
+            "d1",
+            Message::new("add", r#"{"item":"pear","qty":2}"#),
+        )
+    };
+    assert_eq!(json(&add().await.expect("add"))["items"]["pear"], 2);
+
+    for method in ["$deactivate", "$activate", "$anything"] {
+        let r = a.rt.ask("cart", "d1", Message::new(method, "{}")).await;
+        match r {
+            Err(DeliveryError::Actor(ActorError::BadRequest(why))) => {
+                assert!(why.contains("reserved"), "{method}: {why}");
+            }
+            other => panic!("{method} was not refused: {other:?}"),
+        }
+    }
+    assert_eq!(
+        json(&add().await.expect("add"))["items"]["pear"],
+        4,
+        "the cart kept its items"
+    );
+}
+
 /// With a durable store the state the application returns with each answer is written
 /// before the reply: a new node process (the pod restarted after a crash, its application
 /// too) starts the actor from it.
