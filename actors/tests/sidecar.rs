@@ -11,7 +11,15 @@ use troupe_contract::MemberStatus::{Leaving, Up};
 
 use common::{TestNode, Tracker, table};
 
-async fn start_app() -> Option<(tokio::process::Child, String)> {
+/// The example application on a free loopback port; panics (failing the test) when
+/// python3 cannot start it.
+async fn start_app() -> (tokio::process::Child, String) {
+    try_start_app()
+        .await
+        .expect("python3 could not start the example sidecar app")
+}
+
+async fn try_start_app() -> Option<(tokio::process::Child, String)> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .ok()?
         .local_addr()
@@ -41,9 +49,7 @@ fn json(b: &bytes::Bytes) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sidecar_actors_answer_and_keep_their_state_across_a_move() {
-    let Some((_child, url)) = start_app().await else {
-        panic!("python3 could not start the example sidecar app");
-    };
+    let (_child, url) = start_app().await;
     let tracker = Tracker::default();
     let a = TestNode::start("a", &tracker, |c| c.app_url = Some(url.clone())).await;
     let b = TestNode::start("b", &tracker, |c| c.app_url = Some(url.clone())).await;
@@ -109,9 +115,7 @@ async fn sidecar_actors_answer_and_keep_their_state_across_a_move() {
 /// node's back. Such methods are refused before the application sees them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_methods_starting_with_a_dollar_are_refused_and_the_state_stays() {
-    let Some((_child, url)) = start_app().await else {
-        panic!("python3 could not start the example sidecar app");
-    };
+    let (_child, url) = start_app().await;
     let tracker = Tracker::default();
     let a = TestNode::start("a", &tracker, |c| c.app_url = Some(url.clone())).await;
     a.rt.update_members(&table(1, &[("a", &a.addr, Up)]));
@@ -145,9 +149,7 @@ async fn client_methods_starting_with_a_dollar_are_refused_and_the_state_stays()
 /// too) starts the actor from it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_durable_store_the_state_an_answer_carries_is_stored_before_the_reply() {
-    let Some((child, url)) = start_app().await else {
-        panic!("python3 could not start the example sidecar app");
-    };
+    let (child, url) = start_app().await;
     let store = troupe_actors::InMemoryStore::new(1 << 20);
     let node = |pod: &str, version: u64, url: String| {
         let mut c = troupe_actors::RuntimeConfig::new(pod, format!("{pod}-1"));
@@ -172,7 +174,7 @@ async fn with_a_durable_store_the_state_an_answer_carries_is_stored_before_the_r
     // The pod dies with its application: nothing survives but the store.
     drop(a);
     drop(child);
-    let Some((_child, url)) = start_app().await else {
+    let Some((_child, url)) = try_start_app().await else {
         panic!("python3 could not start the example sidecar app again");
     };
     let b = node("b", 2, url);
