@@ -53,7 +53,9 @@ where
 
 /// What the operator would create for an ActorCluster, minus the HPA and the PDB.
 async fn deploy(ctx: &TestContext, replicas: i32) -> anyhow::Result<()> {
-    let sa = "troupe-node";
+    // `<cluster>-node`: the chart's admission policy lets only that ServiceAccount write
+    // the member Lease `<cluster>-members`.
+    let sa = &format!("{CLUSTER}-node");
     create::<ServiceAccount>(ctx, json!({ "metadata": { "name": sa } })).await?;
     create::<Role>(
         ctx,

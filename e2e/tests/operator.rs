@@ -16,7 +16,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{Pod, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::{
     ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
     PostParams,
@@ -249,38 +249,25 @@ async fn example_creates_every_child_with_owner_references() -> anyhow::Result<(
             owned_by(s, o)
         })
         .await?;
-        let role: Role = until_child(&ctx, "orders-node", "node Role", |r| owned_by(r, o)).await?;
-        // Each rule as (resources, resourceNames, verbs): the member Lease is reachable by
-        // name only, and creation (which RBAC cannot limit by name) is a rule of its own.
-        let rules: Vec<(Vec<String>, Vec<String>, Vec<String>)> = role
-            .rules
+        // The node's rights are the chart's node ClusterRole, bound in this namespace only
+        // (the operator holds `bind` on it, not the rights themselves).
+        let binding: RoleBinding =
+            until_child(&ctx, "orders-node", "node RoleBinding", |r| owned_by(r, o)).await?;
+        ensure!(
+            binding.role_ref.kind == "ClusterRole" && binding.role_ref.name == "troupe-node",
+            "node RoleBinding refers to {:?}",
+            binding.role_ref
+        );
+        let subjects: Vec<(String, Option<String>)> = binding
+            .subjects
             .unwrap_or_default()
             .into_iter()
-            .map(|r| {
-                (
-                    r.resources.unwrap_or_default(),
-                    r.resource_names.unwrap_or_default(),
-                    r.verbs,
-                )
-            })
+            .map(|s| (s.name, s.namespace))
             .collect();
-        let strings = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
-        let expected = vec![
-            (
-                strings(&["pods"]),
-                vec![],
-                strings(&["get", "list", "watch"]),
-            ),
-            (
-                strings(&["leases"]),
-                strings(&["orders-members"]),
-                strings(&["get", "list", "watch", "update"]),
-            ),
-            (strings(&["leases"]), vec![], strings(&["create"])),
-        ];
-        ensure!(rules == expected, "node Role rules {rules:?}");
-        until_child::<RoleBinding, _>(&ctx, "orders-node", "node RoleBinding", |r| owned_by(r, o))
-            .await?;
+        ensure!(
+            subjects == [("orders-node".to_owned(), Some(ctx.namespace.clone()))],
+            "node RoleBinding subjects {subjects:?}"
+        );
         ensure!(
             ctx.api::<HorizontalPodAutoscaler>()
                 .get_opt("orders")
@@ -418,7 +405,6 @@ async fn deleting_the_cluster_removes_every_child() -> anyhow::Result<()> {
         until_gone::<Service>(&ctx, "orders-peers", "peer Service to be collected").await?;
         until_gone::<PodDisruptionBudget>(&ctx, "orders", "PDB to be collected").await?;
         until_gone::<ServiceAccount>(&ctx, "orders-node", "ServiceAccount to be collected").await?;
-        until_gone::<Role>(&ctx, "orders-node", "Role to be collected").await?;
         until_gone::<RoleBinding>(&ctx, "orders-node", "RoleBinding to be collected").await?;
         Ok(())
     })

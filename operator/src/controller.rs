@@ -43,7 +43,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::{self, Action, Controller};
@@ -56,7 +56,7 @@ use serde::de::DeserializeOwned;
 use troupe_contract::{coordination, labels};
 
 use crate::build::credential::{self, CredentialError};
-use crate::build::{BuildError, Children, Owner, desired_children};
+use crate::build::{BuildError, Children, Owner, Site, desired_children};
 use crate::crd::{ActorCluster, ActorClusterStatus, StateStoreKind};
 use crate::custom_metrics::cache::DepthCache;
 use crate::drift;
@@ -157,6 +157,9 @@ pub struct Config {
     pub scraped: Option<Arc<std::sync::RwLock<DepthCache>>>,
     /// The operator's namespace: its pods may scrape the nodes' management port.
     pub namespace: String,
+    /// The chart's node ClusterRole, which the operator binds (`bind` verb) to each
+    /// cluster's node ServiceAccount.
+    pub node_cluster_role: String,
 }
 
 /// How old a node's report about its state store may be to count.
@@ -193,7 +196,6 @@ pub struct Stores {
     deployments: Store<Deployment>,
     services: Store<Service>,
     service_accounts: Store<ServiceAccount>,
-    roles: Store<Role>,
     role_bindings: Store<RoleBinding>,
     pdbs: Store<PodDisruptionBudget>,
     hpas: Store<HorizontalPodAutoscaler>,
@@ -211,7 +213,6 @@ impl Stores {
             self.deployments.wait_until_ready(),
             self.services.wait_until_ready(),
             self.service_accounts.wait_until_ready(),
-            self.roles.wait_until_ready(),
             self.role_bindings.wait_until_ready(),
             self.pdbs.wait_until_ready(),
             self.hpas.wait_until_ready(),
@@ -219,12 +220,11 @@ impl Stores {
             self.secrets.wait_until_ready(),
             self.network_policies.wait_until_ready(),
         );
-        let (a, b, c, d, e, f, g, h, i, j) = results;
+        let (a, b, c, e, f, g, h, i, j) = results;
         a.and(b)
             .and(i)
             .and(j)
             .and(c)
-            .and(d)
             .and(e)
             .and(f)
             .and(g)
@@ -326,7 +326,6 @@ pub async fn run(
     let (deployments, deployment_stream) = cache!(Deployment, owned.clone());
     let (services, service_stream) = cache!(Service, owned.clone());
     let (service_accounts, sa_stream) = cache!(ServiceAccount, owned.clone());
-    let (roles, role_stream) = cache!(Role, owned.clone());
     let (role_bindings, rb_stream) = cache!(RoleBinding, owned.clone());
     let (pdbs, pdb_stream) = cache!(PodDisruptionBudget, owned.clone());
     let (hpas, hpa_stream) = cache!(HorizontalPodAutoscaler, owned.clone());
@@ -364,7 +363,6 @@ pub async fn run(
         deployments,
         services,
         service_accounts,
-        roles,
         role_bindings,
         pdbs,
         hpas,
@@ -410,7 +408,6 @@ pub async fn run(
         .owns_stream(deployment_stream)
         .owns_stream(service_stream)
         .owns_stream(sa_stream)
-        .owns_stream(role_stream)
         .owns_stream(rb_stream)
         .owns_stream(pdb_stream)
         .owns_stream(hpa_stream)
@@ -496,7 +493,11 @@ async fn reconcile_inner(ac: &ActorCluster, ctx: &Context) -> Result<Action, Err
     match validate(&ac.spec, &ctx.config.default_image) {
         Err(invalid) => problem = Some(Problem::InvalidSpec(invalid.0)),
         Ok(valid) => {
-            let children = desired_children(&owner, &valid, &ctx.config.namespace);
+            let site = Site {
+                operator_namespace: &ctx.config.namespace,
+                node_cluster_role: &ctx.config.node_cluster_role,
+            };
+            let children = desired_children(&owner, &valid, site);
             if let Err(e) = apply_children(ctx, &owner, &children, &mut applied).await {
                 problem = Some(Problem::ApplyFailed(e.to_string()));
                 failure = Some(e);
@@ -568,7 +569,7 @@ async fn apply_children(
 ) -> Result<(), Error> {
     let s = &ctx.stores;
     ensure(ctx, &s.service_accounts, &c.service_account, applied).await?;
-    ensure(ctx, &s.roles, &c.role, applied).await?;
+    rebind_if_the_role_changed(ctx, owner, &c.role_binding, applied).await?;
     ensure(ctx, &s.role_bindings, &c.role_binding, applied).await?;
     ensure(ctx, &s.services, &c.peer_service, applied).await?;
     ensure(ctx, &s.services, &c.client_service, applied).await?;
@@ -584,6 +585,29 @@ async fn apply_children(
         None => remove_owned(ctx, &s.network_policies, owner, &owner.name, applied).await?,
     }
     Ok(())
+}
+
+/// A RoleBinding's `roleRef` cannot be changed: a binding that names another role (the
+/// per-cluster Role of releases before the chart's node ClusterRole, or a renamed
+/// ClusterRole) is deleted so that [`ensure`] creates it anew. The old Role, bound by
+/// nothing, stays until the ActorCluster's deletion collects it.
+async fn rebind_if_the_role_changed(
+    ctx: &Context,
+    owner: &Owner,
+    desired: &RoleBinding,
+    applied: &mut Vec<String>,
+) -> Result<(), Error> {
+    let name = desired.name_any();
+    let observed = ctx
+        .stores
+        .role_bindings
+        .get(&ObjectRef::new(&name).within(&owner.namespace));
+    match observed {
+        Some(o) if o.role_ref != desired.role_ref => {
+            remove_owned(ctx, &ctx.stores.role_bindings, owner, &name, applied).await
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Issues, reissues or rotates the transport credential ([`credential::plan`]). The plan is

@@ -37,6 +37,10 @@ struct Args {
     /// Namespace of the leader Lease (defaults to the pod's namespace).
     #[arg(long, env = "POD_NAMESPACE", default_value = "troupe-system")]
     namespace: String,
+    /// The chart's node ClusterRole: bound (the `bind` verb) to each ActorCluster's node
+    /// ServiceAccount in its namespace.
+    #[arg(long, env = "TROUPE_NODE_CLUSTER_ROLE", default_value = "troupe-node")]
+    node_cluster_role: String,
     /// Identity in the election and in Events (defaults to the pod's name).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
@@ -134,6 +138,7 @@ async fn main() -> anyhow::Result<()> {
         instance: Some(identity.clone()),
         scraped: Some(scraped.clone()),
         namespace: args.namespace.clone(),
+        node_cluster_role: args.node_cluster_role.clone(),
     };
     tracing::info!(node_image = %args.node_image, %identity, "troupe-operator starting");
     {

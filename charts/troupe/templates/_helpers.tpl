@@ -115,3 +115,8 @@ monitoring.prometheusRule.runbookBaseURL is set (else nothing): (list $ alert).
 {{- printf "runbook_url: %s" (printf "%s#%s" . (lower (index $ 1)) | quote) | nindent 12 -}}
 {{- end -}}
 {{- end -}}
+
+{{- /* The node ClusterRole the operator binds in each ActorCluster's namespace. */ -}}
+{{- define "troupe.nodeClusterRole" -}}
+{{- printf "%s-node" (include "troupe.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}

@@ -23,7 +23,7 @@
 //!   current CA (after the grace) or within [`CERT_RENEW_BEFORE`] of its end: reissued.
 //!   The management token is kept across reissues.
 //!
-//! The node Role never gets Secret access: the kubelet mounts the node Secret.
+//! The node never gets Secret access: the kubelet mounts the node Secret.
 
 use std::collections::BTreeMap;
 

@@ -2,7 +2,7 @@
 //! Kubernetes objects, one submodule per concern.
 //!
 //! ```text
-//!  ValidSpec + Owner ──► rbac        ServiceAccount, Role, RoleBinding   (<name>-node)
+//!  ValidSpec + Owner ──► rbac        ServiceAccount, RoleBinding         (<name>-node)
 //!                   ├──► services    headless peer Service (<name>-peers), client Service (<name>)
 //!                   ├──► deployment  Deployment (<name>)
 //!                   ├──► disruption  PodDisruptionBudget (<name>)
@@ -31,7 +31,7 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Resource;
 use troupe_contract::labels;
@@ -111,7 +111,7 @@ impl Owner {
         }
     }
 
-    /// Name of the node ServiceAccount, Role and RoleBinding.
+    /// Name of the node ServiceAccount and its RoleBinding.
     pub fn node_account_name(&self) -> String {
         format!("{}-node", self.name)
     }
@@ -127,9 +127,7 @@ impl Owner {
 pub struct Children {
     /// The node ServiceAccount.
     pub service_account: ServiceAccount,
-    /// The node Role: pods and leases in the namespace.
-    pub role: Role,
-    /// Binds [`Children::role`] to [`Children::service_account`].
+    /// Binds the chart's node ClusterRole to [`Children::service_account`] in the namespace.
     pub role_binding: RoleBinding,
     /// The headless peer Service.
     pub peer_service: Service,
@@ -145,12 +143,21 @@ pub struct Children {
     pub network_policy: Option<NetworkPolicy>,
 }
 
-/// Builds every child of `owner` from `spec`; the operator runs in `operator_namespace`.
-pub fn desired_children(owner: &Owner, spec: &ValidSpec<'_>, operator_namespace: &str) -> Children {
+/// Where the operator runs, as far as the children need to know.
+#[derive(Debug, Clone, Copy)]
+pub struct Site<'a> {
+    /// The operator's namespace (its pods may scrape the nodes' management port).
+    pub operator_namespace: &'a str,
+    /// The chart's node ClusterRole, bound to each cluster's node ServiceAccount.
+    pub node_cluster_role: &'a str,
+}
+
+/// Builds every child of `owner` from `spec`, for an operator at `site`.
+pub fn desired_children(owner: &Owner, spec: &ValidSpec<'_>, site: Site<'_>) -> Children {
+    let operator_namespace = site.operator_namespace;
     Children {
         service_account: rbac::desired_service_account(owner),
-        role: rbac::desired_role(owner),
-        role_binding: rbac::desired_role_binding(owner),
+        role_binding: rbac::desired_role_binding(owner, site.node_cluster_role),
         peer_service: services::desired_peer_service(owner),
         client_service: services::desired_client_service(owner),
         deployment: deployment::desired_deployment(owner, spec),
@@ -191,6 +198,11 @@ mod tests {
     use crate::crd::{ActorClusterSpec, AutoscalingSpec};
     use crate::validate::validate;
 
+    const SITE: Site<'static> = Site {
+        operator_namespace: "troupe-system",
+        node_cluster_role: "troupe-node",
+    };
+
     #[test]
     fn owner_needs_name_namespace_and_uid() {
         let mut ac = cluster(ActorClusterSpec::default());
@@ -225,10 +237,9 @@ mod tests {
             ..Default::default()
         };
         let valid = validate(&spec, "img:1").expect("valid");
-        let c = desired_children(&owner(), &valid, "troupe-system");
+        let c = desired_children(&owner(), &valid, SITE);
         let metas = [
             &c.service_account.metadata,
-            &c.role.metadata,
             &c.role_binding.metadata,
             &c.peer_service.metadata,
             &c.client_service.metadata,
@@ -255,10 +266,6 @@ mod tests {
     fn no_hpa_without_autoscaling() {
         let spec = ActorClusterSpec::default();
         let valid = validate(&spec, "img:1").expect("valid");
-        assert!(
-            desired_children(&owner(), &valid, "troupe-system")
-                .hpa
-                .is_none()
-        );
+        assert!(desired_children(&owner(), &valid, SITE).hpa.is_none());
     }
 }
