@@ -431,7 +431,11 @@ async fn invalid_specs_are_refused_naming_the_field() -> anyhow::Result<()> {
                 "spec.replicas",
             ),
             (json!({"image": ""}), "spec.image"),
-            (json!({"app": {"image": "app:1", "port": 8558}}), "spec.app.port"),
+            (
+                json!({"app": {"image": "app:1", "port": 8558, "types": ["cart"]}}),
+                "spec.app.port",
+            ),
+            (json!({"app": {"image": "app:1"}}), "spec.app.types"),
         ];
         let mut refused = 0;
         for (i, (spec, field)) in cases.iter().enumerate() {

@@ -60,6 +60,7 @@ async fn a_sidecar_application_serves_actor_types_and_its_state_follows_hand_ove
                 "app": {
                     "image": "troupe-sidecar-example:0.1.0",
                     "port": 3000,
+                    "types": ["greeter"],
                     "env": [
                         { "name": "PORT", "value": "3000" },
                         { "name": "POD_NAME", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } }

@@ -271,6 +271,13 @@ pub struct AppSpec {
     #[x_kube(validation = Rule::new("self >= 1 && self <= 65535 && !(self in [8080, 8558, 25520])")
         .message("spec.app.port must be between 1 and 65535 and not one of the node's ports 8080, 8558, 25520"))]
     pub port: i32,
+    /// The actor types the application serves (at least one). The node hosts exactly
+    /// these; a client request for any other type is refused (404), never passed to the
+    /// application.
+    #[schemars(length(min = 1, max = 64), inner(length(max = 256)))]
+    #[x_kube(validation = Rule::new("self.all(t, t.size() > 0 && t.size() <= 256 && !t.contains('/') && !t.contains(',') && !t.startsWith('$'))")
+        .message("spec.app.types must list the application's actor types: names of 1 to 256 characters without '/', ',' or a leading '$'"))]
+    pub types: Vec<String>,
     /// Command of the application container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<Vec<String>>,
@@ -545,6 +552,10 @@ mod tests {
             (
                 serde_json::json!({"app": {"image": "app:1", "port": 8558}}),
                 "spec.app.port",
+            ),
+            (
+                serde_json::json!({"app": {"image": "app:1", "types": ["cart", "$activate"]}}),
+                "spec.app.types",
             ),
             (
                 serde_json::json!({"state": {"store": "redis"}}),

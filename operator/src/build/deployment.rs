@@ -15,7 +15,8 @@ use k8s_openapi::api::core::v1::{
     DownwardAPIVolumeFile, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath,
     ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
     ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecretVolumeSource,
-    SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
+    SecurityContext, ServiceAccountTokenProjection, TCPSocketAction, Volume, VolumeMount,
+    VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -59,10 +60,9 @@ pub fn desired_deployment(owner: &Owner, spec: &ValidSpec<'_>) -> Deployment {
         labels::COMPONENT_NODE.to_owned(),
     );
 
-    let mut containers = vec![node_container(owner, spec)];
-    if let Some(app) = &spec.spec.app {
-        containers.push(app_container(app));
-    }
+    // The application is a native sidecar: started (and probed) before the node, stopped
+    // only after the node has exited, so it serves every `$deactivate` of the drain.
+    let init_containers = spec.spec.app.as_ref().map(|app| vec![app_container(app)]);
 
     Deployment {
         metadata: owner.meta(owner.name.clone()),
@@ -104,7 +104,8 @@ pub fn desired_deployment(owner: &Owner, spec: &ValidSpec<'_>) -> Deployment {
                         }),
                         ..PodSecurityContext::default()
                     }),
-                    containers,
+                    init_containers,
+                    containers: vec![node_container(owner, spec)],
                     volumes: Some(volumes(owner, spec)),
                     node_selector: overrides.node_selector.filter(|m| !m.is_empty()),
                     tolerations: overrides.tolerations.filter(|t| !t.is_empty()),
@@ -299,6 +300,7 @@ fn node_container(owner: &Owner, spec: &ValidSpec<'_>) -> Container {
             env::APP_URL,
             format!("http://127.0.0.1:{}", app.port),
         ));
+        env_vars.push(value_env(env::APP_TYPES, app.types.join(",")));
     }
     let mut mounts = vec![
         VolumeMount {
@@ -379,9 +381,22 @@ fn default_resources() -> ResourceRequirements {
     }
 }
 
+/// The sidecar application: an init container with `restartPolicy: Always` (a native
+/// sidecar, Kubernetes >= 1.29). Its startup probe (the port accepts connections) holds
+/// the node back until the application can answer `$activate`.
 fn app_container(app: &AppSpec) -> Container {
     Container {
         name: APP_CONTAINER.to_owned(),
+        restart_policy: Some("Always".to_owned()),
+        startup_probe: Some(Probe {
+            tcp_socket: Some(TCPSocketAction {
+                port: IntOrString::Int(app.port),
+                ..TCPSocketAction::default()
+            }),
+            period_seconds: Some(1),
+            failure_threshold: Some(120),
+            ..Probe::default()
+        }),
         image: Some(app.image.clone()),
         image_pull_policy: Some("IfNotPresent".to_owned()),
         command: app.command.clone(),
@@ -597,12 +612,13 @@ mod tests {
         );
     }
 
-    /// A spec with a sidecar application `shop/app:1` on port 3000.
+    /// A spec with a sidecar application `shop/app:1` on port 3000 serving `cart` and `order`.
     fn with_app() -> ActorClusterSpec {
         ActorClusterSpec {
             app: Some(AppSpec {
                 image: "shop/app:1".into(),
                 port: 3000,
+                types: vec!["cart".into(), "order".into()],
                 ..Default::default()
             }),
             ..Default::default()
@@ -623,10 +639,8 @@ mod tests {
         let node = mounts(&p.containers[0]);
         assert!(node.contains(&API_TOKEN_DIR.to_owned()), "{node:?}");
         assert!(node.contains(&troupe_contract::tls::MOUNT_DIR.to_owned()));
-        assert!(
-            mounts(&p.containers[1]).is_empty(),
-            "the app mounts nothing"
-        );
+        let app = &p.init_containers.as_ref().expect("the app")[0];
+        assert!(mounts(app).is_empty(), "the app mounts nothing");
         let tls = p
             .volumes
             .iter()
@@ -642,14 +656,38 @@ mod tests {
     }
 
     #[test]
+    fn the_app_is_a_native_sidecar_started_before_the_node_and_its_types_declared() {
+        let p = pod(&build(&with_app()));
+        // Only the node is a main container: the app is an init container that keeps
+        // running (restartPolicy Always), so the kubelet starts the node once the app's
+        // startup probe passes and stops the app only after the node has drained.
+        let main: Vec<&str> = p.containers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(main, ["node"]);
+        let init = p.init_containers.clone().unwrap_or_default();
+        assert_eq!(init.len(), 1);
+        let app = &init[0];
+        assert_eq!(app.name, "app");
+        assert_eq!(app.restart_policy.as_deref(), Some("Always"));
+        let port = app
+            .startup_probe
+            .as_ref()
+            .and_then(|pr| pr.tcp_socket.as_ref())
+            .map(|t| t.port.clone());
+        assert_eq!(port, Some(IntOrString::Int(3000)));
+        assert_eq!(
+            env_of(&p.containers[0], "TROUPE_APP_TYPES").and_then(|e| e.value),
+            Some("cart,order".into())
+        );
+    }
+
+    #[test]
     fn app_sidecar_gets_a_container_and_the_node_its_url() {
         let p = pod(&build(&with_app()));
-        assert_eq!(p.containers.len(), 2);
-        assert_eq!(p.containers[1].name, "app");
-        assert_eq!(p.containers[1].image.as_deref(), Some("shop/app:1"));
+        let app = &p.init_containers.as_ref().expect("the app")[0];
+        assert_eq!(app.name, "app");
+        assert_eq!(app.image.as_deref(), Some("shop/app:1"));
         assert_eq!(
-            p.containers[1]
-                .security_context
+            app.security_context
                 .as_ref()
                 .and_then(|s| s.read_only_root_filesystem),
             Some(true)
