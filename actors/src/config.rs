@@ -5,7 +5,7 @@
 
 use std::{collections::HashMap, fmt, str::FromStr, sync::Arc, time::Duration};
 
-use crate::{behavior::ActorType, error::Error, store::StateStore};
+use crate::{behavior::ActorType, builtin::BuiltinType, error::Error, store::StateStore};
 
 /// What a full mailbox does with one more message.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -129,6 +129,11 @@ pub struct RuntimeConfig {
     pub app_types: Vec<String>,
     /// Default work of the `load` actor per message (`sleep_us`, `spin_us`).
     pub load_work: (u64, u64),
+    /// The built-in actor types this node serves (`TROUPE_BUILTIN_TYPES`; default
+    /// [`BuiltinType::DEFAULT`]: `counter`, `kv`, `echo`). `load` burns CPU on request, so
+    /// it is served only when listed. A type left out answers like any unknown type (404),
+    /// or goes to the sidecar application when one serves every other type.
+    pub builtin_types: Vec<BuiltinType>,
     /// Extra actor types, added to the built-in ones (tests, embedding programs).
     pub actor_types: Vec<Arc<dyn ActorType>>,
     /// One message in this many has its mailbox and processing time recorded (≥ 1).
@@ -153,6 +158,7 @@ impl fmt::Debug for RuntimeConfig {
             .field("restore_grace", &self.restore_grace)
             .field("app_url", &self.app_url)
             .field("app_types", &self.app_types)
+            .field("builtin_types", &self.builtin_types)
             .field(
                 "actor_types",
                 &self
@@ -185,14 +191,17 @@ impl RuntimeConfig {
             app_url: None,
             app_types: Vec::new(),
             load_work: (0, 100),
+            builtin_types: BuiltinType::DEFAULT.to_vec(),
             actor_types: Vec::new(),
             timing_sample_every: 8,
             state_store: None,
         }
     }
 
-    /// Defaults, then `TROUPE_MAILBOX_CAPACITY`, `TROUPE_MAILBOX_OVERFLOW`, `TROUPE_APP_URL`
-    /// and `TROUPE_APP_TYPES` (comma-separated) from `lookup` (pass `|k| std::env::var(k).ok()`).
+    /// Defaults, then `TROUPE_MAILBOX_CAPACITY`, `TROUPE_MAILBOX_OVERFLOW`,
+    /// `TROUPE_BUILTIN_TYPES` (comma-separated; empty: none),
+    /// `TROUPE_APP_URL` and `TROUPE_APP_TYPES` (comma-separated) from `lookup` (pass
+    /// `|k| std::env::var(k).ok()`).
     pub fn from_env(
         pod: impl Into<String>,
         incarnation: impl Into<String>,
@@ -214,6 +223,14 @@ impl RuntimeConfig {
         c.app_url = lookup(env::APP_URL)
             .map(|u| u.trim().trim_end_matches('/').to_owned())
             .filter(|u| !u.is_empty());
+        if let Some(v) = lookup(env::BUILTIN_TYPES) {
+            c.builtin_types = v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::parse)
+                .collect::<Result<_, _>>()?;
+        }
         if let Some(v) = lookup(env::APP_TYPES) {
             c.app_types = v
                 .split(',')
@@ -266,5 +283,52 @@ impl RuntimeConfig {
             .get(actor_type)
             .copied()
             .unwrap_or(self.mailbox)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use troupe_contract::env;
+
+    fn from(vars: &[(&str, &str)]) -> Result<RuntimeConfig, Error> {
+        RuntimeConfig::from_env("p", "p-1", |k| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| (*v).to_owned())
+        })
+    }
+
+    #[test]
+    fn builtin_types_come_from_the_environment_and_unknown_names_are_refused() {
+        use BuiltinType::*;
+        assert_eq!(
+            from(&[]).map(|c| c.builtin_types).ok(),
+            Some(vec![Counter, Kv, Echo])
+        );
+        assert_eq!(
+            from(&[(env::BUILTIN_TYPES, "counter, kv,echo,load")])
+                .map(|c| c.builtin_types)
+                .ok(),
+            Some(vec![Counter, Kv, Echo, Load])
+        );
+        assert_eq!(
+            from(&[(env::BUILTIN_TYPES, "")])
+                .map(|c| c.builtin_types)
+                .ok(),
+            Some(vec![])
+        );
+        let e = from(&[(env::BUILTIN_TYPES, "counter,lod")]).map(|c| c.builtin_types);
+        let text = e
+            .as_ref()
+            .err()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        assert!(
+            text.contains("TROUPE_BUILTIN_TYPES")
+                && text.contains("\"lod\"")
+                && text.contains("counter, kv, echo, load"),
+            "{e:?}"
+        );
     }
 }

@@ -80,6 +80,7 @@ pub mod wire;
 mod write_through;
 
 pub use behavior::{Actor, ActorType, ReplyFuture, Step, TurnState};
+pub use builtin::BuiltinType;
 pub use config::{MailboxConfig, OverflowPolicy, RuntimeConfig, SupervisionConfig};
 pub use error::{ActorError, DeliveryError, Error};
 pub use message::{Answer, Message, Reply};

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use troupe_actors::{
-    ActorError, DeliveryError, MailboxConfig, Message, OverflowPolicy, RuntimeConfig,
+    ActorError, BuiltinType, DeliveryError, MailboxConfig, Message, OverflowPolicy, RuntimeConfig,
 };
 
 use common::{TrackedType, Tracker, int, post, single_node};
@@ -24,7 +24,10 @@ fn config(tune: impl FnOnce(&mut RuntimeConfig)) -> RuntimeConfig {
 
 #[tokio::test]
 async fn client_api_answers_with_the_documented_status_codes() {
-    let rt = single_node(config(|c| c.max_body_bytes = 1024));
+    let rt = single_node(config(|c| {
+        c.max_body_bytes = 1024;
+        c.builtin_types = BuiltinType::ALL.to_vec();
+    }));
     let api = rt.client_router();
 
     let (s, _, body) = post(&api, "/actors/counter/c1/ask/add", r#"{"by":5}"#).await;
@@ -236,4 +239,64 @@ async fn mailbox_depth_is_exported_per_type_and_in_total() {
     assert!(text.contains("troupe_active_actors{actor_type=\"tracked\"} 1"));
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(rt.mailbox_depth(), 0);
+}
+
+#[tokio::test]
+async fn the_load_type_is_served_only_when_enabled() {
+    let rt = single_node(config(|_| {}));
+    let api = rt.client_router();
+    let (s, _, body) = post(&api, "/actors/load/l/ask", r#"{"spin_us":10}"#).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{body}");
+    assert!(body.contains("unknown actor type"), "{body}");
+    assert!(!rt.actor_types().contains(&"load".to_owned()));
+    for t in ["counter", "kv", "echo"] {
+        assert!(
+            rt.actor_types().contains(&t.to_owned()),
+            "{t} is on by default"
+        );
+    }
+
+    let rt = single_node(config(|c| {
+        c.builtin_types = vec![BuiltinType::Counter, BuiltinType::Load];
+    }));
+    let api = rt.client_router();
+    let (s, _, body) = post(&api, "/actors/load/l/ask", r#"{"spin_us":10,"sleep_us":5}"#).await;
+    assert_eq!(
+        (s, body.as_str()),
+        (StatusCode::OK, r#"{"slept_us":5,"spun_us":10}"#)
+    );
+    let (s, _, _) = post(&api, "/actors/echo/e/ask", "hi").await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "echo was left out");
+}
+
+/// The test runs on a current-thread runtime: if `load` spun on it, nothing else could
+/// run until the spin ended. Ordering only: the other work (100 yields) has to finish
+/// before a half-second spin does.
+#[tokio::test]
+async fn a_spinning_load_actor_leaves_the_runtime_thread_free() {
+    let rt = single_node(config(|c| c.builtin_types = vec![BuiltinType::Load]));
+    for payload in [
+        r#"{"spin_us":500000}"#,
+        r#"{"spin_us":500000,"sleep_us":1}"#,
+    ] {
+        let load = rt.ask("load", "busy", Message::new("default", payload));
+        tokio::pin!(load);
+        let others = async {
+            for _ in 0..100 {
+                tokio::task::yield_now().await;
+            }
+        };
+        let first = tokio::select! {
+            biased;
+            r = &mut load => Err(r),
+            () = others => Ok(()),
+        };
+        assert!(
+            first.is_ok(),
+            "{payload}: the load actor held the runtime thread until it answered: {first:?}"
+        );
+        let reply = load.await.expect("load answers");
+        let v: serde_json::Value = serde_json::from_slice(&reply).expect("json");
+        assert_eq!(v["spun_us"], 500000, "{v}");
+    }
 }

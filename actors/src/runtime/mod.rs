@@ -174,7 +174,7 @@ use crate::{
         newest,
     },
     behavior::ActorType,
-    builtin::{CounterType, EchoType, KvType, LoadType},
+    builtin::{BuiltinType, CounterType, EchoType, KvType, LoadType},
     config::RuntimeConfig,
     error::{DeliveryError, Error},
     hashing::HashMap,
@@ -344,8 +344,9 @@ fn far_future() -> Instant {
 }
 
 impl ActorRuntime {
-    /// A runtime with the built-in types (`counter`, `kv`, `echo`, `load`), the types in
-    /// `config.actor_types`, and the sidecar's types when `config.app_url` is set. Its
+    /// A runtime with the built-in types of `config.builtin_types` (by default `counter`,
+    /// `kv`, `echo`; `load` only when listed), the types in `config.actor_types`, and the
+    /// sidecar's types when `config.app_url` is set. Its
     /// metrics are registered in `registry`. It owns no actor until
     /// [`update_members`](Self::update_members) makes it an Up member, and it serves
     /// nothing (503) until [`set_serving_until`](Self::set_serving_until) (or
@@ -367,19 +368,25 @@ impl ActorRuntime {
         config.validate()?;
         let metrics = RuntimeMetrics::register(registry)?;
         let sidecar = config.app_url.as_deref().map(SidecarApp::new);
-        let mut factories: Vec<Arc<dyn ActorType>> = vec![
-            Arc::new(CounterType),
-            Arc::new(KvType {
-                max_state_bytes: config
-                    .max_frame_bytes
-                    .saturating_sub(crate::wire::FRAME_OVERHEAD),
-            }),
-            Arc::new(EchoType),
-            Arc::new(LoadType {
-                sleep_us: config.load_work.0,
-                spin_us: config.load_work.1,
-            }),
-        ];
+        let mut factories: Vec<Arc<dyn ActorType>> = Vec::new();
+        for t in &config.builtin_types {
+            if factories.iter().any(|f| f.name() == t.name()) {
+                continue;
+            }
+            factories.push(match t {
+                BuiltinType::Counter => Arc::new(CounterType),
+                BuiltinType::Kv => Arc::new(KvType {
+                    max_state_bytes: config
+                        .max_frame_bytes
+                        .saturating_sub(crate::wire::FRAME_OVERHEAD),
+                }),
+                BuiltinType::Echo => Arc::new(EchoType),
+                BuiltinType::Load => Arc::new(LoadType {
+                    sleep_us: config.load_work.0,
+                    spin_us: config.load_work.1,
+                }),
+            });
+        }
         factories.extend(config.actor_types.iter().cloned());
         if let Some(app) = &sidecar {
             for t in &config.app_types {
