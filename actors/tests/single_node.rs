@@ -241,6 +241,78 @@ async fn mailbox_depth_is_exported_per_type_and_in_total() {
     assert_eq!(rt.mailbox_depth(), 0);
 }
 
+/// Waits until no activation is left (each idle one passivates), at most 10 s.
+async fn until_all_passivated(rt: &troupe_actors::ActorRuntime) {
+    for _ in 0..1000 {
+        if rt.active_count() == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("still active: {:?}", rt.activations());
+}
+
+#[tokio::test]
+async fn a_node_holds_at_most_max_actors_and_refuses_more_with_a_clear_503() {
+    let registry = prometheus::Registry::new();
+    let mut c = config(|c| {
+        c.max_actors = 3;
+        c.passivate_after = Duration::from_millis(50);
+    });
+    c.pod = "m".into();
+    let rt = troupe_actors::ActorRuntime::new(c, &registry).expect("runtime");
+    rt.update_members(&common::table(
+        1,
+        &[("m", "127.0.0.1:1", troupe_contract::MemberStatus::Up)],
+    ));
+    rt.set_accepting(true);
+    let api = rt.client_router();
+    for id in ["c1", "c2"] {
+        let (s, _, body) = post(&api, &format!("/actors/counter/{id}/ask/add"), "").await;
+        assert_eq!((s, body.as_str()), (StatusCode::OK, r#"{"value":1}"#));
+    }
+    // A stateless actor: it keeps no state when it passivates, so it frees its room.
+    let (s, _, _) = post(&api, "/actors/echo/e1/ask", "hi").await;
+    assert_eq!(s, StatusCode::OK);
+
+    let (s, retry, body) = post(&api, "/actors/counter/c3/ask/add", "").await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(retry.as_deref(), Some("1"));
+    assert!(body.contains("limit of 3 actors"), "{body}");
+    assert!(body.contains("TROUPE_MAX_ACTORS"), "{body}");
+    assert_eq!(rt.active_count(), 3, "the refused actor was not activated");
+    // Messages to the actors it holds still go through.
+    let (s, _, body) = post(&api, "/actors/counter/c1/ask/add", "").await;
+    assert_eq!((s, body.as_str()), (StatusCode::OK, r#"{"value":2}"#));
+
+    // Passivation: c1 and c2 keep their states here (never dropped in memory mode: they
+    // still count), e1 keeps none and frees its room.
+    until_all_passivated(&rt).await;
+    assert_eq!(rt.parked_states().len(), 2);
+    let (s, _, body) = post(&api, "/actors/counter/c3/ask/add", "").await;
+    assert_eq!((s, body.as_str()), (StatusCode::OK, r#"{"value":1}"#));
+    let (s, _, body) = post(&api, "/actors/counter/c4/ask/add", "").await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    // A kept state is its actor's room: c1 and c2 come back with their values.
+    let (s, _, body) = post(&api, "/actors/counter/c1/ask/get", "").await;
+    assert_eq!((s, body.as_str()), (StatusCode::OK, r#"{"value":2}"#));
+    let (s, _, body) = post(&api, "/actors/counter/c2/ask/get", "").await;
+    assert_eq!((s, body.as_str()), (StatusCode::OK, r#"{"value":1}"#));
+
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&registry.gather())
+        .unwrap_or_default();
+    assert!(
+        text.contains("troupe_activations_refused_total{actor_type=\"counter\"} 2"),
+        "{text}"
+    );
+    assert!(text.contains("troupe_max_actors 3"), "{text}");
+    assert!(
+        text.contains("troupe_parked_actor_states{actor_type=\"counter\"}"),
+        "{text}"
+    );
+}
+
 #[tokio::test]
 async fn the_load_type_is_served_only_when_enabled() {
     let rt = single_node(config(|_| {}));
