@@ -6,6 +6,8 @@
 //!   │                                   its state is parked, so a new activation of the same
 //!   │                                   id can never miss that state)
 //!   └─ parked: id → (generation, state) state of actors that passivated or moved away
+//!  Occupancy (one per node, shared)     activations + kept states of every type, against
+//!                                       RuntimeConfig::max_actors
 //!
 //!  Generation = (epoch, version, counter): the table order at which its lineage was
 //!  activated, then a counter bumped per activation on the same lineage. An activation
@@ -19,6 +21,13 @@
 //!   Claiming ──claimed──► Active ──idle / handed over / drained──► Closing ──► Gone
 //!      └──────── aborted (a newer owner claimed it) ──────────────────────────► Gone
 //! ```
+//!
+//! **Bounded.** A node holds at most `max_actors` actors in memory, activations and kept
+//! states together ([`Occupancy`]). [`TypeEntry::get_or_insert`] refuses a new activation
+//! at the bound, except of an actor whose state is kept here (it takes its state's place);
+//! keeping a state is never refused — a passivating actor's, or one handed over by another
+//! node, even above the bound: refusing it would lose an acknowledged state. The runtime
+//! decides what to do at the bound (drop kept states the durable store has, or refuse).
 //!
 //! The task handles one message at a time, catches handler panics (the failed message is
 //! answered with an error, the actor restarted after a [`Backoff`]), and passivates the actor
@@ -36,7 +45,7 @@ use std::{
     panic::AssertUnwindSafe,
     sync::{
         Arc, Mutex, RwLock,
-        atomic::{AtomicBool, AtomicU8, Ordering},
+        atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -203,6 +212,77 @@ impl Activation {
     }
 }
 
+/// How many actors one node holds in memory — activations and kept states of every type
+/// — against its bound (`RuntimeConfig::max_actors`). Shared by every [`TypeEntry`].
+#[derive(Debug)]
+pub struct Occupancy {
+    limit: usize,
+    held: AtomicUsize,
+    /// Stamps kept states in the order they were kept: the oldest go first.
+    stamps: AtomicU64,
+}
+
+impl Occupancy {
+    /// Nothing held, at most `limit`.
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            limit,
+            held: AtomicUsize::new(0),
+            stamps: AtomicU64::new(0),
+        })
+    }
+
+    /// The bound.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Activations and kept states held now.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Acquire)
+    }
+
+    /// Whether one more activation would go above the bound.
+    pub fn full(&self) -> bool {
+        self.held() >= self.limit
+    }
+
+    /// Takes room for one more actor unless the bound is reached.
+    fn try_take(&self) -> bool {
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.limit).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Takes room for one more actor, above the bound if need be.
+    fn take(&self) {
+        self.held.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn give_back(&self, n: usize) {
+        let _ = self
+            .held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
+                Some(h.saturating_sub(n))
+            });
+    }
+
+    fn stamp(&self) -> u64 {
+        self.stamps.fetch_add(1, Ordering::AcqRel)
+    }
+}
+
+/// A kept state and when it was kept ([`Occupancy`] stamp).
+#[derive(Debug)]
+struct Kept {
+    state: State,
+    stamp: u64,
+}
+
+type KeptStates = HashMap<Box<str>, Kept>;
+
 const SHARDS: usize = 16;
 
 type Shard = RwLock<HashMap<Box<str>, Arc<Activation>>>;
@@ -218,7 +298,8 @@ pub struct TypeEntry {
     /// Its metrics.
     pub stats: TypeStats,
     shards: Box<[Shard]>,
-    parked: Mutex<HashMap<Box<str>, State>>,
+    parked: Mutex<KeptStates>,
+    occupancy: Arc<Occupancy>,
 }
 
 impl std::fmt::Debug for TypeEntry {
@@ -233,8 +314,13 @@ impl std::fmt::Debug for TypeEntry {
 use crate::sync::{lock, read, write};
 
 impl TypeEntry {
-    /// A type with no activation.
-    pub fn new(factory: Arc<dyn ActorType>, mailbox: MailboxConfig, stats: TypeStats) -> Self {
+    /// A type with no activation, counting what it holds in `occupancy` (the node's).
+    pub fn new(
+        factory: Arc<dyn ActorType>,
+        mailbox: MailboxConfig,
+        stats: TypeStats,
+        occupancy: Arc<Occupancy>,
+    ) -> Self {
         Self {
             name: factory.name().into(),
             factory,
@@ -242,7 +328,25 @@ impl TypeEntry {
             stats,
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
             parked: Mutex::default(),
+            occupancy,
         }
+    }
+
+    /// Keeps `state` of `id` in `p` (replacing what was kept), counted, whatever the bound.
+    fn keep(&self, p: &mut KeptStates, id: &str, state: State) {
+        let stamp = self.occupancy.stamp();
+        if p.insert(id.into(), Kept { state, stamp }).is_none() {
+            self.occupancy.take();
+            self.stats.parked.inc();
+        }
+    }
+
+    /// Takes the kept state of `id` out of `p`.
+    fn unkeep(&self, p: &mut KeptStates, id: &str) -> Option<State> {
+        let kept = p.remove(id)?;
+        self.occupancy.give_back(1);
+        self.stats.parked.dec();
+        Some(kept.state)
     }
 
     fn shard(&self, id: &str) -> &Shard {
@@ -254,16 +358,28 @@ impl TypeEntry {
         read(self.shard(id)).get(id).cloned()
     }
 
-    /// Inserts a new activation of `id` unless one exists; returns it and whether it is new.
-    pub fn get_or_insert(&self, id: &str) -> (Arc<Activation>, bool) {
+    /// The activation of `id`, inserted unless one exists; with whether it is new. `None`
+    /// when a new one would go above the node's bound ([`Occupancy`]), except for an actor
+    /// whose state is kept here: it takes its state's place, so it always has room.
+    pub fn get_or_insert(&self, id: &str) -> Option<(Arc<Activation>, bool)> {
+        if let Some(a) = self.get(id) {
+            return Some((a, false));
+        }
+        // Not under the shard's lock: `offer_handoff` takes the two the other way round.
+        let kept_here = lock(&self.parked).contains_key(id);
         let mut shard = write(self.shard(id));
         if let Some(a) = shard.get(id) {
-            return (a.clone(), false);
+            return Some((a.clone(), false));
+        }
+        if kept_here {
+            self.occupancy.take();
+        } else if !self.occupancy.try_take() {
+            return None;
         }
         let a = Arc::new(Activation::new(self.mailbox));
         shard.insert(id.into(), a.clone());
         self.stats.active.inc();
-        (a, true)
+        Some((a, true))
     }
 
     fn remove(&self, id: &str, act: &Arc<Activation>) {
@@ -299,13 +415,14 @@ impl TypeEntry {
         self.shards.iter().map(|s| read(s).len()).sum()
     }
 
-    /// Keeps `state` of `id` unless a newer generation is already kept; returns whether kept.
+    /// Keeps `state` of `id` unless a newer generation is already kept; returns whether
+    /// kept. Never refused by the bound: the state would be lost.
     pub fn park(&self, id: &str, generation: Generation, state: Bytes) -> bool {
         let mut p = lock(&self.parked);
         match p.get(id) {
-            Some((g, _)) if *g >= generation => false,
+            Some(k) if k.state.0 >= generation => false,
             _ => {
-                p.insert(id.into(), (generation, state));
+                self.keep(&mut p, id, (generation, state));
                 true
             }
         }
@@ -313,17 +430,17 @@ impl TypeEntry {
 
     /// Takes the kept state of `id`.
     pub fn take_parked(&self, id: &str) -> Option<State> {
-        lock(&self.parked).remove(id)
+        self.unkeep(&mut lock(&self.parked), id)
     }
 
     /// Generation of the kept state of `id`, if any.
     pub fn parked_generation(&self, id: &str) -> Option<Generation> {
-        lock(&self.parked).get(id).map(|(g, _)| *g)
+        lock(&self.parked).get(id).map(|k| k.state.0)
     }
 
     /// Size in bytes of the kept state of `id`, if any.
     pub fn parked_len(&self, id: &str) -> Option<usize> {
-        lock(&self.parked).get(id).map(|(_, s)| s.len())
+        lock(&self.parked).get(id).map(|k| k.state.1.len())
     }
 
     /// Drops every kept state; returns how many there were.
@@ -331,15 +448,31 @@ impl TypeEntry {
         let mut p = lock(&self.parked);
         let n = p.len();
         p.clear();
+        self.occupancy.give_back(n);
+        self.stats.parked.sub(n as i64);
         n
     }
 
     /// Removes the kept state of `id` if it still is `generation` (after a hand-off).
     pub fn remove_parked_if(&self, id: &str, generation: Generation) {
         let mut p = lock(&self.parked);
-        if p.get(id).is_some_and(|(g, _)| *g == generation) {
-            p.remove(id);
+        if p.get(id).is_some_and(|k| k.state.0 == generation) {
+            self.unkeep(&mut p, id);
         }
+    }
+
+    /// `(stamp, id)` of every kept state: the smaller the stamp, the older.
+    fn kept_stamps(&self) -> Vec<(u64, Box<str>)> {
+        lock(&self.parked)
+            .iter()
+            .map(|(id, k)| (k.stamp, id.clone()))
+            .collect()
+    }
+
+    /// Drops the kept state of `id` if it still is the one kept at `stamp`.
+    fn drop_kept_if(&self, id: &str, stamp: u64) -> bool {
+        let mut p = lock(&self.parked);
+        p.get(id).is_some_and(|k| k.stamp == stamp) && self.unkeep(&mut p, id).is_some()
     }
 
     /// Starts `act` on `state` merged with any state parked meanwhile (a hand-off that
@@ -354,7 +487,8 @@ impl TypeEntry {
         order: TableOrder,
     ) -> (Option<Bytes>, Generation) {
         let mut p = lock(&self.parked);
-        let state = newest(state, p.remove(id));
+        let kept = self.unkeep(&mut p, id);
+        let state = newest(state, kept);
         let generation = Generation::next(state.as_ref().map(|(g, _)| *g), order);
         *lock(&act.generation) = generation;
         act.set_phase(Phase::Active);
@@ -362,7 +496,9 @@ impl TypeEntry {
     }
 
     /// A state handed over by another node: kept for the next activation unless a running
-    /// or kept state is at least as new.
+    /// or kept state is at least as new. Kept (and counted) even above the node's bound
+    /// ([`Occupancy`]): the sender drops its copy on our acknowledgement, and losing an
+    /// acknowledged state is worse than holding one actor too many.
     pub fn offer_handoff(&self, id: &str, generation: Generation, state: Bytes) -> HandOffOutcome {
         let mut p = lock(&self.parked);
         if let Some(act) = self.get(id)
@@ -374,11 +510,11 @@ impl TypeEntry {
                 HandOffOutcome::Conflict
             };
         }
-        match p.get(id) {
-            Some((g, _)) if *g == generation => HandOffOutcome::Duplicate,
-            Some((g, _)) if *g > generation => HandOffOutcome::Superseded,
+        match p.get(id).map(|k| k.state.0) {
+            Some(g) if g == generation => HandOffOutcome::Duplicate,
+            Some(g) if g > generation => HandOffOutcome::Superseded,
             _ => {
-                p.insert(id.into(), (generation, state));
+                self.keep(&mut p, id, (generation, state));
                 HandOffOutcome::Kept
             }
         }
@@ -388,9 +524,38 @@ impl TypeEntry {
     pub fn parked(&self) -> Vec<(Arc<str>, Generation, Bytes)> {
         lock(&self.parked)
             .iter()
-            .map(|(k, (g, s))| (Arc::from(&**k), *g, s.clone()))
+            .map(|(k, kept)| (Arc::from(&**k), kept.state.0, kept.state.1.clone()))
             .collect()
     }
+}
+
+/// Drops kept states of `entries` from memory, oldest first, until one more activation
+/// fits under their [`Occupancy`]; returns how many. Only for kept states that a durable
+/// store also holds: in memory mode a kept state is the only copy.
+pub fn drop_oldest_kept(entries: &[Arc<TypeEntry>], occupancy: &Occupancy) -> usize {
+    if !occupancy.full() {
+        return 0;
+    }
+    let mut kept: Vec<(u64, usize, Box<str>)> = entries
+        .iter()
+        .enumerate()
+        .flat_map(|(i, e)| {
+            e.kept_stamps()
+                .into_iter()
+                .map(move |(stamp, id)| (stamp, i, id))
+        })
+        .collect();
+    kept.sort_unstable();
+    let mut dropped = 0;
+    for (stamp, i, id) in kept {
+        if !occupancy.full() {
+            break;
+        }
+        if entries[i].drop_kept_if(&id, stamp) {
+            dropped += 1;
+        }
+    }
+    dropped
 }
 
 /// What became of a handed-over state.
@@ -655,6 +820,7 @@ fn finish(entry: &TypeEntry, id: &str, act: &Arc<Activation>) {
     act.set_phase(Phase::Gone);
     act.gone.notify_waiters();
     entry.stats.active.dec();
+    entry.occupancy.give_back(1);
 }
 
 /// Settings of the activation task.
@@ -724,11 +890,16 @@ mod tests {
     use crate::{builtin::CounterType, metrics::RuntimeMetrics};
 
     fn entry() -> TypeEntry {
+        entry_in(Occupancy::new(1000), "counter")
+    }
+
+    fn entry_in(occupancy: Arc<Occupancy>, name: &str) -> TypeEntry {
         let metrics = RuntimeMetrics::register(&prometheus::Registry::new()).expect("metrics");
         TypeEntry::new(
             Arc::new(CounterType),
             MailboxConfig::default(),
-            metrics.for_type("counter"),
+            metrics.for_type(name),
+            occupancy,
         )
     }
 
@@ -799,7 +970,7 @@ mod tests {
             !e.park("x", stale, state("a's")),
             "park keeps the newer lineage"
         );
-        let (act, _) = e.get_or_insert("x");
+        let (act, _) = e.get_or_insert("x").expect("room");
         let (s, g) = e.begin("x", &act, Some((stale, state("a's"))), (0, 3));
         assert_eq!(s.as_deref(), Some(&b"b's"[..]));
         assert_eq!(
@@ -842,5 +1013,62 @@ mod tests {
         assert_eq!(e.parked_len("x"), Some(1));
         assert_eq!(e.drop_parked(), 2);
         assert!(e.parked().is_empty());
+    }
+
+    #[test]
+    fn activations_and_kept_states_share_the_bound_and_handed_states_are_always_kept() {
+        let room = Occupancy::new(2);
+        let e = entry_in(room.clone(), "counter");
+        let g = Generation::next(None, (0, 1));
+        assert!(e.get_or_insert("a").is_some());
+        assert!(e.park("k", g, state("s")));
+        assert_eq!(room.held(), 2);
+        assert!(e.get_or_insert("b").is_none(), "full");
+        assert!(
+            e.get_or_insert("a").is_some_and(|(_, new)| !new),
+            "still reachable"
+        );
+        // An actor whose state is kept here takes its state's place.
+        let (k, new) = e.get_or_insert("k").expect("room for a kept actor");
+        assert!(new);
+        let (s, _) = e.begin("k", &k, None, (0, 2));
+        assert_eq!(s.as_deref(), Some(&b"s"[..]));
+        assert_eq!(room.held(), 2);
+        // A handed-over state is kept above the bound, and counted.
+        assert_eq!(e.offer_handoff("h", g, state("h")), HandOffOutcome::Kept);
+        assert_eq!(room.held(), 3);
+        assert_eq!(e.take_parked("h").map(|(_, s)| s), Some(state("h")));
+        assert_eq!(room.held(), 2);
+        e.park("p", g, state("p"));
+        assert_eq!(e.drop_parked(), 1);
+        assert_eq!(room.held(), 2);
+    }
+
+    #[test]
+    fn at_the_bound_the_oldest_kept_states_of_every_type_are_dropped_first() {
+        let room = Occupancy::new(4);
+        let counters = Arc::new(entry_in(room.clone(), "counter"));
+        let kvs = Arc::new(entry_in(room.clone(), "kv"));
+        let g = Generation::next(None, (0, 1));
+        counters.park("old", g, state("1"));
+        kvs.park("older-but-replaced", g, state("2"));
+        counters.park("newer", g, state("3"));
+        kvs.park("newest", g, state("4"));
+        // Kept again with a newer state: it is young again.
+        kvs.park(
+            "older-but-replaced",
+            Generation::next(Some(g), (0, 1)),
+            state("5"),
+        );
+        let entries = [counters.clone(), kvs.clone()];
+        assert_eq!(drop_oldest_kept(&entries, &room), 1);
+        assert!(counters.parked_len("old").is_none(), "the oldest went");
+        assert_eq!(room.held(), 3);
+        assert_eq!(drop_oldest_kept(&entries, &room), 0, "room for one already");
+        assert!(counters.get_or_insert("x").is_some());
+        assert_eq!(drop_oldest_kept(&entries, &room), 1);
+        assert!(counters.parked_len("newer").is_none());
+        assert!(kvs.parked_len("newest").is_some());
+        assert!(kvs.parked_len("older-but-replaced").is_some());
     }
 }

@@ -1,4 +1,6 @@
 //! The built-in actor types that make a bare node useful: `counter`, `kv`, `echo`, `load`.
+//! A node serves the ones in `RuntimeConfig::builtin_types` ([`BuiltinType`]; by default
+//! all but `load`, which burns CPU on request and is for load tests).
 //!
 //! | type | methods (payload → reply, JSON) |
 //! |---|---|
@@ -23,6 +25,58 @@ use crate::{
     error::ActorError,
     message::{Message, Reply},
 };
+
+/// A built-in actor type a node can serve ([`crate::RuntimeConfig::builtin_types`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum BuiltinType {
+    /// [`CounterType`].
+    Counter,
+    /// [`KvType`].
+    Kv,
+    /// [`EchoType`].
+    Echo,
+    /// [`LoadType`]: CPU and sleep on request, for load tests; off unless listed.
+    Load,
+}
+
+impl BuiltinType {
+    /// Every built-in type.
+    pub const ALL: [BuiltinType; 4] = [Self::Counter, Self::Kv, Self::Echo, Self::Load];
+    /// What a node serves unless told otherwise: everything but `load`.
+    pub const DEFAULT: [BuiltinType; 3] = [Self::Counter, Self::Kv, Self::Echo];
+
+    /// The type's name, as in the client API's URLs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Counter => "counter",
+            Self::Kv => "kv",
+            Self::Echo => "echo",
+            Self::Load => "load",
+        }
+    }
+}
+
+impl std::str::FromStr for BuiltinType {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> Result<Self, crate::Error> {
+        Self::ALL
+            .into_iter()
+            .find(|t| t.name() == s)
+            .ok_or_else(|| {
+                crate::Error::Config(format!(
+                    "{} names an unknown built-in actor type {s:?}; the built-in types are {}",
+                    troupe_contract::env::BUILTIN_TYPES,
+                    Self::ALL.map(Self::name).join(", ")
+                ))
+            })
+    }
+}
+
+impl std::fmt::Display for BuiltinType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 fn json_reply(v: &Value) -> Reply {
     serde_json::to_vec(v)
@@ -262,7 +316,10 @@ impl ActorType for EchoType {
     }
 }
 
-/// `load`: does configurable work per message (sleep, then spin).
+/// `load`: does configurable work per message (sleep, then spin). The spin runs on
+/// Tokio's blocking pool, never on a runtime worker: a busy `load` actor must not delay
+/// the timers and I/O that membership and health share with the actors. Off unless
+/// [`BuiltinType::Load`] is listed.
 #[derive(Debug, Clone, Copy)]
 pub struct LoadType {
     /// Default microseconds to sleep per message.
@@ -308,13 +365,18 @@ impl Actor for Load {
             .unwrap_or(self.defaults.spin_us)
             .min(MAX_WORK_US);
         let reply = json!({ "slept_us": sleep_us, "spun_us": spin_us });
-        if sleep_us == 0 {
-            spin(spin_us);
+        if sleep_us == 0 && spin_us == 0 {
             return Step::Done(json_reply(&reply));
         }
         Step::Later(Box::pin(async move {
-            tokio::time::sleep(Duration::from_micros(sleep_us)).await;
-            spin(spin_us);
+            if sleep_us > 0 {
+                tokio::time::sleep(Duration::from_micros(sleep_us)).await;
+            }
+            if spin_us > 0 {
+                tokio::task::spawn_blocking(move || spin(spin_us))
+                    .await
+                    .map_err(|e| ActorError::Failed(format!("the spin did not finish: {e}")))?;
+            }
             json_reply(&reply)
         }))
     }

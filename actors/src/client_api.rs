@@ -8,7 +8,8 @@
 //!
 //! Errors are JSON `{"error": "...", "status": n}`: 400 bad id or payload, 404 unknown
 //! type, 413 body too large, 429 mailbox full (`Retry-After`), 500 handler failed, 503 not
-//! accepting / dropped / unavailable (`Retry-After`), 504 no reply in time. Routing and
+//! accepting / dropped / unavailable / node at its actor bound (`Retry-After`), 504 no reply
+//! in time. Routing and
 //! actors are the runtime's; this module only translates HTTP, through the runtime's
 //! public API ([`ActorRuntime::ask`], [`ActorRuntime::tell`]) only.
 

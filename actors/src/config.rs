@@ -5,7 +5,13 @@
 
 use std::{collections::HashMap, fmt, str::FromStr, sync::Arc, time::Duration};
 
-use crate::{behavior::ActorType, error::Error, store::StateStore};
+use crate::{behavior::ActorType, builtin::BuiltinType, error::Error, store::StateStore};
+
+/// Default of [`RuntimeConfig::max_actors`]: at about 1 KiB per actor (an activation's
+/// task, mailbox and directory entry, or a small kept state) 100 000 actors are about
+/// 100 MiB, within the memory a node pod is usually given, and far more than one node can
+/// keep busy at once. Raise it for many small, mostly idle actors on a large pod.
+pub const DEFAULT_MAX_ACTORS: usize = 100_000;
 
 /// What a full mailbox does with one more message.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -129,6 +135,19 @@ pub struct RuntimeConfig {
     pub app_types: Vec<String>,
     /// Default work of the `load` actor per message (`sleep_us`, `spin_us`).
     pub load_work: (u64, u64),
+    /// The built-in actor types this node serves (`TROUPE_BUILTIN_TYPES`; default
+    /// [`BuiltinType::DEFAULT`]: `counter`, `kv`, `echo`). `load` burns CPU on request, so
+    /// it is served only when listed. A type left out answers like any unknown type (404),
+    /// or goes to the sidecar application when one serves every other type.
+    pub builtin_types: Vec<BuiltinType>,
+    /// Most actors this node holds in memory: activations and kept (parked) states of
+    /// every type together (`TROUPE_MAX_ACTORS`, > 0; default [`DEFAULT_MAX_ACTORS`]).
+    /// At the bound a new activation is refused (503 with `Retry-After`) — after dropping
+    /// the oldest kept states from memory when a durable store holds them anyway; in
+    /// memory mode a kept state is never dropped to make room. An actor whose state is
+    /// kept here may always activate (it takes its state's place), and a state handed over
+    /// by another node is always taken, even above the bound: refusing it would lose it.
+    pub max_actors: usize,
     /// Extra actor types, added to the built-in ones (tests, embedding programs).
     pub actor_types: Vec<Arc<dyn ActorType>>,
     /// One message in this many has its mailbox and processing time recorded (≥ 1).
@@ -153,6 +172,8 @@ impl fmt::Debug for RuntimeConfig {
             .field("restore_grace", &self.restore_grace)
             .field("app_url", &self.app_url)
             .field("app_types", &self.app_types)
+            .field("builtin_types", &self.builtin_types)
+            .field("max_actors", &self.max_actors)
             .field(
                 "actor_types",
                 &self
@@ -185,14 +206,18 @@ impl RuntimeConfig {
             app_url: None,
             app_types: Vec::new(),
             load_work: (0, 100),
+            builtin_types: BuiltinType::DEFAULT.to_vec(),
+            max_actors: DEFAULT_MAX_ACTORS,
             actor_types: Vec::new(),
             timing_sample_every: 8,
             state_store: None,
         }
     }
 
-    /// Defaults, then `TROUPE_MAILBOX_CAPACITY`, `TROUPE_MAILBOX_OVERFLOW`, `TROUPE_APP_URL`
-    /// and `TROUPE_APP_TYPES` (comma-separated) from `lookup` (pass `|k| std::env::var(k).ok()`).
+    /// Defaults, then `TROUPE_MAILBOX_CAPACITY`, `TROUPE_MAILBOX_OVERFLOW`,
+    /// `TROUPE_MAX_ACTORS`, `TROUPE_BUILTIN_TYPES` (comma-separated; empty: none),
+    /// `TROUPE_APP_URL` and `TROUPE_APP_TYPES` (comma-separated) from `lookup` (pass
+    /// `|k| std::env::var(k).ok()`).
     pub fn from_env(
         pod: impl Into<String>,
         incarnation: impl Into<String>,
@@ -214,6 +239,27 @@ impl RuntimeConfig {
         c.app_url = lookup(env::APP_URL)
             .map(|u| u.trim().trim_end_matches('/').to_owned())
             .filter(|u| !u.is_empty());
+        if let Some(v) = lookup(env::MAX_ACTORS) {
+            c.max_actors = v
+                .trim()
+                .parse()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| {
+                    Error::Config(format!(
+                        "{} must be a positive integer (the most actors, running and kept, one node holds in memory; unset: {DEFAULT_MAX_ACTORS}), got {v:?}",
+                        env::MAX_ACTORS
+                    ))
+                })?;
+        }
+        if let Some(v) = lookup(env::BUILTIN_TYPES) {
+            c.builtin_types = v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::parse)
+                .collect::<Result<_, _>>()?;
+        }
         if let Some(v) = lookup(env::APP_TYPES) {
             c.app_types = v
                 .split(',')
@@ -236,6 +282,12 @@ impl RuntimeConfig {
                     "mailbox capacity of {name} must be > 0"
                 )));
             }
+        }
+        if self.max_actors == 0 {
+            return Err(Error::Config(format!(
+                "max_actors must be > 0 (set {} to the most actors one node may hold; default {DEFAULT_MAX_ACTORS})",
+                troupe_contract::env::MAX_ACTORS
+            )));
         }
         if self.pod.is_empty() || self.incarnation.is_empty() {
             return Err(Error::Config(
@@ -266,5 +318,78 @@ impl RuntimeConfig {
             .get(actor_type)
             .copied()
             .unwrap_or(self.mailbox)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use troupe_contract::env;
+
+    fn from(vars: &[(&str, &str)]) -> Result<RuntimeConfig, Error> {
+        RuntimeConfig::from_env("p", "p-1", |k| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| (*v).to_owned())
+        })
+    }
+
+    #[test]
+    fn max_actors_comes_from_the_environment_and_must_be_positive() {
+        assert_eq!(
+            from(&[]).map(|c| c.max_actors).ok(),
+            Some(DEFAULT_MAX_ACTORS)
+        );
+        assert_eq!(
+            from(&[(env::MAX_ACTORS, " 250000 ")])
+                .map(|c| c.max_actors)
+                .ok(),
+            Some(250_000)
+        );
+        for bad in ["0", "many", "-3", ""] {
+            let e = from(&[(env::MAX_ACTORS, bad)]).map(|c| c.max_actors);
+            let text = e
+                .as_ref()
+                .err()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            assert!(
+                text.contains("TROUPE_MAX_ACTORS") && text.contains("positive integer"),
+                "{bad:?}: {e:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn builtin_types_come_from_the_environment_and_unknown_names_are_refused() {
+        use BuiltinType::*;
+        assert_eq!(
+            from(&[]).map(|c| c.builtin_types).ok(),
+            Some(vec![Counter, Kv, Echo])
+        );
+        assert_eq!(
+            from(&[(env::BUILTIN_TYPES, "counter, kv,echo,load")])
+                .map(|c| c.builtin_types)
+                .ok(),
+            Some(vec![Counter, Kv, Echo, Load])
+        );
+        assert_eq!(
+            from(&[(env::BUILTIN_TYPES, "")])
+                .map(|c| c.builtin_types)
+                .ok(),
+            Some(vec![])
+        );
+        let e = from(&[(env::BUILTIN_TYPES, "counter,lod")]).map(|c| c.builtin_types);
+        let text = e
+            .as_ref()
+            .err()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        assert!(
+            text.contains("TROUPE_BUILTIN_TYPES")
+                && text.contains("\"lod\"")
+                && text.contains("counter, kv, echo, load"),
+            "{e:?}"
+        );
     }
 }

@@ -64,6 +64,20 @@ pub enum DeliveryError {
     /// No member can take the message right now (no Up member, owner unreachable).
     #[error("actor unavailable: {0}; retry later")]
     Unavailable(String),
+    /// The node holds as many actors in memory as it may (`RuntimeConfig::max_actors`:
+    /// activations and kept states together), so it refuses to activate one more. Idle
+    /// actors passivate and make room; retry later, or raise the bound or add replicas.
+    /// Peers receive it as [`DeliveryError::Unavailable`] with this text (the wire has no
+    /// code of its own for it, so that nodes of the previous version keep their links).
+    #[error(
+        "node {pod} holds its limit of {limit} actors (activations and kept states); retry later, or set TROUPE_MAX_ACTORS higher or run more replicas"
+    )]
+    AtCapacity {
+        /// The refusing node.
+        pod: String,
+        /// Its bound.
+        limit: usize,
+    },
     /// No reply arrived in time; the message may still be processed.
     #[error("no reply within {0:?}; the message may still be processed")]
     Timeout(Duration),
@@ -84,7 +98,10 @@ impl DeliveryError {
             Self::InvalidAddress(_) => 400,
             Self::TooLarge(_) => 413,
             Self::MailboxFull { .. } => 429,
-            Self::Dropped(_) | Self::NotAccepting | Self::Unavailable(_) => 503,
+            Self::Dropped(_)
+            | Self::NotAccepting
+            | Self::Unavailable(_)
+            | Self::AtCapacity { .. } => 503,
             Self::Timeout(_) => 504,
             Self::Actor(ActorError::BadRequest(_)) => 400,
             Self::Actor(ActorError::Failed(_)) => 500,
@@ -96,7 +113,10 @@ impl DeliveryError {
     pub fn retry_after_secs(&self) -> Option<u64> {
         match self {
             Self::MailboxFull { retry_after, .. } => Some(retry_after.as_secs().max(1)),
-            Self::Dropped(_) | Self::NotAccepting | Self::Unavailable(_) => Some(1),
+            Self::Dropped(_)
+            | Self::NotAccepting
+            | Self::Unavailable(_)
+            | Self::AtCapacity { .. } => Some(1),
             _ => None,
         }
     }

@@ -1,10 +1,11 @@
 //! `troupe-actors`: the actor runtime of a Troupe node.
 //!
 //! Virtual actors addressed by `(type, id)`: activated by their first message, one message
-//! at a time, bounded mailboxes with a per-type overflow policy, supervision with restart
-//! backoff, passivation after idle time, placement by rendezvous hashing over the Up
-//! members, forwarding, hand-over on membership change without ever running one actor on
-//! two nodes, a pipelined node-to-node transport, a client HTTP API and a sidecar mode.
+//! at a time, bounded mailboxes with a per-type overflow policy, a per-node bound on the
+//! actors held in memory, supervision with restart backoff, passivation after idle time,
+//! placement by rendezvous hashing over the Up members, forwarding, hand-over on
+//! membership change without ever running one actor on two nodes, a pipelined
+//! node-to-node transport, a client HTTP API and a sidecar mode.
 //!
 //! ```text
 //!            client API (axum, :8080)          transport (TCP, :25520)
@@ -80,6 +81,7 @@ pub mod wire;
 mod write_through;
 
 pub use behavior::{Actor, ActorType, ReplyFuture, Step, TurnState};
+pub use builtin::BuiltinType;
 pub use config::{MailboxConfig, OverflowPolicy, RuntimeConfig, SupervisionConfig};
 pub use error::{ActorError, DeliveryError, Error};
 pub use message::{Answer, Message, Reply};

@@ -10,6 +10,9 @@
 //! | `troupe_dead_letters_total` | counter | `actor_type`, `reason` (`dropped_oldest`, `dropped_newest`, `undeliverable`, `aborted`: accepted, then its activation was stopped at once) |
 //! | `troupe_rejected_total` | counter | `actor_type`, `reason` |
 //! | `troupe_active_actors` | gauge | `actor_type` |
+//! | `troupe_parked_actor_states` | gauge (states kept on this node for actors not active here) | `actor_type` |
+//! | `troupe_max_actors` | gauge (the node's bound on activations plus kept states, `TROUPE_MAX_ACTORS`) | — |
+//! | `troupe_activations_refused_total` | counter (a new activation refused: the node held `troupe_max_actors`) | `actor_type` |
 //! | `troupe_actor_restarts_total` | counter | `actor_type` |
 //! | `troupe_forwarded_total` | counter | — |
 //! | `troupe_handovers_total` | counter | `direction` (`out`, `in`) |
@@ -45,6 +48,10 @@ pub struct TypeStats {
     pub waiting: Histogram,
     /// Live activations.
     pub active: IntGauge,
+    /// States kept for actors not active here.
+    pub parked: IntGauge,
+    /// New activations refused at the node's bound.
+    pub refused_at_capacity: IntCounter,
     /// Restarts after a panic.
     pub restarts: IntCounter,
     /// Dropped by drop-oldest.
@@ -84,6 +91,10 @@ pub struct RuntimeMetrics {
     dead_letters: IntCounterVec,
     rejected: IntCounterVec,
     active: IntGaugeVec,
+    parked: IntGaugeVec,
+    refused_at_capacity: IntCounterVec,
+    /// The node's bound on activations plus kept states.
+    pub max_actors: IntGauge,
     restarts: IntCounterVec,
     /// Messages forwarded to another node.
     pub forwarded: IntCounter,
@@ -156,6 +167,24 @@ impl RuntimeMetrics {
                 ),
                 by_type,
             )?,
+            parked: IntGaugeVec::new(
+                Opts::new(
+                    "troupe_parked_actor_states",
+                    "Actor states kept on this node for actors not active here (passivated, moved away, handed over).",
+                ),
+                by_type,
+            )?,
+            refused_at_capacity: IntCounterVec::new(
+                Opts::new(
+                    "troupe_activations_refused_total",
+                    "New activations refused (503) because the node held its bound of actors (troupe_max_actors).",
+                ),
+                by_type,
+            )?,
+            max_actors: IntGauge::new(
+                "troupe_max_actors",
+                "Most actors (activations plus kept states) this node holds in memory.",
+            )?,
             restarts: IntCounterVec::new(
                 Opts::new(
                     "troupe_actor_restarts_total",
@@ -223,6 +252,9 @@ impl RuntimeMetrics {
         registry.register(Box::new(m.dead_letters.clone()))?;
         registry.register(Box::new(m.rejected.clone()))?;
         registry.register(Box::new(m.active.clone()))?;
+        registry.register(Box::new(m.parked.clone()))?;
+        registry.register(Box::new(m.refused_at_capacity.clone()))?;
+        registry.register(Box::new(m.max_actors.clone()))?;
         registry.register(Box::new(m.restarts.clone()))?;
         registry.register(Box::new(m.forwarded.clone()))?;
         registry.register(Box::new(m.handovers_out.clone()))?;
@@ -244,6 +276,8 @@ impl RuntimeMetrics {
             processing: self.processing.with_label_values(l),
             waiting: self.waiting.with_label_values(l),
             active: self.active.with_label_values(l),
+            parked: self.parked.with_label_values(l),
+            refused_at_capacity: self.refused_at_capacity.with_label_values(l),
             restarts: self.restarts.with_label_values(l),
             dropped_oldest: self
                 .dead_letters

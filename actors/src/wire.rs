@@ -282,7 +282,7 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
                 out.put_u64(*corr);
                 let (code, text, extra) = error_parts(e);
                 out.put_u8(code);
-                put_str(out, text);
+                put_str(out, &text);
                 out.put_u64(extra);
             }
             Response::Claimed(state) => {
@@ -328,8 +328,11 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
     out[start..start + 4].copy_from_slice(&len.to_be_bytes());
 }
 
-fn error_parts(e: &DeliveryError) -> (u8, &str, u64) {
-    match e {
+fn error_parts(e: &DeliveryError) -> (u8, std::borrow::Cow<'_, str>, u64) {
+    let (code, text, extra): (u8, &str, u64) = match e {
+        // Sent as `Unavailable` with its text: a code of its own would break the links of
+        // nodes of the previous version (an unknown code closes the connection).
+        DeliveryError::AtCapacity { .. } => return (6, e.to_string().into(), 0),
         DeliveryError::UnknownType(s) => (1, s, 0),
         DeliveryError::InvalidAddress(s) => (2, s, 0),
         DeliveryError::MailboxFull { actor, retry_after } => (3, actor, retry_after.as_secs()),
@@ -341,7 +344,8 @@ fn error_parts(e: &DeliveryError) -> (u8, &str, u64) {
         DeliveryError::Actor(ActorError::Failed(s)) => (9, s, 0),
         DeliveryError::TooLarge(s) => (10, s, 0),
         DeliveryError::Actor(ActorError::TooLarge(s)) => (11, s, 0),
-    }
+    };
+    (code, text.into(), extra)
 }
 
 fn error_from_parts(code: u8, text: String, extra: u64) -> Result<DeliveryError, WireError> {
@@ -626,6 +630,23 @@ mod tests {
         for f in samples() {
             round_trip(f);
         }
+    }
+
+    #[test]
+    fn a_node_at_its_actor_bound_answers_peers_unavailable_with_the_same_text() {
+        let full = DeliveryError::AtCapacity {
+            pod: "pod-b".into(),
+            limit: 3,
+        };
+        let mut b = BytesMut::new();
+        encode(&Frame::Response(4, Response::Failed(full.clone())), &mut b);
+        assert_eq!(
+            decode(b.freeze().slice(4..)),
+            Ok(Frame::Response(
+                4,
+                Response::Failed(DeliveryError::Unavailable(full.to_string()))
+            ))
+        );
     }
 
     #[test]

@@ -283,3 +283,59 @@ async fn malformed_and_oversize_frames_close_the_connection_but_not_the_node() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn states_handed_over_are_taken_above_the_actor_bound_and_none_is_lost() {
+    let tracker = Tracker::default();
+    let a = TestNode::start("a", &tracker, |_| {}).await;
+    let b = TestNode::start("b", &tracker, |c| c.max_actors = 1).await;
+    let all = [&a, &b];
+    feed(&all, 1, &[(&a, Up)]);
+    let ids: Vec<String> = (0..20).map(|i| format!("h{i}")).collect();
+    for (n, id) in ids.iter().enumerate() {
+        let by = format!(r#"{{"by":{}}}"#, n + 1);
+        let r = a.rt.ask("counter", id, Message::new("add", by)).await;
+        assert!(r.is_ok(), "{id}: {r:?}");
+    }
+    // b joins: a closes what b owns now and hands the states over, all of them above
+    // b's bound of one.
+    feed(&all, 2, &[(&a, Up), (&b, Up)]);
+    for _ in 0..1000 {
+        // a pushes once every actor it closed has parked its state.
+        if !b.rt.parked_states().is_empty() && a.rt.parked_states().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let handed = b.rt.parked_states().len();
+    assert!(handed > 1, "b took {handed} states");
+    assert_eq!(a.rt.active_ids("counter").len() + handed, ids.len());
+    assert_eq!(b.rt.held_count(), handed, "each one counted");
+    // Each actor comes back with its state, whatever node is asked.
+    for (n, id) in ids.iter().enumerate() {
+        let via = if n % 2 == 0 { &a } else { &b };
+        let r = via.rt.ask("counter", id, Message::new("get", "")).await;
+        let want = format!(r#"{{"value":{}}}"#, n + 1);
+        assert_eq!(
+            r.as_deref().ok(),
+            Some(want.as_bytes()),
+            "{id} via {}: {r:?}",
+            via.pod
+        );
+    }
+    // A new actor that b owns is refused: b holds more than its bound.
+    let mut refused = 0;
+    for i in 0..20 {
+        match b
+            .rt
+            .ask("counter", &format!("new{i}"), Message::new("add", ""))
+            .await
+        {
+            Err(DeliveryError::AtCapacity { limit: 1, .. }) => refused += 1,
+            Ok(_) => {}
+            other => panic!("new{i}: {other:?}"),
+        }
+    }
+    assert!(refused > 0, "b refused none");
+    assert_eq!(b.rt.held_count(), handed);
+}

@@ -224,3 +224,36 @@ async fn passivation_parks_nothing_with_a_store() {
         .expect("get");
     assert_eq!(value(&r), 7, "loaded again from the store");
 }
+
+#[tokio::test]
+async fn at_max_actors_a_new_activation_is_refused_until_passivation_frees_room() {
+    let store = store();
+    let rt = node("a", 1, &store, |c| {
+        c.max_actors = 3;
+        c.passivate_after = Duration::from_millis(50);
+    });
+    let api = rt.client_router();
+    for id in ["c1", "c2", "c3"] {
+        let (s, _, body) = post(&api, &format!("/actors/counter/{id}/ask/add"), "").await;
+        assert_eq!((s, body.as_str()), (StatusCode::OK, r#"{"value":1}"#));
+    }
+    let (s, retry, body) = post(&api, "/actors/counter/c4/ask/add", "").await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(retry.as_deref(), Some("1"));
+    assert!(body.contains("limit of 3 actors"), "{body}");
+    assert_eq!(stored_counter(&store, "c4"), None, "nothing ran");
+    for _ in 0..1000 {
+        if rt.active_count() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(rt.active_count(), 0, "passivated");
+    // The store holds the states: passivation frees the room.
+    for id in ["c4", "c1"] {
+        let (s, _, body) = post(&api, &format!("/actors/counter/{id}/ask/add"), "").await;
+        assert_eq!(s, StatusCode::OK, "{id}: {body}");
+    }
+    assert_eq!(stored_counter(&store, "c1").map(|(_, v)| v), Some(2));
+    assert_eq!(stored_counter(&store, "c4").map(|(_, v)| v), Some(1));
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use troupe_actors::{
-    ActorError, DeliveryError, MailboxConfig, Message, OverflowPolicy, RuntimeConfig,
+    ActorError, BuiltinType, DeliveryError, MailboxConfig, Message, OverflowPolicy, RuntimeConfig,
 };
 
 use common::{TrackedType, Tracker, int, post, single_node};
@@ -24,7 +24,10 @@ fn config(tune: impl FnOnce(&mut RuntimeConfig)) -> RuntimeConfig {
 
 #[tokio::test]
 async fn client_api_answers_with_the_documented_status_codes() {
-    let rt = single_node(config(|c| c.max_body_bytes = 1024));
+    let rt = single_node(config(|c| {
+        c.max_body_bytes = 1024;
+        c.builtin_types = BuiltinType::ALL.to_vec();
+    }));
     let api = rt.client_router();
 
     let (s, _, body) = post(&api, "/actors/counter/c1/ask/add", r#"{"by":5}"#).await;
@@ -236,4 +239,136 @@ async fn mailbox_depth_is_exported_per_type_and_in_total() {
     assert!(text.contains("troupe_active_actors{actor_type=\"tracked\"} 1"));
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(rt.mailbox_depth(), 0);
+}
+
+/// Waits until no activation is left (each idle one passivates), at most 10 s.
+async fn until_all_passivated(rt: &troupe_actors::ActorRuntime) {
+    for _ in 0..1000 {
+        if rt.active_count() == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("still active: {:?}", rt.activations());
+}
+
+#[tokio::test]
+async fn a_node_holds_at_most_max_actors_and_refuses_more_with_a_clear_503() {
+    let registry = prometheus::Registry::new();
+    let mut c = config(|c| {
+        c.max_actors = 3;
+        c.passivate_after = Duration::from_millis(50);
+    });
+    c.pod = "m".into();
+    let rt = troupe_actors::ActorRuntime::new(c, &registry).expect("runtime");
+    rt.update_members(&common::table(
+        1,
+        &[("m", "127.0.0.1:1", troupe_contract::MemberStatus::Up)],
+    ));
+    rt.set_accepting(true);
+    let api = rt.client_router();
+    for id in ["c1", "c2"] {
+        let (s, _, body) = post(&api, &format!("/actors/counter/{id}/ask/add"), "").await;
+        assert_eq!((s, body.as_str()), (StatusCode::OK, r#"{"value":1}"#));
+    }
+    // A stateless actor: it keeps no state when it passivates, so it frees its room.
+    let (s, _, _) = post(&api, "/actors/echo/e1/ask", "hi").await;
+    assert_eq!(s, StatusCode::OK);
+
+    let (s, retry, body) = post(&api, "/actors/counter/c3/ask/add", "").await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(retry.as_deref(), Some("1"));
+    assert!(body.contains("limit of 3 actors"), "{body}");
+    assert!(body.contains("TROUPE_MAX_ACTORS"), "{body}");
+    assert_eq!(rt.active_count(), 3, "the refused actor was not activated");
+    // Messages to the actors it holds still go through.
+    let (s, _, body) = post(&api, "/actors/counter/c1/ask/add", "").await;
+    assert_eq!((s, body.as_str()), (StatusCode::OK, r#"{"value":2}"#));
+
+    // Passivation: c1 and c2 keep their states here (never dropped in memory mode: they
+    // still count), e1 keeps none and frees its room.
+    until_all_passivated(&rt).await;
+    assert_eq!(rt.parked_states().len(), 2);
+    let (s, _, body) = post(&api, "/actors/counter/c3/ask/add", "").await;
+    assert_eq!((s, body.as_str()), (StatusCode::OK, r#"{"value":1}"#));
+    let (s, _, body) = post(&api, "/actors/counter/c4/ask/add", "").await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    // A kept state is its actor's room: c1 and c2 come back with their values.
+    let (s, _, body) = post(&api, "/actors/counter/c1/ask/get", "").await;
+    assert_eq!((s, body.as_str()), (StatusCode::OK, r#"{"value":2}"#));
+    let (s, _, body) = post(&api, "/actors/counter/c2/ask/get", "").await;
+    assert_eq!((s, body.as_str()), (StatusCode::OK, r#"{"value":1}"#));
+
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&registry.gather())
+        .unwrap_or_default();
+    assert!(
+        text.contains("troupe_activations_refused_total{actor_type=\"counter\"} 2"),
+        "{text}"
+    );
+    assert!(text.contains("troupe_max_actors 3"), "{text}");
+    assert!(
+        text.contains("troupe_parked_actor_states{actor_type=\"counter\"}"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn the_load_type_is_served_only_when_enabled() {
+    let rt = single_node(config(|_| {}));
+    let api = rt.client_router();
+    let (s, _, body) = post(&api, "/actors/load/l/ask", r#"{"spin_us":10}"#).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{body}");
+    assert!(body.contains("unknown actor type"), "{body}");
+    assert!(!rt.actor_types().contains(&"load".to_owned()));
+    for t in ["counter", "kv", "echo"] {
+        assert!(
+            rt.actor_types().contains(&t.to_owned()),
+            "{t} is on by default"
+        );
+    }
+
+    let rt = single_node(config(|c| {
+        c.builtin_types = vec![BuiltinType::Counter, BuiltinType::Load];
+    }));
+    let api = rt.client_router();
+    let (s, _, body) = post(&api, "/actors/load/l/ask", r#"{"spin_us":10,"sleep_us":5}"#).await;
+    assert_eq!(
+        (s, body.as_str()),
+        (StatusCode::OK, r#"{"slept_us":5,"spun_us":10}"#)
+    );
+    let (s, _, _) = post(&api, "/actors/echo/e/ask", "hi").await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "echo was left out");
+}
+
+/// The test runs on a current-thread runtime: if `load` spun on it, nothing else could
+/// run until the spin ended. Ordering only: the other work (100 yields) has to finish
+/// before a half-second spin does.
+#[tokio::test]
+async fn a_spinning_load_actor_leaves_the_runtime_thread_free() {
+    let rt = single_node(config(|c| c.builtin_types = vec![BuiltinType::Load]));
+    for payload in [
+        r#"{"spin_us":500000}"#,
+        r#"{"spin_us":500000,"sleep_us":1}"#,
+    ] {
+        let load = rt.ask("load", "busy", Message::new("default", payload));
+        tokio::pin!(load);
+        let others = async {
+            for _ in 0..100 {
+                tokio::task::yield_now().await;
+            }
+        };
+        let first = tokio::select! {
+            biased;
+            r = &mut load => Err(r),
+            () = others => Ok(()),
+        };
+        assert!(
+            first.is_ok(),
+            "{payload}: the load actor held the runtime thread until it answered: {first:?}"
+        );
+        let reply = load.await.expect("load answers");
+        let v: serde_json::Value = serde_json::from_slice(&reply).expect("json");
+        assert_eq!(v["spun_us"], 500000, "{v}");
+    }
 }

@@ -90,6 +90,8 @@ async fn start_with(
         let pod = format!("bench-{i}");
         let mut config = RuntimeConfig::new(&pod, format!("{pod}-1"));
         config.actor_types.push(Arc::new(BenchType));
+        // `loadgen --serve --actor-type load` drives the CPU-burning `load` type too.
+        config.builtin_types = troupe_actors::BuiltinType::ALL.to_vec();
         config.mailbox.capacity = capacity;
         let (connector, acceptor): (Arc<dyn Connector>, Arc<dyn Acceptor>) = match &tls {
             Some(t) => (Arc::new(t.connector()), Arc::new(t.acceptor())),

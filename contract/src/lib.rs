@@ -90,6 +90,13 @@ pub mod env {
     /// Comma-separated actor types the sidecar application serves (empty or unset: every
     /// type that is not built into the node).
     pub const APP_TYPES: &str = "TROUPE_APP_TYPES";
+    /// Most actors one node holds in memory, activations and kept states together (a
+    /// positive integer; unset: 100 000). At the bound new activations answer 503.
+    pub const MAX_ACTORS: &str = "TROUPE_MAX_ACTORS";
+    /// Comma-separated built-in actor types the node serves, of `counter`, `kv`, `echo`,
+    /// `load` (unset: `counter,kv,echo`; empty: none). `load` burns CPU on request: list it
+    /// only for load tests.
+    pub const BUILTIN_TYPES: &str = "TROUPE_BUILTIN_TYPES";
     /// Log filter (tracing `EnvFilter` syntax).
     pub const LOG: &str = "TROUPE_LOG";
     /// Where actor states are kept: `memory` (unset: the default) or `postgres`.

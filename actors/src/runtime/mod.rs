@@ -127,6 +127,16 @@
 //! nothing was lost (over-count): an actor whose state was empty when its holder died
 //! (the marker is set at activation).
 //!
+//! **Bounded memory** (`RuntimeConfig::max_actors`, [`activation::Occupancy`]). A node
+//! holds at most that many actors, activations and kept states of every type together. A
+//! new activation at the bound is refused ([`DeliveryError::AtCapacity`]: 503 with
+//! `Retry-After`, counted in `troupe_activations_refused_total`); with a durable store the
+//! oldest kept states are dropped from memory first (the store has them). In memory mode a
+//! kept state is never dropped. An actor whose state is kept here always activates (it
+//! takes its state's place), and a state arriving by claim or hand-off is always taken,
+//! even above the bound (losing it would be worse). Refusing is safe for the protocol: it
+//! happens before the claim, so no holder gave anything up.
+//!
 //! **Draining** (graceful leave): stop taking client work, wait until the member table no
 //! longer makes this node an owner, close every actor (each finishes its mailbox), push
 //! every parked state to its new owner, and wait for in-flight requests to finish.
@@ -170,11 +180,11 @@ use troupe_contract::{MemberStatus, MemberTable};
 
 use crate::{
     activation::{
-        self, Activation, Claimed, Generation, HandOffOutcome, RunSettings, State, TypeEntry,
-        newest,
+        self, Activation, Claimed, Generation, HandOffOutcome, Occupancy, RunSettings, State,
+        TypeEntry, newest,
     },
     behavior::ActorType,
-    builtin::{CounterType, EchoType, KvType, LoadType},
+    builtin::{BuiltinType, CounterType, EchoType, KvType, LoadType},
     config::RuntimeConfig,
     error::{DeliveryError, Error},
     hashing::HashMap,
@@ -316,7 +326,14 @@ struct Inner {
     settings: RunSettings,
     /// Times this node was evicted ([`Inner::evict`]).
     evictions: AtomicU64,
+    /// Activations and kept states of every type, against `config.max_actors`.
+    occupancy: Arc<Occupancy>,
+    /// When a refusal at the bound was last logged (one warning per [`FULL_WARN_EVERY`]).
+    full_warned: Mutex<Option<Instant>>,
 }
+
+/// Least time between two warnings that the node refuses activations at its bound.
+const FULL_WARN_EVERY: Duration = Duration::from_secs(10);
 
 pub(crate) use crate::sync::{lock, read, write};
 
@@ -344,8 +361,9 @@ fn far_future() -> Instant {
 }
 
 impl ActorRuntime {
-    /// A runtime with the built-in types (`counter`, `kv`, `echo`, `load`), the types in
-    /// `config.actor_types`, and the sidecar's types when `config.app_url` is set. Its
+    /// A runtime with the built-in types of `config.builtin_types` (by default `counter`,
+    /// `kv`, `echo`; `load` only when listed), the types in `config.actor_types`, and the
+    /// sidecar's types when `config.app_url` is set. Its
     /// metrics are registered in `registry`. It owns no actor until
     /// [`update_members`](Self::update_members) makes it an Up member, and it serves
     /// nothing (503) until [`set_serving_until`](Self::set_serving_until) (or
@@ -367,19 +385,25 @@ impl ActorRuntime {
         config.validate()?;
         let metrics = RuntimeMetrics::register(registry)?;
         let sidecar = config.app_url.as_deref().map(SidecarApp::new);
-        let mut factories: Vec<Arc<dyn ActorType>> = vec![
-            Arc::new(CounterType),
-            Arc::new(KvType {
-                max_state_bytes: config
-                    .max_frame_bytes
-                    .saturating_sub(crate::wire::FRAME_OVERHEAD),
-            }),
-            Arc::new(EchoType),
-            Arc::new(LoadType {
-                sleep_us: config.load_work.0,
-                spin_us: config.load_work.1,
-            }),
-        ];
+        let mut factories: Vec<Arc<dyn ActorType>> = Vec::new();
+        for t in &config.builtin_types {
+            if factories.iter().any(|f| f.name() == t.name()) {
+                continue;
+            }
+            factories.push(match t {
+                BuiltinType::Counter => Arc::new(CounterType),
+                BuiltinType::Kv => Arc::new(KvType {
+                    max_state_bytes: config
+                        .max_frame_bytes
+                        .saturating_sub(crate::wire::FRAME_OVERHEAD),
+                }),
+                BuiltinType::Echo => Arc::new(EchoType),
+                BuiltinType::Load => Arc::new(LoadType {
+                    sleep_us: config.load_work.0,
+                    spin_us: config.load_work.1,
+                }),
+            });
+        }
         factories.extend(config.actor_types.iter().cloned());
         if let Some(app) = &sidecar {
             for t in &config.app_types {
@@ -391,10 +415,17 @@ impl ActorRuntime {
                 factories.push(Arc::new(SidecarType::new(t, app.clone())));
             }
         }
+        let occupancy = Occupancy::new(config.max_actors);
+        metrics.max_actors.set(config.max_actors as i64);
         let mut types = HashMap::default();
         for f in factories {
             let name: Arc<str> = f.name().into();
-            let entry = TypeEntry::new(f, config.mailbox_for(&name), metrics.for_type(&name));
+            let entry = TypeEntry::new(
+                f,
+                config.mailbox_for(&name),
+                metrics.for_type(&name),
+                occupancy.clone(),
+            );
             // Later registrations (tests, sidecar) replace built-ins of the same name.
             types.insert(name, Arc::new(entry));
         }
@@ -428,6 +459,8 @@ impl ActorRuntime {
                 inflight: AtomicUsize::new(0),
                 settings,
                 evictions: AtomicU64::new(0),
+                occupancy,
+                full_warned: Mutex::new(None),
             }),
         };
         let weak = Arc::downgrade(&rt.inner);
@@ -777,6 +810,12 @@ impl ActorRuntime {
         self.inner.evictions.load(Ordering::Acquire)
     }
 
+    /// Actors this node holds in memory, activations and kept states of every type: what
+    /// `max_actors` bounds (a handed-over state may take it above).
+    pub fn held_count(&self) -> usize {
+        self.inner.occupancy.held()
+    }
+
     /// Actors active on this node, all types.
     pub fn active_count(&self) -> usize {
         read(&self.inner.types)
@@ -931,6 +970,7 @@ impl Inner {
             Arc::new(SidecarType::new(actor_type, app.clone())),
             self.config.mailbox_for(actor_type),
             self.metrics.for_type(actor_type),
+            self.occupancy.clone(),
         ));
         types.insert(actor_type.into(), entry.clone());
         Ok(entry)
@@ -955,5 +995,54 @@ impl Inner {
     }
     pub(super) fn entries(&self) -> Vec<Arc<TypeEntry>> {
         read(&self.types).values().cloned().collect()
+    }
+
+    /// The activation of `id` of `entry`, made unless the node holds its bound of actors
+    /// (`RuntimeConfig::max_actors`); with whether it is new. At the bound, with a durable
+    /// store, the oldest kept states are dropped from memory to make room (the store has
+    /// them, and an activation loads its state from there anyway); in memory mode a kept
+    /// state is the only copy, so the activation is refused ([`DeliveryError::AtCapacity`],
+    /// counted in `troupe_activations_refused_total`). Idle actors passivate and make room.
+    pub(super) fn activation_for(
+        &self,
+        entry: &TypeEntry,
+        id: &str,
+    ) -> Result<(Arc<Activation>, bool), DeliveryError> {
+        if let Some(found) = entry.get_or_insert(id) {
+            return Ok(found);
+        }
+        if self.settings.store.is_some() {
+            let dropped = activation::drop_oldest_kept(&self.entries(), &self.occupancy);
+            if dropped > 0 {
+                tracing::debug!(
+                    dropped,
+                    "at the actor bound: kept states dropped from memory (the durable store has them)"
+                );
+            }
+            if let Some(found) = entry.get_or_insert(id) {
+                return Ok(found);
+            }
+        }
+        entry.stats.refused_at_capacity.inc();
+        let limit = self.occupancy.limit();
+        {
+            let now = crate::time::now();
+            let mut last = lock(&self.full_warned);
+            if last.is_none_or(|t| now.saturating_duration_since(t) >= FULL_WARN_EVERY) {
+                *last = Some(now);
+                tracing::warn!(
+                    limit,
+                    held = self.occupancy.held(),
+                    actor_type = %entry.name,
+                    id,
+                    "this node holds its bound of actors: new activations are refused (503) until idle ones passivate; raise {} or add replicas",
+                    troupe_contract::env::MAX_ACTORS
+                );
+            }
+        }
+        Err(DeliveryError::AtCapacity {
+            pod: self.config.pod.clone(),
+            limit,
+        })
     }
 }

@@ -200,7 +200,7 @@ impl Inner {
                         // Not serving (and not draining): no new activation here.
                         return Err(DeliveryError::NotAccepting);
                     }
-                    let (act, new) = entry.get_or_insert(id);
+                    let (act, new) = self.activation_for(entry, id)?;
                     if new {
                         self.spawn_activation(entry.clone(), id.into(), act);
                     }

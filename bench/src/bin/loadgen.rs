@@ -4,6 +4,9 @@
 //! cargo run -p troupe-bench --release --bin loadgen -- --serve --requests 200000 --concurrency 64
 //! cargo run -p troupe-bench --release --bin loadgen -- --url http://127.0.0.1:8080 --actor-type load --body '{"spin_us":50}'
 //! ```
+//!
+//! `--actor-type load` against a node of its own wants `load` enabled there
+//! (`TROUPE_BUILTIN_TYPES=counter,kv,echo,load`); the `--serve` node enables it.
 
 use std::time::Duration;
 
