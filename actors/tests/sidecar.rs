@@ -43,6 +43,46 @@ async fn try_start_app() -> Option<(tokio::process::Child, String)> {
     None
 }
 
+/// The example application's actor types, declared as the operator declares `spec.app.types`.
+fn serve_app(c: &mut troupe_actors::RuntimeConfig, url: &str) {
+    c.app_url = Some(url.to_owned());
+    c.app_types = vec!["greeter".to_owned(), "cart".to_owned()];
+}
+
+#[tokio::test]
+async fn a_sidecar_node_without_declared_types_refuses_to_start_saying_what_to_set() {
+    let mut c = troupe_actors::RuntimeConfig::new("a", "a-1");
+    c.app_url = Some("http://127.0.0.1:1".to_owned());
+    let refused = troupe_actors::ActorRuntime::new(c, &prometheus::Registry::new())
+        .err()
+        .map(|e| e.to_string());
+    assert!(
+        refused
+            .as_deref()
+            .is_some_and(|e| e.contains("TROUPE_APP_TYPES")),
+        "a sidecar node with no declared actor types started: {refused:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_type_the_application_does_not_declare_never_reaches_it() {
+    let (_child, url) = start_app().await;
+    let tracker = Tracker::default();
+    let a = TestNode::start("a", &tracker, |c| {
+        c.app_url = Some(url.clone());
+        c.app_types = vec!["greeter".to_owned()];
+    })
+    .await;
+    a.rt.update_members(&table(1, &[("a", &a.addr, Up)]));
+    let r =
+        a.rt.ask("cart", "d1", Message::new("add", r#"{"item":"pear"}"#))
+            .await;
+    assert!(
+        matches!(r, Err(troupe_actors::DeliveryError::UnknownType(_))),
+        "an undeclared type reached the application: {r:?}"
+    );
+}
+
 fn json(b: &bytes::Bytes) -> serde_json::Value {
     serde_json::from_slice(b).unwrap_or_default()
 }
@@ -51,8 +91,8 @@ fn json(b: &bytes::Bytes) -> serde_json::Value {
 async fn sidecar_actors_answer_and_keep_their_state_across_a_move() {
     let (_child, url) = start_app().await;
     let tracker = Tracker::default();
-    let a = TestNode::start("a", &tracker, |c| c.app_url = Some(url.clone())).await;
-    let b = TestNode::start("b", &tracker, |c| c.app_url = Some(url.clone())).await;
+    let a = TestNode::start("a", &tracker, |c| serve_app(c, &url)).await;
+    let b = TestNode::start("b", &tracker, |c| serve_app(c, &url)).await;
     let t1 = table(1, &[("a", &a.addr, Up), ("b", &b.addr, Up)]);
     a.rt.update_members(&t1);
     b.rt.update_members(&t1);
@@ -117,7 +157,7 @@ async fn sidecar_actors_answer_and_keep_their_state_across_a_move() {
 async fn client_methods_starting_with_a_dollar_are_refused_and_the_state_stays() {
     let (_child, url) = start_app().await;
     let tracker = Tracker::default();
-    let a = TestNode::start("a", &tracker, |c| c.app_url = Some(url.clone())).await;
+    let a = TestNode::start("a", &tracker, |c| serve_app(c, &url)).await;
     a.rt.update_members(&table(1, &[("a", &a.addr, Up)]));
     let add = || {
         a.rt.ask(
@@ -153,7 +193,7 @@ async fn with_a_durable_store_the_state_an_answer_carries_is_stored_before_the_r
     let store = troupe_actors::InMemoryStore::new(1 << 20);
     let node = |pod: &str, version: u64, url: String| {
         let mut c = troupe_actors::RuntimeConfig::new(pod, format!("{pod}-1"));
-        c.app_url = Some(url);
+        serve_app(&mut c, &url);
         c.state_store = Some(std::sync::Arc::new(store.clone()));
         let rt =
             troupe_actors::ActorRuntime::new(c, &prometheus::Registry::new()).expect("runtime");

@@ -226,6 +226,8 @@ async fn mailbox_depth_scales_the_cluster_out_and_back_in() -> anyhow::Result<()
             "metadata": { "name": CLUSTER },
             "spec": {
                 "replicas": 1,
+                // `load` is off unless listed: it burns CPU on request.
+                "actors": { "builtinTypes": ["counter", "kv", "echo", "load"] },
                 "mailbox": { "capacity": 2000, "overflow": "Backpressure" },
                 "autoscaling": {
                     "minReplicas": 1,

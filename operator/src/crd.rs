@@ -106,6 +106,10 @@ pub struct ActorClusterSpec {
     #[serde(default)]
     pub mailbox: MailboxSpec,
 
+    /// What each node hosts: its bound on actors held in memory, the built-in types.
+    #[serde(default)]
+    pub actors: ActorsSpec,
+
     /// Mailbox-depth autoscaling. Absent: the replica count is fixed by `spec.replicas`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<AutoscalingSpec>,
@@ -197,6 +201,31 @@ impl OverflowPolicy {
             Self::Reject => "Reject",
         }
     }
+}
+
+/// Most actors one node holds in memory when `spec.actors.maxPerNode` is not set (the
+/// node's own default).
+pub const DEFAULT_MAX_ACTORS_PER_NODE: i64 = 100_000;
+
+/// What each node hosts.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ActorsSpec {
+    /// Most actors one node holds in memory, activations and kept states together
+    /// (unset: 100000). At the bound a new activation answers 503 with `Retry-After`
+    /// (memory mode never drops a kept state). Also sizes the node's default memory limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 10000000")
+        .message("spec.actors.maxPerNode must be between 1 and 10000000"))]
+    pub max_per_node: Option<i64>,
+    /// Built-in actor types the nodes serve, among `counter`, `kv`, `echo` and `load`
+    /// (unset: `counter`, `kv`, `echo`). `load` burns CPU on request: list it only for
+    /// load tests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4))]
+    #[x_kube(validation = Rule::new("self.all(t, t in ['counter', 'kv', 'echo', 'load'])")
+        .message("spec.actors.builtinTypes may list only counter, kv, echo and load"))]
+    pub builtin_types: Option<Vec<String>>,
 }
 
 /// Mailbox settings of every actor in the cluster.
@@ -556,6 +585,14 @@ mod tests {
             (
                 serde_json::json!({"app": {"image": "app:1", "types": ["cart", "$activate"]}}),
                 "spec.app.types",
+            ),
+            (
+                serde_json::json!({"actors": {"builtinTypes": ["counter", "shell"]}}),
+                "spec.actors.builtinTypes",
+            ),
+            (
+                serde_json::json!({"actors": {"maxPerNode": 0}}),
+                "spec.actors.maxPerNode",
             ),
             (
                 serde_json::json!({"state": {"store": "redis"}}),

@@ -201,7 +201,7 @@ use crate::{
 const MAX_HOPS: u8 = 8;
 /// Most times one message is routed again on one node (closed mailboxes, fresh activations).
 const MAX_ATTEMPTS: usize = 64;
-/// Most actor types a node serves (sidecar types are created on first use).
+/// Most sidecar actor types one node may declare (`TROUPE_APP_TYPES`).
 const MAX_TYPES: usize = 256;
 /// How long a routing decision waits for a newer member table.
 const TABLE_WAIT: Duration = Duration::from_secs(2);
@@ -301,7 +301,6 @@ struct Inner {
     config: RuntimeConfig,
     metrics: RuntimeMetrics,
     types: RwLock<HashMap<Arc<str>, Arc<TypeEntry>>>,
-    sidecar: Option<SidecarApp>,
     view: RwLock<PlacementHistory>,
     /// The cluster id and table order routed by; bumped on every recorded table.
     order: watch::Sender<(Arc<str>, TableOrder)>,
@@ -363,7 +362,7 @@ fn far_future() -> Instant {
 impl ActorRuntime {
     /// A runtime with the built-in types of `config.builtin_types` (by default `counter`,
     /// `kv`, `echo`; `load` only when listed), the types in `config.actor_types`, and the
-    /// sidecar's types when `config.app_url` is set. Its
+    /// sidecar's declared types (`config.app_types`, required) when `config.app_url` is set. Its
     /// metrics are registered in `registry`. It owns no actor until
     /// [`update_members`](Self::update_members) makes it an Up member, and it serves
     /// nothing (503) until [`set_serving_until`](Self::set_serving_until) (or
@@ -406,6 +405,21 @@ impl ActorRuntime {
         }
         factories.extend(config.actor_types.iter().cloned());
         if let Some(app) = &sidecar {
+            if config.app_types.is_empty() {
+                return Err(Error::Config(format!(
+                    "a sidecar application ({}) needs the actor types it serves: set {} \
+                     (comma-separated; the operator sets it from spec.app.types)",
+                    troupe_contract::env::APP_URL,
+                    troupe_contract::env::APP_TYPES
+                )));
+            }
+            if config.app_types.len() > MAX_TYPES {
+                return Err(Error::Config(format!(
+                    "{} lists {} actor types; at most {MAX_TYPES}",
+                    troupe_contract::env::APP_TYPES,
+                    config.app_types.len()
+                )));
+            }
             for t in &config.app_types {
                 if !valid_name(t) {
                     return Err(Error::Config(format!(
@@ -444,7 +458,6 @@ impl ActorRuntime {
                 config,
                 metrics,
                 types: RwLock::new(types),
-                sidecar,
                 view: RwLock::new(PlacementHistory::default()),
                 order: watch::Sender::new(("".into(), (0, 0))),
                 serving_until: watch::Sender::new(None),
@@ -839,7 +852,7 @@ impl ActorRuntime {
         self.inner.order.borrow().1
     }
 
-    /// Names of the actor types known now (sidecar types appear on first use unless listed).
+    /// Names of the actor types known now (sidecar types are the declared ones).
     pub fn actor_types(&self) -> Vec<String> {
         let mut v: Vec<String> = read(&self.inner.types)
             .keys()
@@ -953,27 +966,9 @@ impl Inner {
         if let Some(e) = read(&self.types).get(actor_type) {
             return Ok(e.clone());
         }
-        let Some(app) = &self.sidecar else {
-            return Err(DeliveryError::UnknownType(actor_type.to_owned()));
-        };
-        if !self.config.app_types.is_empty() || !valid_name(actor_type) {
-            return Err(DeliveryError::UnknownType(actor_type.to_owned()));
-        }
-        let mut types = write(&self.types);
-        if let Some(e) = types.get(actor_type) {
-            return Ok(e.clone());
-        }
-        if types.len() >= MAX_TYPES {
-            return Err(DeliveryError::UnknownType(actor_type.to_owned()));
-        }
-        let entry = Arc::new(TypeEntry::new(
-            Arc::new(SidecarType::new(actor_type, app.clone())),
-            self.config.mailbox_for(actor_type),
-            self.metrics.for_type(actor_type),
-            self.occupancy.clone(),
-        ));
-        types.insert(actor_type.into(), entry.clone());
-        Ok(entry)
+        // Sidecar types are declared (TROUPE_APP_TYPES) and registered at start: a client
+        // naming any other type never reaches the application.
+        Err(DeliveryError::UnknownType(actor_type.to_owned()))
     }
 
     /// Waits until the table order reaches `order` (or the cluster id changes).

@@ -24,7 +24,9 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use troupe_contract::{env, labels, ports};
 
 use super::Owner;
-use crate::crd::{AppSpec, PostgresSpec, StateStoreKind};
+use crate::crd::{
+    ActorClusterSpec, AppSpec, DEFAULT_MAX_ACTORS_PER_NODE, PostgresSpec, StateStoreKind,
+};
 use crate::validate::ValidSpec;
 
 /// The uid and gid the containers run as (distroless `nonroot`).
@@ -302,6 +304,12 @@ fn node_container(owner: &Owner, spec: &ValidSpec<'_>) -> Container {
         ));
         env_vars.push(value_env(env::APP_TYPES, app.types.join(",")));
     }
+    if let Some(max) = spec.spec.actors.max_per_node {
+        env_vars.push(value_env(env::MAX_ACTORS, max.to_string()));
+    }
+    if let Some(types) = &spec.spec.actors.builtin_types {
+        env_vars.push(value_env(env::BUILTIN_TYPES, types.join(",")));
+    }
     let mut mounts = vec![
         VolumeMount {
             name: "tmp".to_owned(),
@@ -360,7 +368,7 @@ fn node_container(owner: &Owner, spec: &ValidSpec<'_>) -> Container {
             spec.spec
                 .resources
                 .clone()
-                .unwrap_or_else(default_resources),
+                .unwrap_or_else(|| default_resources(spec.spec)),
         ),
         security_context: Some(container_security()),
         volume_mounts: Some(mounts),
@@ -369,14 +377,38 @@ fn node_container(owner: &Owner, spec: &ValidSpec<'_>) -> Container {
     }
 }
 
-/// Requests of a node when `spec.resources` is not given: enough to schedule sensibly,
-/// no limits (the node bounds its own memory through mailbox capacities).
-fn default_resources() -> ResourceRequirements {
+/// Memory a node needs before any actor: the runtime, the HTTP and transport buffers.
+const BASE_MEMORY: i64 = 64 * MIB;
+/// Memory budget per actor held (the activation, its mailbox and a small state).
+const MEMORY_PER_ACTOR: i64 = 2 * KIB;
+/// Memory budget per mailbox slot: one actor's full mailbox of mid-size messages.
+const MEMORY_PER_MAILBOX_SLOT: i64 = 4 * KIB;
+const KIB: i64 = 1024;
+const MIB: i64 = 1024 * KIB;
+
+/// Resources of a node when `spec.resources` is not given: requests enough to schedule
+/// sensibly, and a memory limit sized from what the node is allowed to hold
+/// (`spec.actors.maxPerNode` actors and one full mailbox, `spec.mailbox.capacity`), so a
+/// node that grows past its bounds is stopped by the kubelet instead of starving its
+/// neighbours. No CPU limit (throttling would stall membership's timers).
+fn default_resources(spec: &ActorClusterSpec) -> ResourceRequirements {
+    let actors = spec
+        .actors
+        .max_per_node
+        .unwrap_or(DEFAULT_MAX_ACTORS_PER_NODE);
+    let bytes = BASE_MEMORY
+        .saturating_add(actors.saturating_mul(MEMORY_PER_ACTOR))
+        .saturating_add(i64::from(spec.mailbox.capacity).saturating_mul(MEMORY_PER_MAILBOX_SLOT));
+    let mib = bytes.saturating_add(MIB - 1) / MIB;
     ResourceRequirements {
         requests: Some(BTreeMap::from([
             ("cpu".to_owned(), Quantity("10m".to_owned())),
             ("memory".to_owned(), Quantity("32Mi".to_owned())),
         ])),
+        limits: Some(BTreeMap::from([(
+            "memory".to_owned(),
+            Quantity(format!("{mib}Mi")),
+        )])),
         ..ResourceRequirements::default()
     }
 }
@@ -772,5 +804,46 @@ mod tests {
         let r = c.resources.clone().expect("resources");
         assert!(r.requests.is_none());
         assert!(r.limits.is_some());
+    }
+
+    #[test]
+    fn default_memory_limit_follows_the_actor_bound_and_the_mailbox() {
+        let memory = |spec: &ActorClusterSpec| {
+            let c = &pod(&build(spec)).containers[0];
+            let r = c.resources.clone().expect("resources");
+            let get = |m: Option<BTreeMap<String, Quantity>>| {
+                m.and_then(|m| m.get("memory").map(|q| q.0.clone()))
+            };
+            (get(r.requests), get(r.limits))
+        };
+        // 64 MiB + 100 000 actors x 2 KiB + 1 000 messages x 4 KiB, rounded up to MiB.
+        assert_eq!(
+            memory(&ActorClusterSpec::default()),
+            (Some("32Mi".into()), Some("264Mi".into()))
+        );
+        let small = ActorClusterSpec {
+            actors: crate::crd::ActorsSpec {
+                max_per_node: Some(1000),
+                builtin_types: Some(vec!["counter".into(), "load".into()]),
+            },
+            mailbox: crate::crd::MailboxSpec {
+                capacity: 100,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert_eq!(memory(&small), (Some("32Mi".into()), Some("67Mi".into())));
+        let node = &pod(&build(&small)).containers[0];
+        assert_eq!(
+            env_of(node, "TROUPE_MAX_ACTORS").and_then(|e| e.value),
+            Some("1000".into())
+        );
+        assert_eq!(
+            env_of(node, "TROUPE_BUILTIN_TYPES").and_then(|e| e.value),
+            Some("counter,load".into())
+        );
+        let defaults = &pod(&build(&ActorClusterSpec::default())).containers[0];
+        assert!(env_of(defaults, "TROUPE_MAX_ACTORS").is_none());
+        assert!(env_of(defaults, "TROUPE_BUILTIN_TYPES").is_none());
     }
 }
