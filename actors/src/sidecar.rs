@@ -67,6 +67,15 @@ pub fn split_turn(header: Option<&str>, body: Bytes) -> Result<(Option<Bytes>, B
 /// Longest wait for one application call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The `host:port` of an `http://host:port[/…]` application URL (what a node connects to
+/// while it waits for its application); `None` for another scheme or no port.
+pub fn authority(url: &str) -> Option<&str> {
+    let rest = url.strip_prefix("http://")?;
+    let authority = rest.split('/').next()?;
+    let (host, port) = authority.rsplit_once(':')?;
+    (!host.is_empty() && port.parse::<u16>().is_ok()).then_some(authority)
+}
+
 /// The HTTP client shared by every sidecar actor of a node.
 #[derive(Clone, Debug)]
 pub struct SidecarApp {
@@ -288,7 +297,20 @@ impl ActorType for SidecarType {
 
 #[cfg(test)]
 mod tests {
-    use super::{Bytes, path_segment, split_turn};
+    use super::{Bytes, authority, path_segment, split_turn};
+
+    #[test]
+    fn the_authority_of_an_application_url_is_its_host_and_port() {
+        assert_eq!(authority("http://127.0.0.1:3000"), Some("127.0.0.1:3000"));
+        assert_eq!(
+            authority("http://127.0.0.1:3000/base"),
+            Some("127.0.0.1:3000")
+        );
+        assert_eq!(authority("http://localhost"), None);
+        assert_eq!(authority("https://127.0.0.1:3000"), None);
+        assert_eq!(authority("http://:3000"), None);
+        assert_eq!(authority("http://h:99999"), None);
+    }
 
     #[test]
     fn a_turn_answer_splits_into_state_and_reply() {

@@ -122,6 +122,9 @@ async fn main() -> anyhow::Result<()> {
         }
         None => None,
     };
+    if let Ok(url) = std::env::var(env::APP_URL) {
+        wait_for_app(&url).await;
+    }
     let client = kube::Client::try_default()
         .await
         .context("cannot configure the Kubernetes client (in-cluster service account expected)")?;
@@ -188,6 +191,39 @@ async fn main() -> anyhow::Result<()> {
 /// node's registry, and a task that feeds every membership change to the runtime with
 /// the serving deadline (the runtime checks it on every delivery and stops its actors
 /// when it passes) and the draining flag.
+/// How long a node waits for its sidecar application to accept connections before it
+/// joins anyway (within the kubelet's 60 s startup probe of `/alive`).
+const APP_WAIT: Duration = Duration::from_secs(45);
+
+/// Waits until the sidecar application at `url` accepts TCP connections, so that the node
+/// joins (and is handed actors to `$activate`) only once the application can answer. A
+/// native sidecar is started before the node but may take a while to listen; it listens on
+/// localhost, where no kubelet probe reaches. After [`APP_WAIT`] the node joins anyway and
+/// says so: its activations then fail (500) until the application answers.
+async fn wait_for_app(url: &str) {
+    let Some(authority) = troupe_actors::sidecar::authority(url) else {
+        tracing::warn!(%url, "cannot tell the application's address from the URL; not waiting for it");
+        return;
+    };
+    let started = tokio::time::Instant::now();
+    let mut said = started;
+    loop {
+        if tokio::net::TcpStream::connect(authority).await.is_ok() {
+            tracing::info!(%url, waited_ms = started.elapsed().as_millis() as u64, "the application accepts connections");
+            return;
+        }
+        if started.elapsed() >= APP_WAIT {
+            tracing::warn!(%url, "the application still refuses connections after {APP_WAIT:?}; joining without it (its actors fail until it answers)");
+            return;
+        }
+        if said.elapsed() >= Duration::from_secs(5) {
+            tracing::info!(%url, "waiting for the application to accept connections");
+            said = tokio::time::Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn host_actors(node: &Node, tls: Option<Arc<TransportTls>>) -> anyhow::Result<ActorRuntime> {
     let me = node.view().borrow().me.clone();
     let mut config = RuntimeConfig::from_env(me.pod.clone(), me.incarnation.clone(), |k| {

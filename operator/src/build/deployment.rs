@@ -15,8 +15,7 @@ use k8s_openapi::api::core::v1::{
     DownwardAPIVolumeFile, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath,
     ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
     ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecretVolumeSource,
-    SecurityContext, ServiceAccountTokenProjection, TCPSocketAction, Volume, VolumeMount,
-    VolumeProjection,
+    SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -62,7 +61,7 @@ pub fn desired_deployment(owner: &Owner, spec: &ValidSpec<'_>) -> Deployment {
         labels::COMPONENT_NODE.to_owned(),
     );
 
-    // The application is a native sidecar: started (and probed) before the node, stopped
+    // The application is a native sidecar: started before the node, stopped
     // only after the node has exited, so it serves every `$deactivate` of the drain.
     let init_containers = spec.spec.app.as_ref().map(|app| vec![app_container(app)]);
 
@@ -414,21 +413,13 @@ fn default_resources(spec: &ActorClusterSpec) -> ResourceRequirements {
 }
 
 /// The sidecar application: an init container with `restartPolicy: Always` (a native
-/// sidecar, Kubernetes >= 1.29). Its startup probe (the port accepts connections) holds
-/// the node back until the application can answer `$activate`.
+/// sidecar, Kubernetes >= 1.29), started before the node and stopped after it. No probe:
+/// the application listens on localhost only, which the kubelet cannot reach; the node
+/// waits for it to accept connections before it joins.
 fn app_container(app: &AppSpec) -> Container {
     Container {
         name: APP_CONTAINER.to_owned(),
         restart_policy: Some("Always".to_owned()),
-        startup_probe: Some(Probe {
-            tcp_socket: Some(TCPSocketAction {
-                port: IntOrString::Int(app.port),
-                ..TCPSocketAction::default()
-            }),
-            period_seconds: Some(1),
-            failure_threshold: Some(120),
-            ..Probe::default()
-        }),
         image: Some(app.image.clone()),
         image_pull_policy: Some("IfNotPresent".to_owned()),
         command: app.command.clone(),
@@ -691,8 +682,8 @@ mod tests {
     fn the_app_is_a_native_sidecar_started_before_the_node_and_its_types_declared() {
         let p = pod(&build(&with_app()));
         // Only the node is a main container: the app is an init container that keeps
-        // running (restartPolicy Always), so the kubelet starts the node once the app's
-        // startup probe passes and stops the app only after the node has drained.
+        // running (restartPolicy Always), so the kubelet starts it before the node and
+        // stops it only after the node has drained.
         let main: Vec<&str> = p.containers.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(main, ["node"]);
         let init = p.init_containers.clone().unwrap_or_default();
@@ -700,12 +691,6 @@ mod tests {
         let app = &init[0];
         assert_eq!(app.name, "app");
         assert_eq!(app.restart_policy.as_deref(), Some("Always"));
-        let port = app
-            .startup_probe
-            .as_ref()
-            .and_then(|pr| pr.tcp_socket.as_ref())
-            .map(|t| t.port.clone());
-        assert_eq!(port, Some(IntOrString::Int(3000)));
         assert_eq!(
             env_of(&p.containers[0], "TROUPE_APP_TYPES").and_then(|e| e.value),
             Some("cart,order".into())
