@@ -9,8 +9,10 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 secs="${1:-60}"
 shift || true
-command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
-rustup toolchain list | grep -q '^nightly' || { echo "the nightly toolchain is needed: rustup toolchain install nightly" >&2; exit 1; }
+# shellcheck source=lib.sh
+. "$root/hack/lib.sh"
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version "$CARGO_FUZZ_VERSION"
+rustup toolchain list | grep -q '^nightly' || die "the nightly toolchain is needed: rustup toolchain install nightly --profile minimal (hack/install-deps.sh does it)"
 cd "$root/fuzz"
 targets=("$@")
 [ "${#targets[@]}" = 0 ] && mapfile -t targets < <(cargo +nightly fuzz list)

@@ -44,6 +44,8 @@ trap summary EXIT
 phase "deps" "$here/install-deps.sh"
 phase "lint" make --no-print-directory lint
 phase "unit tests" make --no-print-directory unit
+# Every fuzz target for a few seconds from the committed corpus (`make fuzz` runs minutes).
+phase "fuzz smoke" "$here/fuzz.sh" "${TROUPE_FUZZ_SMOKE_SECS:-5}"
 cluster_started=1
 phase "cluster up" "$here/cluster-up.sh"
 # The chart's checks need helm, which cluster-up builds; they use no cluster.
