@@ -191,12 +191,22 @@ pub struct SidecarActor {
     actor_type: Arc<str>,
     id: Arc<str>,
     app: SidecarApp,
-    /// State to hand to the application before the first message.
-    pending_state: Option<Bytes>,
+    /// State to hand to the application before the next message: put back when the
+    /// application refuses `$activate`, so that neither the retry nor a hand-over loses it.
+    pending_state: Arc<std::sync::Mutex<Option<Bytes>>>,
     /// The state the application sent with its last answer, until the runtime takes it.
     turn_state: Arc<std::sync::Mutex<Option<Bytes>>>,
     /// The last state the application sent (what `deactivate` keeps if it has no answer).
     last_state: Option<Bytes>,
+}
+
+/// Calls of `$deactivate` before its state is given up (5xx, timeouts, refusals).
+const DEACTIVATE_ATTEMPTS: u32 = 3;
+/// Pause before the n-th retry of `$deactivate`: n times this.
+const DEACTIVATE_RETRY: Duration = Duration::from_millis(200);
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The prefix of the lifecycle methods (`$activate`, `$deactivate`).
@@ -221,14 +231,19 @@ impl Actor for SidecarActor {
             }
             Ok(reply)
         });
-        match self.pending_state.take() {
+        let pending = self.pending_state.clone();
+        let taken = lock(&pending).take();
+        match taken {
             None => Step::Later(call),
             Some(state) => {
-                let activate = self
-                    .app
-                    .call(&self.actor_type, &self.id, "$activate", state);
+                let activate =
+                    self.app
+                        .call(&self.actor_type, &self.id, "$activate", state.clone());
                 Step::Later(Box::pin(async move {
-                    activate.await?;
+                    if let Err(e) = activate.await {
+                        *lock(&pending) = Some(state);
+                        return Err(e);
+                    }
                     call.await
                 }))
             }
@@ -243,23 +258,41 @@ impl Actor for SidecarActor {
     }
 
     fn deactivate(&mut self) -> Step {
-        if let Some(state) = self.pending_state.take() {
+        if let Some(state) = lock(&self.pending_state).take() {
             // Never activated in the application: the state is unchanged.
             return Step::Done(Ok(state));
         }
         self.take_turn_state();
         let reported = self.last_state.clone();
-        let call = self
-            .app
-            .call(&self.actor_type, &self.id, "$deactivate", Bytes::new());
+        let (app, actor_type, id) = (self.app.clone(), self.actor_type.clone(), self.id.clone());
         Step::Later(Box::pin(async move {
-            let r: Reply = call.await;
-            // An application without state handling answers 404: nothing to keep but
-            // what it reported with its answers, if anything.
-            match r {
-                Err(ActorError::BadRequest(_)) => Ok(reported.unwrap_or_default()),
-                Ok(b) if b.is_empty() => Ok(reported.unwrap_or_default()),
-                other => other,
+            let mut attempt = 0;
+            loop {
+                let r: Reply = app
+                    .call(&actor_type, &id, "$deactivate", Bytes::new())
+                    .await;
+                // An application without state handling answers 404: nothing to keep but
+                // what it reported with its answers, if anything.
+                match r {
+                    Err(ActorError::BadRequest(_)) => return Ok(reported.unwrap_or_default()),
+                    Ok(b) if b.is_empty() => return Ok(reported.unwrap_or_default()),
+                    Ok(b) => return Ok(b),
+                    // A 5xx, a timeout or a refused connection: the application may be
+                    // busy for a moment; its state is worth a few retries.
+                    Err(e) if attempt + 1 >= DEACTIVATE_ATTEMPTS => {
+                        return match reported {
+                            // What it reported with its last answer is the newest state
+                            // the node saw.
+                            Some(state) => Ok(state),
+                            None => Err(e),
+                        };
+                    }
+                    Err(e) => {
+                        tracing::warn!(%actor_type, %id, error = %e, "$deactivate failed; retrying");
+                        attempt += 1;
+                        tokio::time::sleep(DEACTIVATE_RETRY * attempt).await;
+                    }
+                }
             }
         }))
     }
@@ -288,7 +321,9 @@ impl ActorType for SidecarType {
             actor_type: self.name.as_str().into(),
             id: id.into(),
             app: self.app.clone(),
-            pending_state: state.clone().filter(|s| !s.is_empty()),
+            pending_state: Arc::new(std::sync::Mutex::new(
+                state.clone().filter(|s| !s.is_empty()),
+            )),
             turn_state: Arc::default(),
             last_state: state.filter(|s| !s.is_empty()),
         })
@@ -297,6 +332,120 @@ impl ActorType for SidecarType {
 
 #[cfg(test)]
 mod tests {
+    use super::{SidecarApp, SidecarType};
+    use crate::behavior::{ActorType, Step};
+    use crate::message::Message;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// An application on 127.0.0.1 whose `$activate` answers 503 `activate_failures` times
+    /// and whose `$deactivate` answers 500 `deactivate_failures` times (then `"kept"`);
+    /// every other method answers `{}`. Also returns the calls it answered 2xx, in order.
+    async fn flaky_app(
+        activate_failures: usize,
+        deactivate_failures: usize,
+    ) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+        use axum::{extract::Path, http::StatusCode};
+        let activations = Arc::new(AtomicUsize::new(0));
+        let deactivations = Arc::new(AtomicUsize::new(0));
+        let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = calls.clone();
+        let app = axum::Router::new().route(
+            "/actors/{ty}/{id}/{method}",
+            axum::routing::post(
+                move |Path((_, _, method)): Path<(String, String, String)>, body: Bytes| {
+                    let (activations, deactivations) = (activations.clone(), deactivations.clone());
+                    let log = log.clone();
+                    async move {
+                        let answer = match method.as_str() {
+                            "$activate"
+                                if activations.fetch_add(1, Ordering::SeqCst)
+                                    < activate_failures =>
+                            {
+                                (StatusCode::SERVICE_UNAVAILABLE, "starting")
+                            }
+                            "$deactivate"
+                                if deactivations.fetch_add(1, Ordering::SeqCst)
+                                    < deactivate_failures =>
+                            {
+                                (StatusCode::INTERNAL_SERVER_ERROR, "busy")
+                            }
+                            "$deactivate" => (StatusCode::OK, "kept"),
+                            _ => (StatusCode::OK, "{}"),
+                        };
+                        if answer.0 == StatusCode::OK {
+                            let call = format!("{method} {}", String::from_utf8_lossy(&body));
+                            log.lock().expect("log").push(call);
+                        }
+                        answer
+                    }
+                },
+            ),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (format!("http://{addr}"), calls)
+    }
+
+    async fn run(step: Step) -> crate::message::Reply {
+        match step {
+            Step::Done(r) => r,
+            Step::Later(f) => f.await,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_activate_keeps_the_state_for_the_next_message_and_the_hand_over() {
+        let (url, _) = flaky_app(1, 0).await;
+        let ty = SidecarType::new("cart", SidecarApp::new(&url));
+        let mut actor = ty.activate("d1", Some(Bytes::from_static(b"{\"pear\":2}")));
+        let first = run(actor.handle(&Message::new("add", "{}"))).await;
+        assert!(first.is_err(), "the app refused $activate: {first:?}");
+        // Deactivated now (a hand-over): the state the app never took is the state kept.
+        let kept = run(actor.deactivate()).await;
+        assert_eq!(
+            kept.as_deref().ok(),
+            Some(&b"{\"pear\":2}"[..]),
+            "the state was dropped after a failed $activate: {kept:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_activate_is_retried_with_the_next_message() {
+        let (url, calls) = flaky_app(1, 0).await;
+        let ty = SidecarType::new("cart", SidecarApp::new(&url));
+        let mut actor = ty.activate("d1", Some(Bytes::from_static(b"{\"pear\":2}")));
+        assert!(run(actor.handle(&Message::new("add", "{}"))).await.is_err());
+        assert!(run(actor.handle(&Message::new("add", "{}"))).await.is_ok());
+        assert_eq!(
+            *calls.lock().expect("calls"),
+            ["$activate {\"pear\":2}", "add {}"],
+            "the second message reached an application that never got the state"
+        );
+        // Activated in the app now: the app's $deactivate answer is the state.
+        assert_eq!(
+            run(actor.deactivate()).await.as_deref().ok(),
+            Some(&b"kept"[..])
+        );
+    }
+
+    #[tokio::test]
+    async fn a_deactivate_that_fails_for_a_moment_is_retried() {
+        let (url, _) = flaky_app(0, 2).await;
+        let ty = SidecarType::new("cart", SidecarApp::new(&url));
+        let mut actor = ty.activate("d1", None);
+        assert!(run(actor.handle(&Message::new("add", "{}"))).await.is_ok());
+        let kept = run(actor.deactivate()).await;
+        assert_eq!(
+            kept.as_deref().ok(),
+            Some(&b"kept"[..]),
+            "a $deactivate answered 500 twice lost the state: {kept:?}"
+        );
+    }
+
     use super::{Bytes, authority, path_segment, split_turn};
 
     #[test]
