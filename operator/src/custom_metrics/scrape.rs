@@ -40,7 +40,10 @@ pub fn node_pods_selector() -> String {
     )
 }
 
-/// The scrape target of a pod: running, with an IP and its cluster label; else `None`.
+/// The scrape target of a pod: running, with an IP and its cluster label, and made by its
+/// cluster's Deployment (controlled by the ReplicaSet `<cluster>-<pod-template-hash>`);
+/// else `None`. The labels alone are not enough: anyone who may create a pod can wear
+/// them, and the operator would read that pod's page and patch its deletion cost.
 pub fn target_of(pod: &Pod) -> Option<PodTarget> {
     let status = pod.status.as_ref()?;
     if status.phase.as_deref() != Some("Running") {
@@ -49,6 +52,16 @@ pub fn target_of(pod: &Pod) -> Option<PodTarget> {
     let ip = status.pod_ip.clone().filter(|ip| !ip.is_empty())?;
     let pod_labels = pod.metadata.labels.clone().unwrap_or_default();
     let cluster = pod_labels.get(labels::INSTANCE)?.clone();
+    let hash = pod_labels.get("pod-template-hash")?;
+    let made_by_its_deployment = pod.owner_references().iter().any(|r| {
+        r.controller == Some(true)
+            && r.kind == "ReplicaSet"
+            && r.api_version == "apps/v1"
+            && r.name == format!("{cluster}-{hash}")
+    });
+    if !made_by_its_deployment {
+        return None;
+    }
     Some(PodTarget {
         namespace: pod.namespace()?,
         name: pod.metadata.name.clone()?,
@@ -248,8 +261,11 @@ mod tests {
         serde_json::from_value(serde_json::json!({
             "metadata": {
                 "name": "orders-1", "namespace": "shop",
-                "labels": {"app.kubernetes.io/name": "troupe-node", "app.kubernetes.io/instance": "orders"},
-                "annotations": {DELETION_COST: "12"}
+                "labels": {"app.kubernetes.io/name": "troupe-node", "app.kubernetes.io/instance": "orders",
+                           "pod-template-hash": "5d9f"},
+                "annotations": {DELETION_COST: "12"},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                                     "name": "orders-5d9f", "uid": "rs-1", "controller": true}]
             },
             "status": {"phase": phase, "podIP": ip}
         }))
@@ -265,6 +281,28 @@ mod tests {
         let page = m.encode();
         assert!(page.contains("troupe_operator_depth_scrapes_total{result=\"ok\"} 1"));
         assert!(page.contains("troupe_operator_depth_pods 3"));
+    }
+
+    #[test]
+    fn a_pod_that_only_wears_the_labels_is_not_a_target() {
+        // Anyone who may create pods can put the node labels on one; the scraper would
+        // read its page and the operator patch its deletion cost.
+        let mut stranger = pod("Running", Some("10.1.2.3"));
+        stranger.metadata.owner_references = None;
+        assert!(target_of(&stranger).is_none(), "a pod without a ReplicaSet");
+        let mut other = pod("Running", Some("10.1.2.3"));
+        if let Some(r) = other.metadata.owner_references.as_mut() {
+            r[0].name = "billing-5d9f".into();
+        }
+        assert!(target_of(&other).is_none(), "a pod of another Deployment");
+        let mut not_controller = pod("Running", Some("10.1.2.3"));
+        if let Some(r) = not_controller.metadata.owner_references.as_mut() {
+            r[0].controller = None;
+        }
+        assert!(
+            target_of(&not_controller).is_none(),
+            "a ReplicaSet that is not the controller"
+        );
     }
 
     #[test]
