@@ -393,14 +393,31 @@ pub(crate) mod tests {
         std::fs::write(files.key, &material.key_pem).expect("key");
     }
 
-    fn scratch(name: &str) -> PathBuf {
+    /// A fresh directory under the system's temporary directory, removed when dropped
+    /// (a credential is read into memory when loaded; only a reload reads it again).
+    struct Scratch(PathBuf);
+
+    impl std::ops::Deref for Scratch {
+        type Target = Path;
+        fn deref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn scratch(name: &str) -> Scratch {
         let dir = std::env::temp_dir().join(format!(
             "troupe-tls-{}-{name}-{}",
             std::process::id(),
             rand_suffix()
         ));
         let _ = std::fs::remove_dir_all(&dir);
-        dir
+        Scratch(dir)
     }
 
     fn rand_suffix() -> u64 {

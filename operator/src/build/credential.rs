@@ -385,7 +385,10 @@ mod tests {
             std::fs::write(&f.cert, m.cert_pem).expect("cert");
             std::fs::write(&f.key, m.key_pem).expect("key");
             let identity = troupe_contract::tls::identity("shop", "orders");
-            TransportTls::load(f, &identity).expect("loads")
+            let loaded = TransportTls::load(f, &identity).expect("loads");
+            // Read into memory: the files are not needed any more.
+            let _ = std::fs::remove_dir_all(&dir);
+            loaded
         };
         let (server, client) = (write(a, "a"), write(b, "b"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
