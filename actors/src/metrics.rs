@@ -3,7 +3,8 @@
 //! | name | type | labels |
 //! |---|---|---|
 //! | `troupe_mailbox_depth` | gauge | `actor_type` |
-//! | `troupe_mailbox_depth_total` | gauge (the HPA's per-pod metric) | — |
+//! | `troupe_node_mailbox_depth` | gauge (the HPA's per-pod metric) | — |
+//! | `troupe_mailbox_depth_total` | gauge, **deprecated** name of the one above, removed at v1 | — |
 //! | `troupe_messages_processed_total` | counter | `actor_type` |
 //! | `troupe_processing_seconds` | histogram (sampled) | `actor_type` |
 //! | `troupe_mailbox_wait_seconds` | histogram (sampled) | `actor_type` |
@@ -33,7 +34,7 @@ use prometheus::{
     core::{Collector, Desc},
     proto::MetricFamily,
 };
-use troupe_contract::metrics::{MAILBOX_DEPTH, MAILBOX_DEPTH_TOTAL};
+use troupe_contract::metrics::{MAILBOX_DEPTH, MAILBOX_DEPTH_TOTAL, NODE_MAILBOX_DEPTH};
 
 use crate::error::Error;
 
@@ -339,6 +340,10 @@ impl std::fmt::Debug for DepthCollector {
     }
 }
 
+const NODE_DEPTH_HELP: &str = "Messages waiting in all mailboxes of this node (the HPA's metric).";
+const DEPRECATED_DEPTH_HELP: &str =
+    "Deprecated (removed at v1): troupe_node_mailbox_depth under its old name.";
+
 impl Default for DepthCollector {
     fn default() -> Self {
         let descs = [
@@ -349,8 +354,14 @@ impl Default for DepthCollector {
                 Default::default(),
             ),
             Desc::new(
+                NODE_MAILBOX_DEPTH.into(),
+                NODE_DEPTH_HELP.into(),
+                vec![],
+                Default::default(),
+            ),
+            Desc::new(
                 MAILBOX_DEPTH_TOTAL.into(),
-                "Messages waiting in all mailboxes of this node (the HPA's metric).".into(),
+                DEPRECATED_DEPTH_HELP.into(),
                 vec![],
                 Default::default(),
             ),
@@ -399,12 +410,14 @@ impl Collector for DepthCollector {
             by_type.with_label_values(&[&**name]).set(*d);
         }
         out.extend(by_type.collect());
-        if let Ok(g) = IntGauge::new(
-            MAILBOX_DEPTH_TOTAL,
-            "Messages waiting in all mailboxes of this node (the HPA's metric).",
-        ) {
-            g.set(total);
-            out.extend(g.collect());
+        for (name, help) in [
+            (NODE_MAILBOX_DEPTH, NODE_DEPTH_HELP),
+            (MAILBOX_DEPTH_TOTAL, DEPRECATED_DEPTH_HELP),
+        ] {
+            if let Ok(g) = IntGauge::new(name, help) {
+                g.set(total);
+                out.extend(g.collect());
+            }
         }
         out
     }

@@ -234,7 +234,9 @@ async fn mailbox_depth_is_exported_per_type_and_in_total() {
         text.contains("troupe_mailbox_depth{actor_type=\"tracked\"}"),
         "{text}"
     );
-    assert!(text.contains("troupe_mailbox_depth_total "), "{text}");
+    // The per-node total under its v1 name, and (deprecated, until v1) the old one.
+    assert!(text.contains("\ntroupe_node_mailbox_depth "), "{text}");
+    assert!(text.contains("\ntroupe_mailbox_depth_total "), "{text}");
     assert!(rt.mailbox_depth() >= 3, "depth {}", rt.mailbox_depth());
     assert!(text.contains("troupe_active_actors{actor_type=\"tracked\"} 1"));
     tokio::time::sleep(Duration::from_millis(200)).await;

@@ -153,10 +153,14 @@ pub mod tls {
 pub mod metrics {
     /// Mailbox depth. On a node's `/metrics` this series is labelled by `actor_type`; in
     /// `custom.metrics.k8s.io` it is the **per-pod** metric the HPA scales on, whose value
-    /// is the node's [`MAILBOX_DEPTH_TOTAL`].
+    /// is the node's [`NODE_MAILBOX_DEPTH`].
     pub const MAILBOX_DEPTH: &str = "troupe_mailbox_depth";
     /// The per-pod total mailbox depth (sum over every actor on the node), unlabelled, as
     /// the node exports it; the custom metrics API reads this one.
+    pub const NODE_MAILBOX_DEPTH: &str = "troupe_node_mailbox_depth";
+    /// **Deprecated** name of [`NODE_MAILBOX_DEPTH`] (a gauge must not end in `_total`):
+    /// nodes export both until v1, and the operator reads it from nodes that export only
+    /// this one (an older release, during a rolling update). Removed at v1.
     pub const MAILBOX_DEPTH_TOTAL: &str = "troupe_mailbox_depth_total";
     /// 1 while the node reaches its durable state store, 0 while it does not (absent in
     /// `memory` mode); the operator reports Degraded from it.

@@ -442,7 +442,7 @@ pub struct ActorClusterStatus {
     #[serde(default)]
     pub up_members: i32,
     /// Messages waiting in the mailboxes of all the cluster's pods (the sum of every
-    /// pod's `troupe_mailbox_depth_total`), when known.
+    /// pod's `troupe_node_mailbox_depth`), when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mailbox_depth: Option<i64>,
     /// Ready, Progressing, Degraded and ScalingLimited.

@@ -5,7 +5,7 @@
 //! ```text
 //!  pod watch (node pods) ─► scrape every 2 s ─► DepthCache ─┬─► server: /apis/custom.metrics.k8s.io/...
 //!   GET <podIP>:8558/metrics   (scrape, prom)     (cache)    │     (api, selector, quantity; TLS + auth)
-//!   troupe_mailbox_depth_total                               └─► reporter (leader): status.mailboxDepth,
+//!   troupe_node_mailbox_depth                                └─► reporter (leader): status.mailboxDepth,
 //!                                                                   pod-deletion-cost
 //! ```
 //!

@@ -1,6 +1,6 @@
 //! Gathers mailbox depth from the node pods: a pod watch (node pods of every ActorCluster,
 //! by label) and, every interval, a concurrent GET of each pod's management `/metrics`
-//! (port 8558), whose `troupe_mailbox_depth_total` goes into the [`DepthCache`].
+//! (port 8558), whose `troupe_node_mailbox_depth` goes into the [`DepthCache`].
 //!
 //! A failed scrape leaves the pod's previous sample to age out (the readers drop samples
 //! older than their `max_age`); it never writes a guess.
@@ -197,7 +197,8 @@ async fn round(
 /// What one node's `/metrics` page says.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Page {
-    /// `troupe_mailbox_depth_total`.
+    /// `troupe_node_mailbox_depth` (or, from a node of an older release, its deprecated
+    /// name `troupe_mailbox_depth_total`).
     pub depth: Option<f64>,
     /// `troupe_state_store_up` (absent in memory mode).
     pub store_up: Option<bool>,
@@ -206,7 +207,8 @@ pub struct Page {
 /// Reads what the operator needs from a node's metrics page.
 pub fn read_page(text: &str) -> Page {
     Page {
-        depth: prom::unlabelled(text, metrics::MAILBOX_DEPTH_TOTAL),
+        depth: prom::unlabelled(text, metrics::NODE_MAILBOX_DEPTH)
+            .or_else(|| prom::unlabelled(text, metrics::MAILBOX_DEPTH_TOTAL)),
         store_up: prom::unlabelled(text, metrics::STATE_STORE_UP).map(|v| v >= 1.0),
     }
 }
@@ -255,6 +257,13 @@ mod tests {
             }
         );
         assert_eq!(read_page("troupe_mailbox_depth_total 4\n").store_up, None);
+        // The v1 name wins; a node of an older release (a rolling update) is still read.
+        assert_eq!(
+            read_page("troupe_node_mailbox_depth 6\ntroupe_mailbox_depth_total 6\n").depth,
+            Some(6.0)
+        );
+        assert_eq!(read_page("troupe_node_mailbox_depth 7\n").depth, Some(7.0));
+        assert_eq!(read_page("troupe_mailbox_depth_total 4\n").depth, Some(4.0));
     }
 
     fn pod(phase: &str, ip: Option<&str>) -> Pod {
