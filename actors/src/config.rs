@@ -93,6 +93,11 @@ impl Default for SupervisionConfig {
     }
 }
 
+/// The non-empty, trimmed names of a comma-separated list.
+fn names(list: &str) -> impl Iterator<Item = &str> {
+    list.split(',').map(str::trim).filter(|s| !s.is_empty())
+}
+
 /// Everything a runtime needs to know.
 #[derive(Clone)]
 pub struct RuntimeConfig {
@@ -253,20 +258,10 @@ impl RuntimeConfig {
                 })?;
         }
         if let Some(v) = lookup(env::BUILTIN_TYPES) {
-            c.builtin_types = v
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::parse)
-                .collect::<Result<_, _>>()?;
+            c.builtin_types = names(&v).map(str::parse).collect::<Result<_, _>>()?;
         }
         if let Some(v) = lookup(env::APP_TYPES) {
-            c.app_types = v
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect();
+            c.app_types = names(&v).map(str::to_owned).collect();
         }
         c.validate()?;
         Ok(c)
