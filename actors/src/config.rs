@@ -343,16 +343,20 @@ mod tests {
         );
         for bad in ["0", "many", "-3", ""] {
             let e = from(&[(env::MAX_ACTORS, bad)]).map(|c| c.max_actors);
-            let text = e
-                .as_ref()
-                .err()
-                .map(ToString::to_string)
-                .unwrap_or_default();
+            let text = error_text(&e);
             assert!(
                 text.contains("TROUPE_MAX_ACTORS") && text.contains("positive integer"),
                 "{bad:?}: {e:?}"
             );
         }
+    }
+
+    /// The error's text, empty when `r` is not an error.
+    fn error_text<T>(r: &Result<T, Error>) -> String {
+        r.as_ref()
+            .err()
+            .map(ToString::to_string)
+            .unwrap_or_default()
     }
 
     #[test]
@@ -375,11 +379,7 @@ mod tests {
             Some(vec![])
         );
         let e = from(&[(env::BUILTIN_TYPES, "counter,lod")]).map(|c| c.builtin_types);
-        let text = e
-            .as_ref()
-            .err()
-            .map(ToString::to_string)
-            .unwrap_or_default();
+        let text = error_text(&e);
         assert!(
             text.contains("TROUPE_BUILTIN_TYPES")
                 && text.contains("\"lod\"")

@@ -198,7 +198,6 @@ async fn a_node_writes_only_its_own_member_lease_in_its_own_namespace() -> anyho
             .get(&theirs)
             .await
             .context("alpha's node reads beta's Lease (RBAC allows reading)")?;
-        let before = ctx.api::<Lease>().get(&theirs).await?;
         lease
             .metadata
             .annotations
@@ -227,10 +226,6 @@ async fn a_node_writes_only_its_own_member_lease_in_its_own_namespace() -> anyho
                 .unwrap_or_default()
                 .contains_key("troupe.dev/forged"),
             "beta's Lease carries alpha's forgery"
-        );
-        ensure!(
-            before.metadata.name == after.metadata.name,
-            "beta's Lease changed identity"
         );
         // Both clusters still stand: their nodes write their own Leases through the policy.
         for name in ["alpha", "beta"] {
