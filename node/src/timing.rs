@@ -42,8 +42,10 @@ impl Default for Timing {
     fn default() -> Self {
         Self {
             tick: Duration::from_millis(200),
-            renew_interval: Duration::from_secs(1),
-            lease_duration: Duration::from_secs(3),
+            // One Lease write per 2 s at rest (issue 13: ≤ 0.5 writes/s per cluster);
+            // a crashed coordinator is replaced within the 4 s lease plus a tick.
+            renew_interval: Duration::from_secs(2),
+            lease_duration: Duration::from_secs(4),
             probe_interval: Duration::from_millis(500),
             probe_timeout: Duration::from_millis(450),
             detect_timeout: Duration::from_secs(3),

@@ -1072,6 +1072,63 @@ mod tests {
         assert!(matches!(s.desired(t0, &pods), Write::Form { .. }));
     }
 
+    /// A settled cluster at rest costs the API server at most one write per
+    /// `renew_interval`: with the default timing, ≤ 0.5 writes/s (issue 13), while a
+    /// crashed coordinator is replaced within 5 s (its lease, plus a tick).
+    #[test]
+    fn a_settled_coordinator_writes_at_most_half_a_time_per_second_at_rest() {
+        let t0 = Instant::now();
+        let timing = Timing::default();
+        let mut s = MemberState::new(
+            Identity {
+                pod: "a".into(),
+                address: "10.0.0.1".into(),
+            },
+            timing,
+            Sources::seeded(1, 1_000),
+            MemberKey::new("a", "i-1"),
+            t0,
+            1_000,
+        );
+        let mut st = stored("1", table(0, &["a"]));
+        st.record.holder = Some(s.my_id());
+        st.record.lease_duration_s = lease_seconds(timing.lease_duration);
+        s.on_stored(st.clone(), Some(t0), t0);
+        s.last_renew = Some(t0);
+        let pods = PodSet::from_list([("a", "1")]);
+        let (mut writes, mut rv) = (0u32, 1u64);
+        let secs = 60;
+        let mut now = t0;
+        while now < t0 + Duration::from_secs(secs) {
+            now += timing.tick;
+            if let Write::Replace { record, .. } = s.desired(now, &pods) {
+                assert_eq!(record.holder, Some(s.my_id()), "lost the lease at rest");
+                writes += 1;
+                rv += 1;
+                s.on_stored(
+                    Stored {
+                        resource_version: rv.to_string(),
+                        record,
+                    },
+                    Some(now),
+                    now,
+                );
+                s.last_renew = Some(now);
+            }
+        }
+        let per_second = f64::from(writes) / secs as f64;
+        assert!(
+            per_second <= 0.5,
+            "{writes} writes in {secs} s at rest ({per_second:.2}/s): the renewal is too eager"
+        );
+        assert!(writes > 0, "never renewed: the lease would expire");
+        let takeover = timing.lease_duration + timing.tick;
+        assert!(
+            takeover <= Duration::from_secs(5),
+            "a crashed coordinator is replaced only after {takeover:?}"
+        );
+    }
+
     #[test]
     fn a_coordinator_without_a_majority_releases_the_lease() {
         let t0 = Instant::now();
