@@ -3,7 +3,7 @@
 //! The operator watches only the member Leases (labelled `app.kubernetes.io/name=troupe-node`
 //! by the nodes that write them, [`SELECTOR`]), not every Lease of the cluster (kubelets
 //! renew one per node every 10 s, leader elections one per controller every 2 s). And a
-//! cluster's coordinator renews its member Lease every second: only the member table in
+//! cluster's coordinator renews its member Lease every 2 s: only the member table in
 //! its annotation is what the status reports, so a renewal that leaves the table as it was
 //! is dropped, while a changed table, a Lease created anew (another uid) and a deletion
 //! go through ([`LeaseChanges`]).
