@@ -426,10 +426,6 @@ async fn invalid_specs_are_refused_naming_the_field() -> anyhow::Result<()> {
                 json!({"replicas": 3, "autoscaling": {"minReplicas": 1, "maxReplicas": 5, "targetMailboxDepth": 0}}),
                 "spec.autoscaling.targetMailboxDepth",
             ),
-            (
-                json!({"replicas": 9, "autoscaling": {"minReplicas": 1, "maxReplicas": 5, "targetMailboxDepth": 10}}),
-                "spec.replicas",
-            ),
             (json!({"image": ""}), "spec.image"),
             (
                 json!({"app": {"image": "app:1", "port": 8558, "types": ["cart"]}}),
@@ -456,30 +452,43 @@ async fn invalid_specs_are_refused_naming_the_field() -> anyhow::Result<()> {
         }
         ensure!(refused >= 5);
 
-        // An update out of bounds through /scale is refused too.
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn autoscaling_keeps_the_deployment_within_its_bounds() -> anyhow::Result<()> {
+    with_namespace("op-bounds", |ctx| async move {
+        // No spec.replicas (the default 1 lies below minReplicas): accepted, and the
+        // Deployment asks for minReplicas until the HPA writes /scale.
         create(
             &ctx,
             &actor_cluster(
                 "bounded",
-                json!({"replicas": 2, "autoscaling": {"minReplicas": 1, "maxReplicas": 3, "targetMailboxDepth": 10}}),
+                json!({"autoscaling": {"minReplicas": 2, "maxReplicas": 3, "targetMailboxDepth": 10}}),
             )?,
         )
         .await?;
-        let result = clusters(&ctx)
+        let in_bounds = |d: &Deployment| deployment_replicas(d).is_some_and(|r| (2..=3).contains(&r));
+        until_child::<Deployment, _>(&ctx, "bounded", "Deployment within [2, 3]", in_bounds).await?;
+
+        // A /scale beyond maxReplicas is accepted too; the Deployment stays within bounds.
+        clusters(&ctx)
             .patch_scale(
                 "bounded",
                 &PatchParams::default(),
                 &Patch::Merge(json!({"spec": {"replicas": 50}})),
             )
-            .await;
-        match result {
-            Err(kube::Error::Api(status)) => ensure!(
-                status.message.contains("spec.replicas"),
-                "scale refusal should name spec.replicas: {}",
-                status.message
-            ),
-            other => bail!("scaling beyond maxReplicas was not refused: {other:?}"),
-        }
+            .await
+            .context("a /scale beyond maxReplicas should be accepted")?;
+        until_observed(&ctx, "bounded").await?;
+        let d = ctx.api::<Deployment>().get("bounded").await?;
+        ensure!(
+            in_bounds(&d),
+            "Deployment replicas {:?} left [2, 3]",
+            deployment_replicas(&d)
+        );
         Ok(())
     })
     .await

@@ -85,13 +85,12 @@ pub const MAX_STATE_BYTES: i64 = 64 << 20;
 #[x_kube(validation = Rule::new("self.replicas >= 0")
     .message("spec.replicas must be 0 or more")
     .field_path(".replicas"))]
-#[x_kube(validation = Rule::new(
-    "!has(self.autoscaling) || (self.replicas >= self.autoscaling.minReplicas && self.replicas <= self.autoscaling.maxReplicas)")
-    .message("spec.replicas must lie between spec.autoscaling.minReplicas and spec.autoscaling.maxReplicas")
-    .field_path(".replicas"))]
 #[serde(rename_all = "camelCase")]
 pub struct ActorClusterSpec {
-    /// Number of actor nodes. Written by the HPA (through `/scale`) when autoscaling is on.
+    /// Number of actor nodes. With `spec.autoscaling` the HPA writes it through `/scale`
+    /// from its first sync on; it may be left out or lie outside [`minReplicas`,
+    /// `maxReplicas`]: the operator clamps the node Deployment's replicas into those bounds
+    /// (so `autoscaling: {minReplicas: 5, ...}` without `replicas` starts 5 nodes).
     #[serde(default = "default_replicas")]
     pub replicas: i32,
 
@@ -554,6 +553,22 @@ mod tests {
     }
 
     #[test]
+    fn cel_accepts_autoscaling_whatever_the_replicas() {
+        // The HPA writes spec.replicas through /scale only after the object is stored, so
+        // a replica count outside [minReplicas, maxReplicas] (the default one among them)
+        // must be accepted: the operator clamps the Deployment's replicas instead.
+        let autoscaling = serde_json::json!({"minReplicas": 5, "maxReplicas": 10,
+            "targetMailboxDepth": 100});
+        for spec in [
+            serde_json::json!({"autoscaling": autoscaling}),
+            serde_json::json!({"replicas": DEFAULT_REPLICAS, "autoscaling": autoscaling}),
+            serde_json::json!({"replicas": 30, "autoscaling": autoscaling}),
+        ] {
+            assert_eq!(cel_errors(spec.clone()), Vec::<String>::new(), "{spec}");
+        }
+    }
+
+    #[test]
     fn cel_refuses_invalid_specs_naming_the_field() {
         let cases = [
             (serde_json::json!({"replicas": -1}), "spec.replicas"),
@@ -572,10 +587,6 @@ mod tests {
             (
                 serde_json::json!({"replicas": 3, "autoscaling": {"minReplicas": 1, "maxReplicas": 5, "targetMailboxDepth": 0}}),
                 "spec.autoscaling.targetMailboxDepth",
-            ),
-            (
-                serde_json::json!({"replicas": 9, "autoscaling": {"minReplicas": 1, "maxReplicas": 5, "targetMailboxDepth": 10}}),
-                "spec.replicas must lie between",
             ),
             (serde_json::json!({"image": ""}), "spec.image"),
             (

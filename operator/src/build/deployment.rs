@@ -2,8 +2,9 @@
 //! environment, a locked-down security context) and a rolling update that never takes a
 //! member away before its replacement is Ready.
 //!
-//! `spec.replicas` of the Deployment is always `ActorCluster.spec.replicas`: the operator is
-//! its only writer; the HPA scales the ActorCluster, never the Deployment.
+//! `spec.replicas` of the Deployment is [`desired_replicas`]: `ActorCluster.spec.replicas`,
+//! clamped into the autoscaling bounds when autoscaling is on. The operator is its only
+//! writer; the HPA scales the ActorCluster, never the Deployment.
 
 use std::collections::BTreeMap;
 
@@ -49,6 +50,19 @@ pub const API_TOKEN_VOLUME: &str = "kube-api-access";
 /// Where in-cluster clients look for the service account token.
 pub const API_TOKEN_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
+/// The node pods the Deployment asks for: `spec.replicas`, clamped into
+/// [`minReplicas`, `maxReplicas`] when `spec.autoscaling` is on. The API accepts any
+/// replica count beside autoscaling (the default one, or one written before autoscaling
+/// was turned on), because the HPA writes `spec.replicas` through `/scale` only on its
+/// first sync after the object is stored; until then the bounds hold here.
+pub fn desired_replicas(spec: &ActorClusterSpec) -> i32 {
+    match &spec.autoscaling {
+        // `max(min).min(max)`, not `clamp`: never panics on an (invalid) min > max.
+        Some(a) => spec.replicas.max(a.min_replicas).min(a.max_replicas),
+        None => spec.replicas,
+    }
+}
+
 /// The Deployment `<name>`.
 pub fn desired_deployment(owner: &Owner, spec: &ValidSpec<'_>) -> Deployment {
     let overrides = spec.spec.pod_template.clone().unwrap_or_default();
@@ -68,7 +82,7 @@ pub fn desired_deployment(owner: &Owner, spec: &ValidSpec<'_>) -> Deployment {
     Deployment {
         metadata: owner.meta(owner.name.clone()),
         spec: Some(DeploymentSpec {
-            replicas: Some(spec.spec.replicas),
+            replicas: Some(desired_replicas(spec.spec)),
             selector: LabelSelector {
                 match_labels: Some(owner.selector()),
                 ..LabelSelector::default()
@@ -543,6 +557,45 @@ mod tests {
             p.security_context.and_then(|s| s.fs_group),
             Some(RUN_AS_USER)
         );
+    }
+
+    fn autoscaled(replicas: i32, min: i32, max: i32) -> ActorClusterSpec {
+        ActorClusterSpec {
+            replicas,
+            autoscaling: Some(crate::crd::AutoscalingSpec {
+                min_replicas: min,
+                max_replicas: max,
+                target_mailbox_depth: 100,
+                behavior: None,
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn autoscaling_clamps_the_deployment_replicas_into_its_bounds() {
+        let replicas = |spec: &ActorClusterSpec| build(spec).spec.and_then(|s| s.replicas);
+        // Below minReplicas (the default 1 with minReplicas 5): raised to the minimum.
+        assert_eq!(replicas(&autoscaled(1, 5, 10)), Some(5));
+        assert_eq!(replicas(&autoscaled(0, 5, 10)), Some(5));
+        // Above maxReplicas: lowered to the maximum.
+        assert_eq!(replicas(&autoscaled(30, 5, 10)), Some(10));
+        // Within the bounds, and on them: as written.
+        assert_eq!(replicas(&autoscaled(7, 5, 10)), Some(7));
+        assert_eq!(replicas(&autoscaled(5, 5, 10)), Some(5));
+        assert_eq!(replicas(&autoscaled(10, 5, 10)), Some(10));
+        // Without autoscaling nothing is clamped.
+        let fixed = ActorClusterSpec {
+            replicas: 30,
+            ..Default::default()
+        };
+        assert_eq!(replicas(&fixed), Some(30));
+    }
+
+    #[test]
+    fn desired_replicas_never_panics_on_inverted_bounds() {
+        // validate() refuses min > max, but status is computed for invalid specs too.
+        assert_eq!(desired_replicas(&autoscaled(7, 10, 5)), 5);
     }
 
     #[test]
