@@ -299,11 +299,31 @@ async fn example_creates_every_child_with_owner_references() -> anyhow::Result<(
             .iter()
             .filter_map(|c| c["name"].as_str())
             .collect();
-        for c in ["Name", "Replicas", "Ready", "Members", "Mailbox", "Age"] {
+        for c in [
+            "Name",
+            "Replicas",
+            "Pods Ready",
+            "Members",
+            "Mailbox",
+            "Ready",
+            "Reason",
+            "Age",
+        ] {
             ensure!(columns.contains(&c), "column {c} missing from {columns:?}");
         }
         let row = &table["rows"][0]["cells"];
         ensure!(row[0] == "orders" && row[1] == 3, "row {row}");
+        let cell = |name: &str| columns.iter().position(|c| *c == name).map(|i| &row[i]);
+        let ready = cell("Ready").and_then(Value::as_str);
+        ensure!(
+            matches!(ready, Some("True" | "False")),
+            "Ready cell {ready:?} in row {row}"
+        );
+        let reason = cell("Reason").and_then(Value::as_str);
+        ensure!(
+            reason.is_some_and(|r| !r.is_empty()),
+            "Reason cell {reason:?} in row {row}"
+        );
         Ok(())
     })
     .await

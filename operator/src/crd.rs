@@ -3,7 +3,9 @@
 //! This module owns the Rust types of the custom resource and everything the API server
 //! enforces on its own: the OpenAPI schema with defaults, the CEL rules
 //! (`x-kubernetes-validations`, every message names the field it is about), the scale
-//! subresource and the printer columns. It owns no I/O; `crdgen` prints [`crd_yaml`].
+//! subresource and the printer columns (`kubectl get ac`: replicas, ready pods, Up members,
+//! mailbox depth, and the Ready condition's status and reason). It owns no I/O; `crdgen`
+//! prints [`crd_yaml`].
 //!
 //! What only the operator can judge (an image that never starts, a quota that blocks pods)
 //! is not here: it becomes a status condition (see [`crate::status`]).
@@ -59,7 +61,7 @@ pub const MAX_STATE_BYTES: i64 = 64 << 20;
         description = "Desired number of actor nodes"
     ),
     printcolumn(
-        name = "Ready",
+        name = "Pods Ready",
         type_ = "integer",
         json_path = ".status.readyReplicas",
         description = "Ready actor-node pods"
@@ -75,6 +77,18 @@ pub const MAX_STATE_BYTES: i64 = 64 << 20;
         type_ = "integer",
         json_path = ".status.mailboxDepth",
         description = "Messages waiting in the mailboxes of all pods"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Status of the Ready condition: True when every requested node pod is Ready"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        description = "Reason of the Ready condition"
     ),
     printcolumn(
         name = "Age",
@@ -493,13 +507,54 @@ mod tests {
             scale.label_selector_path.as_deref(),
             Some(".status.selector")
         );
-        let columns: Vec<_> = version
+    }
+
+    #[test]
+    fn printer_columns_show_the_ready_condition_and_its_reason() {
+        let crd = ActorCluster::crd();
+        let columns: Vec<_> = crd.spec.versions[0]
             .additional_printer_columns
             .iter()
             .flatten()
-            .map(|c| c.name.as_str())
+            .map(|c| (c.name.as_str(), c.type_.as_str(), c.json_path.as_str()))
             .collect();
-        assert_eq!(columns, ["Replicas", "Ready", "Members", "Mailbox", "Age"]);
+        assert_eq!(
+            columns,
+            [
+                ("Replicas", "integer", ".spec.replicas"),
+                ("Pods Ready", "integer", ".status.readyReplicas"),
+                ("Members", "integer", ".status.upMembers"),
+                ("Mailbox", "integer", ".status.mailboxDepth"),
+                (
+                    "Ready",
+                    "string",
+                    ".status.conditions[?(@.type==\"Ready\")].status"
+                ),
+                (
+                    "Reason",
+                    "string",
+                    ".status.conditions[?(@.type==\"Ready\")].reason"
+                ),
+                ("Age", "date", ".metadata.creationTimestamp"),
+            ]
+        );
+        // The condition type the columns select is one the operator writes.
+        let status = crate::status::compute(
+            &crate::status::Observed {
+                name: "orders",
+                generation: Some(1),
+                spec: &ActorClusterSpec::default(),
+                deployment: None,
+                members: &troupe_contract::MemberTable::default(),
+                problem: None,
+                store: None,
+            },
+            None,
+            &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+            ),
+        );
+        assert!(crate::status::condition(&status, "Ready").is_some());
     }
 
     #[test]
