@@ -95,6 +95,10 @@ crds: ## Regenerate crds/ (and the chart's copy) from the Rust types
 	$(CARGO) run --quiet --locked -p troupe-operator --bin crdgen > crds/actorcluster.yaml
 	cp crds/actorcluster.yaml charts/troupe/files/actorcluster.yaml
 
+.PHONY: check-crd-schema
+check-crd-schema: ## kube-apiserver's own CRD validation on crds/ (structural schema, CEL cost), offline (needs the module cache make cluster-up fills)
+	hack/check-crd-schema.sh
+
 .PHONY: check-chart
 check-chart: ## Lint and render charts/troupe with every option on, promtool on its alerts (needs helm: make cluster-up builds it)
 	hack/check-chart.sh
