@@ -19,10 +19,12 @@ demo: ## Bring up the local cluster, install the operator, apply the example, sh
 	hack/demo.sh
 
 .PHONY: lint
-lint: ## cargo fmt --check, clippy -D warnings, generated CRDs up to date
+lint: ## cargo fmt --check, clippy -D warnings, generated CRDs up to date, docker/Dockerfile agrees with hack/images.sh
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	hack/check-crds.sh
+	hack/check-dockerfile.sh
+	hack/tests/check-dockerfile-test.sh
 
 .PHONY: unit
 unit: ## Unit and loopback multi-node tests, and a few hundred simulation seeds (no cluster needed)
