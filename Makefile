@@ -19,10 +19,12 @@ demo: ## Bring up the local cluster, install the operator, apply the example, sh
 	hack/demo.sh
 
 .PHONY: lint
-lint: ## cargo fmt --check, clippy -D warnings, generated CRDs up to date
+lint: ## cargo fmt --check, clippy -D warnings, generated CRDs up to date, docker/Dockerfile agrees with hack/images.sh
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	hack/check-crds.sh
+	hack/check-dockerfile.sh
+	hack/tests/check-dockerfile-test.sh
 
 .PHONY: unit
 unit: ## Unit and loopback multi-node tests, and a few hundred simulation seeds (no cluster needed)
@@ -94,6 +96,10 @@ cluster-env: ## Print export lines for eval: KUBECONFIG and the project's kubect
 crds: ## Regenerate crds/ (and the chart's copy) from the Rust types
 	$(CARGO) run --quiet --locked -p troupe-operator --bin crdgen > crds/actorcluster.yaml
 	cp crds/actorcluster.yaml charts/troupe/files/actorcluster.yaml
+
+.PHONY: check-crd-schema
+check-crd-schema: ## kube-apiserver's own CRD validation on crds/ (structural schema, CEL cost), offline (needs the module cache make cluster-up fills)
+	hack/check-crd-schema.sh
 
 .PHONY: check-chart
 check-chart: ## Lint and render charts/troupe with every option on, promtool on its alerts (needs helm: make cluster-up builds it)

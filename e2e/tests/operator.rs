@@ -299,11 +299,31 @@ async fn example_creates_every_child_with_owner_references() -> anyhow::Result<(
             .iter()
             .filter_map(|c| c["name"].as_str())
             .collect();
-        for c in ["Name", "Replicas", "Ready", "Members", "Mailbox", "Age"] {
+        for c in [
+            "Name",
+            "Replicas",
+            "Pods Ready",
+            "Members",
+            "Mailbox",
+            "Ready",
+            "Reason",
+            "Age",
+        ] {
             ensure!(columns.contains(&c), "column {c} missing from {columns:?}");
         }
         let row = &table["rows"][0]["cells"];
         ensure!(row[0] == "orders" && row[1] == 3, "row {row}");
+        let cell = |name: &str| columns.iter().position(|c| *c == name).map(|i| &row[i]);
+        let ready = cell("Ready").and_then(Value::as_str);
+        ensure!(
+            matches!(ready, Some("True" | "False")),
+            "Ready cell {ready:?} in row {row}"
+        );
+        let reason = cell("Reason").and_then(Value::as_str);
+        ensure!(
+            reason.is_some_and(|r| !r.is_empty()),
+            "Reason cell {reason:?} in row {row}"
+        );
         Ok(())
     })
     .await
@@ -426,10 +446,6 @@ async fn invalid_specs_are_refused_naming_the_field() -> anyhow::Result<()> {
                 json!({"replicas": 3, "autoscaling": {"minReplicas": 1, "maxReplicas": 5, "targetMailboxDepth": 0}}),
                 "spec.autoscaling.targetMailboxDepth",
             ),
-            (
-                json!({"replicas": 9, "autoscaling": {"minReplicas": 1, "maxReplicas": 5, "targetMailboxDepth": 10}}),
-                "spec.replicas",
-            ),
             (json!({"image": ""}), "spec.image"),
             (
                 json!({"app": {"image": "app:1", "port": 8558, "types": ["cart"]}}),
@@ -456,30 +472,43 @@ async fn invalid_specs_are_refused_naming_the_field() -> anyhow::Result<()> {
         }
         ensure!(refused >= 5);
 
-        // An update out of bounds through /scale is refused too.
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn autoscaling_keeps_the_deployment_within_its_bounds() -> anyhow::Result<()> {
+    with_namespace("op-bounds", |ctx| async move {
+        // No spec.replicas (the default 1 lies below minReplicas): accepted, and the
+        // Deployment asks for minReplicas until the HPA writes /scale.
         create(
             &ctx,
             &actor_cluster(
                 "bounded",
-                json!({"replicas": 2, "autoscaling": {"minReplicas": 1, "maxReplicas": 3, "targetMailboxDepth": 10}}),
+                json!({"autoscaling": {"minReplicas": 2, "maxReplicas": 3, "targetMailboxDepth": 10}}),
             )?,
         )
         .await?;
-        let result = clusters(&ctx)
+        let in_bounds = |d: &Deployment| deployment_replicas(d).is_some_and(|r| (2..=3).contains(&r));
+        until_child::<Deployment, _>(&ctx, "bounded", "Deployment within [2, 3]", in_bounds).await?;
+
+        // A /scale beyond maxReplicas is accepted too; the Deployment stays within bounds.
+        clusters(&ctx)
             .patch_scale(
                 "bounded",
                 &PatchParams::default(),
                 &Patch::Merge(json!({"spec": {"replicas": 50}})),
             )
-            .await;
-        match result {
-            Err(kube::Error::Api(status)) => ensure!(
-                status.message.contains("spec.replicas"),
-                "scale refusal should name spec.replicas: {}",
-                status.message
-            ),
-            other => bail!("scaling beyond maxReplicas was not refused: {other:?}"),
-        }
+            .await
+            .context("a /scale beyond maxReplicas should be accepted")?;
+        until_observed(&ctx, "bounded").await?;
+        let d = ctx.api::<Deployment>().get("bounded").await?;
+        ensure!(
+            in_bounds(&d),
+            "Deployment replicas {:?} left [2, 3]",
+            deployment_replicas(&d)
+        );
         Ok(())
     })
     .await

@@ -3,7 +3,9 @@
 //! This module owns the Rust types of the custom resource and everything the API server
 //! enforces on its own: the OpenAPI schema with defaults, the CEL rules
 //! (`x-kubernetes-validations`, every message names the field it is about), the scale
-//! subresource and the printer columns. It owns no I/O; `crdgen` prints [`crd_yaml`].
+//! subresource and the printer columns (`kubectl get ac`: replicas, ready pods, Up members,
+//! mailbox depth, and the Ready condition's status and reason). It owns no I/O; `crdgen`
+//! prints [`crd_yaml`].
 //!
 //! What only the operator can judge (an image that never starts, a quota that blocks pods)
 //! is not here: it becomes a status condition (see [`crate::status`]).
@@ -11,7 +13,10 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscalerBehavior;
-use k8s_openapi::api::core::v1::{Affinity, EnvVar, ResourceRequirements, Toleration};
+use k8s_openapi::api::core::v1::{
+    Affinity, EnvVar, Probe, ResourceRequirements, Toleration, TopologySpreadConstraint, Volume,
+    VolumeMount,
+};
 use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
@@ -31,6 +36,22 @@ pub const DEFAULT_APP_PORT: i32 = 3000;
 pub const DEFAULT_POSTGRES_KEY: &str = "url";
 /// The largest actor state a store may be told to take (`spec.state.postgres.maxStateBytes`).
 pub const MAX_STATE_BYTES: i64 = 64 << 20;
+
+/// Names of the pod volumes the operator adds itself; `spec.podTemplate.volumes` may not
+/// use them (scratch `/tmp`, the transport credential, the node's API token, the database
+/// Secret).
+pub const RESERVED_VOLUMES: [&str; 4] = ["tmp", "transport-tls", "kube-api-access", "state-store"];
+/// Environment variables of the node container the operator sets without the `TROUPE_`
+/// prefix (the downward API); `spec.podTemplate.env` may not set them, nor any `TROUPE_*`.
+pub const RESERVED_ENV: [&str; 4] = ["POD_NAME", "POD_NAMESPACE", "POD_IP", "POD_UID"];
+/// The prefix of the node's own configuration variables, all set by the operator.
+pub const RESERVED_ENV_PREFIX: &str = "TROUPE_";
+/// Most entries of `spec.podTemplate.env`.
+pub const MAX_ENV: usize = 64;
+/// Most entries of `spec.podTemplate.volumes` and of `spec.app.volumeMounts`.
+pub const MAX_VOLUMES: usize = 32;
+/// Most entries of `spec.podTemplate.topologySpreadConstraints`.
+pub const MAX_TOPOLOGY_SPREAD: usize = 8;
 
 /// The desired state of an actor cluster.
 // kube's `printcolumn(type_ = ...)` repeats keys by design.
@@ -59,7 +80,7 @@ pub const MAX_STATE_BYTES: i64 = 64 << 20;
         description = "Desired number of actor nodes"
     ),
     printcolumn(
-        name = "Ready",
+        name = "Pods Ready",
         type_ = "integer",
         json_path = ".status.readyReplicas",
         description = "Ready actor-node pods"
@@ -77,6 +98,18 @@ pub const MAX_STATE_BYTES: i64 = 64 << 20;
         description = "Messages waiting in the mailboxes of all pods"
     ),
     printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Status of the Ready condition: True when every requested node pod is Ready"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        description = "Reason of the Ready condition"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -85,13 +118,12 @@ pub const MAX_STATE_BYTES: i64 = 64 << 20;
 #[x_kube(validation = Rule::new("self.replicas >= 0")
     .message("spec.replicas must be 0 or more")
     .field_path(".replicas"))]
-#[x_kube(validation = Rule::new(
-    "!has(self.autoscaling) || (self.replicas >= self.autoscaling.minReplicas && self.replicas <= self.autoscaling.maxReplicas)")
-    .message("spec.replicas must lie between spec.autoscaling.minReplicas and spec.autoscaling.maxReplicas")
-    .field_path(".replicas"))]
 #[serde(rename_all = "camelCase")]
 pub struct ActorClusterSpec {
-    /// Number of actor nodes. Written by the HPA (through `/scale`) when autoscaling is on.
+    /// Number of actor nodes. With `spec.autoscaling` the HPA writes it through `/scale`
+    /// from its first sync on; it may be left out or lie outside [`minReplicas`,
+    /// `maxReplicas`]: the operator clamps the node Deployment's replicas into those bounds
+    /// (so `autoscaling: {minReplicas: 5, ...}` without `replicas` starts 5 nodes).
     #[serde(default = "default_replicas")]
     pub replicas: i32,
 
@@ -319,6 +351,28 @@ pub struct AppSpec {
     /// Resources of the application container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Volumes mounted into the application container, each one of
+    /// `spec.podTemplate.volumes`: the node's own volumes (its API token and transport
+    /// credential among them) are not the application's, and the API refuses their names;
+    /// a mount of a volume not listed there makes the spec invalid (condition InvalidSpec).
+    /// At most 32, one per `mountPath`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_VOLUMES))]
+    #[x_kube(validation = Rule::new("self.all(m, !(m.name in ['tmp', 'transport-tls', 'kube-api-access', 'state-store']))")
+        .message("spec.app.volumeMounts may mount only volumes of spec.podTemplate.volumes, none of the operator's: tmp, transport-tls, kube-api-access, state-store"))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["mountPath".into()]))]
+    pub volume_mounts: Option<Vec<VolumeMount>>,
+    /// Liveness probe of the application container: the kubelet restarts the application
+    /// (a native sidecar) when it fails. `httpGet`, `tcpSocket` and `grpc` probes reach the
+    /// pod IP, so the application must listen there for them (the node calls it on
+    /// `127.0.0.1` only); an `exec` probe needs neither.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness_probe: Option<Probe>,
+    /// Startup probe of the application container. The kubelet starts the node container
+    /// only once it has succeeded, and holds the liveness probe until then (same reach as
+    /// `livenessProbe`). Absent: the node waits for the application's port on localhost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_probe: Option<Probe>,
 }
 
 fn default_app_port() -> i32 {
@@ -417,6 +471,35 @@ pub struct PodTemplateOverrides {
     /// Priority class of the pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority_class_name: Option<String>,
+    /// How the pods spread over topology domains (zones, nodes), as in a pod spec; at most 8.
+    /// Absent or empty: the operator sets none (the scheduler's cluster-wide default
+    /// spreading, if configured, applies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_TOPOLOGY_SPREAD))]
+    pub topology_spread_constraints: Option<Vec<TopologySpreadConstraint>>,
+    /// Extra environment of the node container, after the operator's own; at most 64, each
+    /// name once. Names starting with `TROUPE_` and the downward-API names `POD_NAME`,
+    /// `POD_NAMESPACE`, `POD_IP`, `POD_UID` are refused: the operator sets those from the
+    /// spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_ENV))]
+    #[x_kube(validation = Rule::new("self.all(e, !e.name.startsWith('TROUPE_') && !(e.name in ['POD_NAME', 'POD_NAMESPACE', 'POD_IP', 'POD_UID']))")
+        .message("spec.podTemplate.env must not set TROUPE_* variables or POD_NAME, POD_NAMESPACE, POD_IP, POD_UID: the operator sets those"))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub env: Option<Vec<EnvVar>>,
+    /// Annotations of the cluster's node ServiceAccount `<name>-node`, e.g. a cloud IAM
+    /// role (`eks.amazonaws.com/role-arn`, `iam.gke.io/gcp-service-account`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_annotations: Option<BTreeMap<String, String>>,
+    /// Extra volumes of the pods, for `spec.app.volumeMounts`; at most 32, each name once.
+    /// The names of the operator's own volumes (`tmp`, `transport-tls`, `kube-api-access`,
+    /// `state-store`) are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_VOLUMES))]
+    #[x_kube(validation = Rule::new("self.all(v, !(v.name in ['tmp', 'transport-tls', 'kube-api-access', 'state-store']))")
+        .message("spec.podTemplate.volumes must not use the names of the operator's volumes: tmp, transport-tls, kube-api-access, state-store"))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub volumes: Option<Vec<Volume>>,
 }
 
 /// The observed state of an actor cluster, written only by the operator's leader.
@@ -494,13 +577,54 @@ mod tests {
             scale.label_selector_path.as_deref(),
             Some(".status.selector")
         );
-        let columns: Vec<_> = version
+    }
+
+    #[test]
+    fn printer_columns_show_the_ready_condition_and_its_reason() {
+        let crd = ActorCluster::crd();
+        let columns: Vec<_> = crd.spec.versions[0]
             .additional_printer_columns
             .iter()
             .flatten()
-            .map(|c| c.name.as_str())
+            .map(|c| (c.name.as_str(), c.type_.as_str(), c.json_path.as_str()))
             .collect();
-        assert_eq!(columns, ["Replicas", "Ready", "Members", "Mailbox", "Age"]);
+        assert_eq!(
+            columns,
+            [
+                ("Replicas", "integer", ".spec.replicas"),
+                ("Pods Ready", "integer", ".status.readyReplicas"),
+                ("Members", "integer", ".status.upMembers"),
+                ("Mailbox", "integer", ".status.mailboxDepth"),
+                (
+                    "Ready",
+                    "string",
+                    ".status.conditions[?(@.type==\"Ready\")].status"
+                ),
+                (
+                    "Reason",
+                    "string",
+                    ".status.conditions[?(@.type==\"Ready\")].reason"
+                ),
+                ("Age", "date", ".metadata.creationTimestamp"),
+            ]
+        );
+        // The condition type the columns select is one the operator writes.
+        let status = crate::status::compute(
+            &crate::status::Observed {
+                name: "orders",
+                generation: Some(1),
+                spec: &ActorClusterSpec::default(),
+                deployment: None,
+                members: &troupe_contract::MemberTable::default(),
+                problem: None,
+                store: None,
+            },
+            None,
+            &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+            ),
+        );
+        assert!(crate::status::condition(&status, "Ready").is_some());
     }
 
     #[test]
@@ -554,6 +678,22 @@ mod tests {
     }
 
     #[test]
+    fn cel_accepts_autoscaling_whatever_the_replicas() {
+        // The HPA writes spec.replicas through /scale only after the object is stored, so
+        // a replica count outside [minReplicas, maxReplicas] (the default one among them)
+        // must be accepted: the operator clamps the Deployment's replicas instead.
+        let autoscaling = serde_json::json!({"minReplicas": 5, "maxReplicas": 10,
+            "targetMailboxDepth": 100});
+        for spec in [
+            serde_json::json!({"autoscaling": autoscaling}),
+            serde_json::json!({"replicas": DEFAULT_REPLICAS, "autoscaling": autoscaling}),
+            serde_json::json!({"replicas": 30, "autoscaling": autoscaling}),
+        ] {
+            assert_eq!(cel_errors(spec.clone()), Vec::<String>::new(), "{spec}");
+        }
+    }
+
+    #[test]
     fn cel_refuses_invalid_specs_naming_the_field() {
         let cases = [
             (serde_json::json!({"replicas": -1}), "spec.replicas"),
@@ -572,10 +712,6 @@ mod tests {
             (
                 serde_json::json!({"replicas": 3, "autoscaling": {"minReplicas": 1, "maxReplicas": 5, "targetMailboxDepth": 0}}),
                 "spec.autoscaling.targetMailboxDepth",
-            ),
-            (
-                serde_json::json!({"replicas": 9, "autoscaling": {"minReplicas": 1, "maxReplicas": 5, "targetMailboxDepth": 10}}),
-                "spec.replicas must lie between",
             ),
             (serde_json::json!({"image": ""}), "spec.image"),
             (
@@ -630,6 +766,145 @@ mod tests {
                 "{spec} should be refused naming {field}, got {errors:?}"
             );
         }
+    }
+
+    #[test]
+    fn pod_template_knobs_are_accepted() {
+        let spec = serde_json::json!({
+            "podTemplate": {
+                "topologySpreadConstraints": [{"maxSkew": 1,
+                    "topologyKey": "topology.kubernetes.io/zone",
+                    "whenUnsatisfiable": "ScheduleAnyway"}],
+                "env": [{"name": "RUST_BACKTRACE", "value": "1"}],
+                "serviceAccountAnnotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/x"},
+                "volumes": [{"name": "cache", "emptyDir": {}}],
+            },
+            "app": {"image": "app:1", "types": ["cart"],
+                "volumeMounts": [{"name": "cache", "mountPath": "/cache"}],
+                "livenessProbe": {"exec": {"command": ["/alive"]}},
+                "startupProbe": {"tcpSocket": {"port": 3000}, "failureThreshold": 30}},
+        });
+        assert_eq!(cel_errors(spec.clone()), Vec::<String>::new());
+        let parsed: ActorClusterSpec = serde_json::from_value(spec).expect("parses");
+        assert!(crate::validate::validate(&parsed, "n:1").is_ok());
+    }
+
+    /// The CEL rule and `validate` refuse `spec` with the same message, which contains
+    /// `message`.
+    fn refused_alike(spec: serde_json::Value, message: &str) {
+        let cel = cel_errors(spec.clone());
+        assert!(
+            cel.iter().any(|m| m.contains(message)),
+            "{spec}: CEL should say {message:?}, said {cel:?}"
+        );
+        let parsed: ActorClusterSpec = serde_json::from_value(spec.clone()).expect("parses");
+        let rust = crate::validate::validate(&parsed, "n:1").expect_err("refused");
+        assert!(
+            cel.iter().any(|m| rust.0.contains(m.as_str())),
+            "{spec}: validate said {rust}, CEL said {cel:?}"
+        );
+    }
+
+    #[test]
+    fn pod_template_knobs_are_refused_naming_the_field() {
+        let env = |name: &str| serde_json::json!({"podTemplate": {"env": [{"name": name, "value": "x"}]}});
+        for name in ["TROUPE_MAILBOX_CAPACITY", "TROUPE_LOG", "POD_IP"] {
+            refused_alike(env(name), "spec.podTemplate.env must not set TROUPE_*");
+        }
+        for name in RESERVED_VOLUMES {
+            refused_alike(
+                serde_json::json!({"podTemplate": {"volumes": [{"name": name, "emptyDir": {}}]}}),
+                "spec.podTemplate.volumes must not use the names of the operator's volumes",
+            );
+        }
+        let app = |mounts: serde_json::Value, volumes: Option<serde_json::Value>| {
+            let mut spec = serde_json::json!({"app": {"image": "app:1", "types": ["cart"],
+                "volumeMounts": mounts}});
+            if let Some(v) = volumes {
+                spec["podTemplate"] = serde_json::json!({"volumes": v});
+            }
+            spec
+        };
+        // The node's own volumes (its API token) are not the application's to mount.
+        for volumes in [
+            None,
+            Some(serde_json::json!([{"name": "cache", "emptyDir": {}}])),
+        ] {
+            refused_alike(
+                app(
+                    serde_json::json!([{"name": "kube-api-access", "mountPath": "/t"}]),
+                    volumes,
+                ),
+                "spec.app.volumeMounts may mount only volumes of spec.podTemplate.volumes",
+            );
+        }
+        // What the API server refuses by the lists' keys (a repeated name or mountPath),
+        // or what no CEL rule can afford to check (each mount's volume among the user's:
+        // two unbounded string lists), the operator refuses, naming the field.
+        let invalid = |spec: serde_json::Value, message: &str| {
+            let parsed: ActorClusterSpec = serde_json::from_value(spec.clone()).expect("parses");
+            let e = crate::validate::validate(&parsed, "n:1").expect_err("refused");
+            assert!(e.0.contains(message), "{spec}: {e}");
+        };
+        invalid(
+            serde_json::json!({"podTemplate": {"env": [{"name": "A"}, {"name": "A", "value": "2"}]}}),
+            "spec.podTemplate.env must not name a variable twice",
+        );
+        invalid(
+            serde_json::json!({"podTemplate": {"volumes": [{"name": "a", "emptyDir": {}}, {"name": "a", "emptyDir": {}}]}}),
+            "spec.podTemplate.volumes must not name a volume twice",
+        );
+        invalid(
+            app(
+                serde_json::json!([{"name": "cache", "mountPath": "/c"}, {"name": "cache", "mountPath": "/c"}]),
+                Some(serde_json::json!([{"name": "cache", "emptyDir": {}}])),
+            ),
+            "spec.app.volumeMounts must not repeat a mountPath",
+        );
+        invalid(
+            app(
+                serde_json::json!([{"name": "cache", "mountPath": "/c"}]),
+                Some(serde_json::json!([{"name": "other", "emptyDir": {}}])),
+            ),
+            "spec.app.volumeMounts may mount only volumes of spec.podTemplate.volumes",
+        );
+    }
+
+    #[test]
+    fn pod_template_lists_are_bounded() {
+        let schema = serde_json::to_value(ActorCluster::crd()).expect("json");
+        let spec = &schema["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+            ["properties"];
+        let template = &spec["podTemplate"]["properties"];
+        assert_eq!(template["env"]["maxItems"], MAX_ENV);
+        assert_eq!(template["volumes"]["maxItems"], MAX_VOLUMES);
+        assert_eq!(
+            template["topologySpreadConstraints"]["maxItems"],
+            MAX_TOPOLOGY_SPREAD
+        );
+        assert_eq!(
+            spec["app"]["properties"]["volumeMounts"]["maxItems"],
+            MAX_VOLUMES
+        );
+        // Keyed lists: the API server refuses a repeated key, and server-side apply merges
+        // by it.
+        for (list, key) in [
+            (&template["env"], "name"),
+            (&template["volumes"], "name"),
+            (&spec["app"]["properties"]["volumeMounts"], "mountPath"),
+        ] {
+            assert_eq!(list["x-kubernetes-list-type"], "map");
+            assert_eq!(list["x-kubernetes-list-map-keys"], serde_json::json!([key]));
+        }
+        // Beyond the bound validate refuses too (a spec stored without the schema).
+        let many = serde_json::json!({"podTemplate": {"env":
+            (0..=MAX_ENV).map(|i| serde_json::json!({"name": format!("V{i}")})).collect::<Vec<_>>()}});
+        let parsed: ActorClusterSpec = serde_json::from_value(many).expect("parses");
+        let e = crate::validate::validate(&parsed, "n:1").expect_err("too many");
+        assert!(
+            e.0.contains("spec.podTemplate.env may list at most 64"),
+            "{e}"
+        );
     }
 
     fn collect_messages(v: &serde_json::Value, out: &mut Vec<String>) {

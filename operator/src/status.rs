@@ -23,6 +23,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use troupe_contract::{MemberStatus, MemberTable, MemberTableError, coordination, labels};
 
+use crate::build::deployment::desired_replicas;
 use crate::crd::{ActorClusterSpec, ActorClusterStatus, MemberSummary};
 
 /// What went wrong in this reconcile, if anything; shown as Degraded.
@@ -88,7 +89,7 @@ pub fn compute(
     previous: Option<&ActorClusterStatus>,
     now: &Time,
 ) -> ActorClusterStatus {
-    let desired = observed.spec.replicas;
+    let desired = desired_replicas(observed.spec);
     let dep_status = observed.deployment.and_then(|d| d.status.as_ref());
     let replicas = dep_status.and_then(|s| s.replicas).unwrap_or(0);
     let ready = dep_status.and_then(|s| s.ready_replicas).unwrap_or(0);
@@ -177,7 +178,7 @@ fn cond(type_: &str, status: bool, reason: &str, message: String) -> Condition {
 }
 
 fn ready_condition(o: &Observed<'_>, ready: i32, up: usize) -> Condition {
-    let desired = o.spec.replicas;
+    let desired = desired_replicas(o.spec);
     if let Some(Problem::InvalidSpec(m)) = o.problem {
         return cond("Ready", false, "InvalidSpec", m.clone());
     }
@@ -214,7 +215,7 @@ fn progressing_condition(o: &Observed<'_>) -> Condition {
             "creating the node Deployment".into(),
         );
     };
-    let desired = o.spec.replicas;
+    let desired = desired_replicas(o.spec);
     let s = d.status.clone().unwrap_or_default();
     let seen = s.observed_generation.unwrap_or(0) >= d.metadata.generation.unwrap_or(0);
     let updated = s.updated_replicas.unwrap_or(0);
@@ -582,6 +583,45 @@ mod tests {
         assert_eq!(
             status_of(&s, "ScalingLimited"),
             ("False".into(), "WithinLimits".into())
+        );
+    }
+
+    #[test]
+    fn autoscaled_status_follows_the_clamped_replicas() {
+        // The default spec.replicas (1) below minReplicas: the Deployment asks for 5.
+        let mut sp = spec(1);
+        sp.autoscaling = Some(AutoscalingSpec {
+            min_replicas: 5,
+            max_replicas: 10,
+            target_mailbox_depth: 5,
+            behavior: None,
+        });
+        let d = deployment(5, 5, 5);
+        let m = MemberTable::default();
+        let s = compute(&observe(&sp, Some(&d), &m, None), None, &t(1));
+        assert_eq!(
+            status_of(&s, "Ready"),
+            ("True".into(), "AllReplicasReady".into())
+        );
+        assert_eq!(
+            status_of(&s, "Progressing"),
+            ("False".into(), "RolloutComplete".into())
+        );
+        assert_eq!(
+            status_of(&s, "ScalingLimited"),
+            ("True".into(), "AtMinReplicas".into())
+        );
+        // Above maxReplicas: 10 pods are all that is asked for.
+        sp.replicas = 50;
+        let d = deployment(10, 10, 10);
+        let s = compute(&observe(&sp, Some(&d), &m, None), None, &t(1));
+        assert_eq!(
+            status_of(&s, "Progressing"),
+            ("False".into(), "RolloutComplete".into())
+        );
+        assert_eq!(
+            status_of(&s, "ScalingLimited"),
+            ("True".into(), "AtMaxReplicas".into())
         );
     }
 

@@ -7,7 +7,12 @@
 
 use troupe_contract::ports;
 
-use crate::crd::{ActorClusterSpec, MAX_MAILBOX_CAPACITY, MAX_STATE_BYTES, StateStoreKind};
+use std::collections::BTreeSet;
+
+use crate::crd::{
+    ActorClusterSpec, MAX_ENV, MAX_MAILBOX_CAPACITY, MAX_STATE_BYTES, MAX_TOPOLOGY_SPREAD,
+    MAX_VOLUMES, RESERVED_ENV, RESERVED_ENV_PREFIX, RESERVED_VOLUMES, StateStoreKind,
+};
 
 /// A spec that cannot be turned into children. The message names the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -75,6 +80,7 @@ pub fn validate<'a>(
             );
         }
     }
+    pod_template_problems(spec, &mut problems);
     if let Some(state) = &spec.state {
         match (state.store, &state.postgres) {
             (StateStoreKind::Postgres, None) | (StateStoreKind::Memory, Some(_)) => problems.push(
@@ -116,6 +122,77 @@ pub fn validate<'a>(
         Ok(ValidSpec { spec, image })
     } else {
         Err(InvalidSpec(problems.join("; ")))
+    }
+}
+
+/// Whether `names` holds a name twice.
+fn repeats<'n>(names: impl IntoIterator<Item = &'n str>) -> bool {
+    let mut seen = BTreeSet::new();
+    names.into_iter().any(|n| !seen.insert(n))
+}
+
+/// The checks of `spec.podTemplate` and of the application's mounts, as the CEL rules and
+/// list bounds of [`crate::crd`] make them.
+fn pod_template_problems(spec: &ActorClusterSpec, problems: &mut Vec<String>) {
+    let template = spec.pod_template.as_ref();
+    let user_volumes = template
+        .and_then(|t| t.volumes.as_deref())
+        .unwrap_or_default();
+    if let Some(env) = template.and_then(|t| t.env.as_deref()) {
+        if env.len() > MAX_ENV {
+            problems.push(format!(
+                "spec.podTemplate.env may list at most {MAX_ENV} variables"
+            ));
+        }
+        if env.iter().any(|e| {
+            e.name.starts_with(RESERVED_ENV_PREFIX) || RESERVED_ENV.contains(&e.name.as_str())
+        }) {
+            problems.push("spec.podTemplate.env must not set TROUPE_* variables or POD_NAME, POD_NAMESPACE, POD_IP, POD_UID: the operator sets those".to_owned());
+        }
+        if repeats(env.iter().map(|e| e.name.as_str())) {
+            problems.push("spec.podTemplate.env must not name a variable twice".to_owned());
+        }
+    }
+    if user_volumes.len() > MAX_VOLUMES {
+        problems.push(format!(
+            "spec.podTemplate.volumes may list at most {MAX_VOLUMES} volumes"
+        ));
+    }
+    if user_volumes
+        .iter()
+        .any(|v| RESERVED_VOLUMES.contains(&v.name.as_str()))
+    {
+        problems.push("spec.podTemplate.volumes must not use the names of the operator's volumes: tmp, transport-tls, kube-api-access, state-store".to_owned());
+    }
+    if repeats(user_volumes.iter().map(|v| v.name.as_str())) {
+        problems.push("spec.podTemplate.volumes must not name a volume twice".to_owned());
+    }
+    if template
+        .and_then(|t| t.topology_spread_constraints.as_ref())
+        .is_some_and(|c| c.len() > MAX_TOPOLOGY_SPREAD)
+    {
+        problems.push(format!(
+            "spec.podTemplate.topologySpreadConstraints may list at most {MAX_TOPOLOGY_SPREAD} constraints"
+        ));
+    }
+    let mounts = spec
+        .app
+        .as_ref()
+        .and_then(|a| a.volume_mounts.as_deref())
+        .unwrap_or_default();
+    if mounts.len() > MAX_VOLUMES {
+        problems.push(format!(
+            "spec.app.volumeMounts may list at most {MAX_VOLUMES} mounts"
+        ));
+    }
+    if repeats(mounts.iter().map(|m| m.mount_path.as_str())) {
+        problems.push("spec.app.volumeMounts must not repeat a mountPath".to_owned());
+    }
+    if mounts
+        .iter()
+        .any(|m| !user_volumes.iter().any(|v| v.name == m.name))
+    {
+        problems.push("spec.app.volumeMounts may mount only volumes of spec.podTemplate.volumes, none of the operator's: tmp, transport-tls, kube-api-access, state-store".to_owned());
     }
 }
 

@@ -2,8 +2,9 @@
 //! environment, a locked-down security context) and a rolling update that never takes a
 //! member away before its replacement is Ready.
 //!
-//! `spec.replicas` of the Deployment is always `ActorCluster.spec.replicas`: the operator is
-//! its only writer; the HPA scales the ActorCluster, never the Deployment.
+//! `spec.replicas` of the Deployment is [`desired_replicas`]: `ActorCluster.spec.replicas`,
+//! clamped into the autoscaling bounds when autoscaling is on. The operator is its only
+//! writer; the HPA scales the ActorCluster, never the Deployment.
 
 use std::collections::BTreeMap;
 
@@ -49,6 +50,19 @@ pub const API_TOKEN_VOLUME: &str = "kube-api-access";
 /// Where in-cluster clients look for the service account token.
 pub const API_TOKEN_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
+/// The node pods the Deployment asks for: `spec.replicas`, clamped into
+/// [`minReplicas`, `maxReplicas`] when `spec.autoscaling` is on. The API accepts any
+/// replica count beside autoscaling (the default one, or one written before autoscaling
+/// was turned on), because the HPA writes `spec.replicas` through `/scale` only on its
+/// first sync after the object is stored; until then the bounds hold here.
+pub fn desired_replicas(spec: &ActorClusterSpec) -> i32 {
+    match &spec.autoscaling {
+        // `max(min).min(max)`, not `clamp`: never panics on an (invalid) min > max.
+        Some(a) => spec.replicas.max(a.min_replicas).min(a.max_replicas),
+        None => spec.replicas,
+    }
+}
+
 /// The Deployment `<name>`.
 pub fn desired_deployment(owner: &Owner, spec: &ValidSpec<'_>) -> Deployment {
     let overrides = spec.spec.pod_template.clone().unwrap_or_default();
@@ -68,7 +82,7 @@ pub fn desired_deployment(owner: &Owner, spec: &ValidSpec<'_>) -> Deployment {
     Deployment {
         metadata: owner.meta(owner.name.clone()),
         spec: Some(DeploymentSpec {
-            replicas: Some(spec.spec.replicas),
+            replicas: Some(desired_replicas(spec.spec)),
             selector: LabelSelector {
                 match_labels: Some(owner.selector()),
                 ..LabelSelector::default()
@@ -112,6 +126,9 @@ pub fn desired_deployment(owner: &Owner, spec: &ValidSpec<'_>) -> Deployment {
                     tolerations: overrides.tolerations.filter(|t| !t.is_empty()),
                     affinity: overrides.affinity,
                     priority_class_name: overrides.priority_class_name,
+                    topology_spread_constraints: overrides
+                        .topology_spread_constraints
+                        .filter(|c| !c.is_empty()),
                     ..PodSpec::default()
                 }),
             },
@@ -130,8 +147,9 @@ fn postgres<'a>(spec: &'a ValidSpec<'_>) -> Option<&'a PostgresSpec> {
         .and_then(|s| s.postgres.as_ref())
 }
 
-/// `/tmp`, the transport credential, the node container's API token, and the user's
-/// database Secret (only its connection-string key, read-only).
+/// `/tmp`, the transport credential, the node container's API token, the user's
+/// database Secret (only its connection-string key, read-only), then the user's own
+/// `spec.podTemplate.volumes` (validation keeps their names off the operator's).
 fn volumes(owner: &Owner, spec: &ValidSpec<'_>) -> Vec<Volume> {
     let mut v = vec![Volume {
         name: "tmp".to_owned(),
@@ -158,6 +176,14 @@ fn volumes(owner: &Owner, spec: &ValidSpec<'_>) -> Vec<Volume> {
             }),
             ..Volume::default()
         });
+    }
+    if let Some(user) = spec
+        .spec
+        .pod_template
+        .as_ref()
+        .and_then(|t| t.volumes.as_ref())
+    {
+        v.extend(user.iter().cloned());
     }
     v
 }
@@ -347,6 +373,10 @@ fn node_container(owner: &Owner, spec: &ValidSpec<'_>) -> Container {
             ..VolumeMount::default()
         });
     }
+    // The user's variables come last; validation keeps them off the operator's names.
+    if let Some(user) = spec.spec.pod_template.as_ref().and_then(|t| t.env.as_ref()) {
+        env_vars.extend(user.iter().cloned());
+    }
     Container {
         name: NODE_CONTAINER.to_owned(),
         image: Some(spec.image.clone()),
@@ -413,9 +443,12 @@ fn default_resources(spec: &ActorClusterSpec) -> ResourceRequirements {
 }
 
 /// The sidecar application: an init container with `restartPolicy: Always` (a native
-/// sidecar, Kubernetes >= 1.29), started before the node and stopped after it. No probe:
-/// the application listens on localhost only, which the kubelet cannot reach; the node
-/// waits for it to accept connections before it joins.
+/// sidecar, Kubernetes >= 1.29), started before the node and stopped after it. The node
+/// waits for it to accept connections on localhost before it joins. Probes are the user's
+/// (`spec.app.livenessProbe`, `startupProbe`; a sidecar may have them, and the kubelet
+/// starts the node only after the sidecar's startup probe succeeded); none by default,
+/// since the application need only listen on localhost, which the kubelet cannot reach.
+/// It mounts only the user's volumes (`spec.app.volumeMounts`).
 fn app_container(app: &AppSpec) -> Container {
     Container {
         name: APP_CONTAINER.to_owned(),
@@ -432,6 +465,9 @@ fn app_container(app: &AppSpec) -> Container {
             ..ContainerPort::default()
         }]),
         resources: app.resources.clone(),
+        volume_mounts: app.volume_mounts.clone().filter(|m| !m.is_empty()),
+        liveness_probe: app.liveness_probe.clone(),
+        startup_probe: app.startup_probe.clone(),
         security_context: Some(container_security()),
         termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
         ..Container::default()
@@ -543,6 +579,45 @@ mod tests {
             p.security_context.and_then(|s| s.fs_group),
             Some(RUN_AS_USER)
         );
+    }
+
+    fn autoscaled(replicas: i32, min: i32, max: i32) -> ActorClusterSpec {
+        ActorClusterSpec {
+            replicas,
+            autoscaling: Some(crate::crd::AutoscalingSpec {
+                min_replicas: min,
+                max_replicas: max,
+                target_mailbox_depth: 100,
+                behavior: None,
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn autoscaling_clamps_the_deployment_replicas_into_its_bounds() {
+        let replicas = |spec: &ActorClusterSpec| build(spec).spec.and_then(|s| s.replicas);
+        // Below minReplicas (the default 1 with minReplicas 5): raised to the minimum.
+        assert_eq!(replicas(&autoscaled(1, 5, 10)), Some(5));
+        assert_eq!(replicas(&autoscaled(0, 5, 10)), Some(5));
+        // Above maxReplicas: lowered to the maximum.
+        assert_eq!(replicas(&autoscaled(30, 5, 10)), Some(10));
+        // Within the bounds, and on them: as written.
+        assert_eq!(replicas(&autoscaled(7, 5, 10)), Some(7));
+        assert_eq!(replicas(&autoscaled(5, 5, 10)), Some(5));
+        assert_eq!(replicas(&autoscaled(10, 5, 10)), Some(10));
+        // Without autoscaling nothing is clamped.
+        let fixed = ActorClusterSpec {
+            replicas: 30,
+            ..Default::default()
+        };
+        assert_eq!(replicas(&fixed), Some(30));
+    }
+
+    #[test]
+    fn desired_replicas_never_panics_on_inverted_bounds() {
+        // validate() refuses min > max, but status is computed for invalid specs too.
+        assert_eq!(desired_replicas(&autoscaled(7, 10, 5)), 5);
     }
 
     #[test]
@@ -750,6 +825,166 @@ mod tests {
         let p = pod(&d);
         assert_eq!(p.priority_class_name.as_deref(), Some("high"));
         assert!(p.node_selector.is_some());
+    }
+
+    fn topology(key: &str) -> k8s_openapi::api::core::v1::TopologySpreadConstraint {
+        k8s_openapi::api::core::v1::TopologySpreadConstraint {
+            max_skew: 1,
+            topology_key: key.to_owned(),
+            when_unsatisfiable: "ScheduleAnyway".to_owned(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn topology_spread_constraints_reach_the_pods_and_none_stay_none() {
+        let spread = vec![topology("topology.kubernetes.io/zone")];
+        let p = pod(&build(&ActorClusterSpec {
+            pod_template: Some(PodTemplateOverrides {
+                topology_spread_constraints: Some(spread.clone()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }));
+        assert_eq!(p.topology_spread_constraints, Some(spread));
+        // None given (or an empty list): the pod keeps the default, no constraint.
+        let empty = pod(&build(&ActorClusterSpec {
+            pod_template: Some(PodTemplateOverrides {
+                topology_spread_constraints: Some(vec![]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }));
+        assert_eq!(empty.topology_spread_constraints, None);
+        assert_eq!(
+            empty,
+            pod(&build(&ActorClusterSpec::default())),
+            "an empty list builds exactly the default pod"
+        );
+    }
+
+    #[test]
+    fn user_env_follows_the_operators_in_the_node_container_only() {
+        let user = vec![value_env("RUST_BACKTRACE", "1"), value_env("REGION", "eu")];
+        let spec = ActorClusterSpec {
+            pod_template: Some(PodTemplateOverrides {
+                env: Some(user.clone()),
+                ..Default::default()
+            }),
+            ..with_app()
+        };
+        let p = pod(&build(&spec));
+        let node_env = p.containers[0].env.clone().unwrap_or_default();
+        let own = pod(&build(&with_app())).containers[0]
+            .env
+            .clone()
+            .unwrap_or_default();
+        // The operator's variables unchanged and first, the user's after them.
+        assert_eq!(node_env[..own.len()], own[..]);
+        assert_eq!(node_env[own.len()..], user[..]);
+        let app = &p.init_containers.as_ref().expect("the app")[0];
+        assert!(
+            env_of(app, "REGION").is_none(),
+            "the app's env is spec.app.env"
+        );
+    }
+
+    #[test]
+    fn user_volumes_join_the_pod_and_only_the_app_mounts_them() {
+        let cache = Volume {
+            name: "cache".to_owned(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        };
+        let mount = VolumeMount {
+            name: "cache".to_owned(),
+            mount_path: "/var/cache/app".to_owned(),
+            ..VolumeMount::default()
+        };
+        let mut spec = with_app();
+        spec.pod_template = Some(PodTemplateOverrides {
+            volumes: Some(vec![cache.clone()]),
+            ..Default::default()
+        });
+        if let Some(app) = spec.app.as_mut() {
+            app.volume_mounts = Some(vec![mount.clone()]);
+        }
+        let p = pod(&build(&spec));
+        let own = pod(&build(&with_app())).volumes.unwrap_or_default();
+        let all = p.volumes.clone().unwrap_or_default();
+        assert_eq!(
+            all[..own.len()],
+            own[..],
+            "the operator's volumes stay first"
+        );
+        assert_eq!(all[own.len()..], [cache]);
+        let app = &p.init_containers.as_ref().expect("the app")[0];
+        assert_eq!(app.volume_mounts, Some(vec![mount]));
+        let node_mounts: Vec<&str> = p.containers[0]
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| m.name.as_str())
+            .collect();
+        assert!(!node_mounts.contains(&"cache"), "{node_mounts:?}");
+    }
+
+    #[test]
+    fn the_names_users_may_not_take_cover_every_volume_and_variable_of_the_operator() {
+        use crate::crd::{
+            PostgresSpec, RESERVED_ENV, RESERVED_ENV_PREFIX, RESERVED_VOLUMES, StateSpec,
+        };
+        let spec = ActorClusterSpec {
+            state: Some(StateSpec {
+                store: StateStoreKind::Postgres,
+                postgres: Some(PostgresSpec {
+                    secret_name: "db".into(),
+                    key: "url".into(),
+                    max_state_bytes: Some(1),
+                }),
+            }),
+            actors: crate::crd::ActorsSpec {
+                max_per_node: Some(10),
+                builtin_types: Some(vec!["kv".into()]),
+            },
+            ..with_app()
+        };
+        let p = pod(&build(&spec));
+        for v in p.volumes.iter().flatten() {
+            assert!(RESERVED_VOLUMES.contains(&v.name.as_str()), "{}", v.name);
+        }
+        for e in p.containers[0].env.iter().flatten() {
+            assert!(
+                e.name.starts_with(RESERVED_ENV_PREFIX) || RESERVED_ENV.contains(&e.name.as_str()),
+                "{}",
+                e.name
+            );
+        }
+    }
+
+    #[test]
+    fn app_probes_are_the_users_and_absent_by_default() {
+        let exec = |cmd: &str| Probe {
+            exec: Some(k8s_openapi::api::core::v1::ExecAction {
+                command: Some(vec![cmd.to_owned()]),
+            }),
+            period_seconds: Some(5),
+            ..Probe::default()
+        };
+        let mut spec = with_app();
+        if let Some(app) = spec.app.as_mut() {
+            app.liveness_probe = Some(exec("/alive"));
+            app.startup_probe = Some(exec("/started"));
+        }
+        let p = pod(&build(&spec));
+        let app = &p.init_containers.as_ref().expect("the app")[0];
+        assert_eq!(app.liveness_probe, Some(exec("/alive")));
+        assert_eq!(app.startup_probe, Some(exec("/started")));
+        assert_eq!(app.readiness_probe, None);
+        let plain = pod(&build(&with_app()));
+        let app = &plain.init_containers.as_ref().expect("the app")[0];
+        assert_eq!((&app.liveness_probe, &app.startup_probe), (&None, &None));
+        assert_eq!(app.volume_mounts, None);
     }
 
     #[test]

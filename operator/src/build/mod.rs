@@ -156,7 +156,7 @@ pub struct Site<'a> {
 pub fn desired_children(owner: &Owner, spec: &ValidSpec<'_>, site: Site<'_>) -> Children {
     let operator_namespace = site.operator_namespace;
     Children {
-        service_account: rbac::desired_service_account(owner),
+        service_account: rbac::desired_service_account(owner, spec.spec),
         role_binding: rbac::desired_role_binding(owner, site.node_cluster_role),
         peer_service: services::desired_peer_service(owner),
         client_service: services::desired_client_service(owner),

@@ -13,11 +13,19 @@ use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
 
 use super::Owner;
+use crate::crd::ActorClusterSpec;
 
-/// The node ServiceAccount `<name>-node`.
-pub fn desired_service_account(owner: &Owner) -> ServiceAccount {
+/// The node ServiceAccount `<name>-node`, annotated with
+/// `spec.podTemplate.serviceAccountAnnotations` (a cloud IAM role, say).
+pub fn desired_service_account(owner: &Owner, spec: &ActorClusterSpec) -> ServiceAccount {
+    let mut metadata = owner.meta(owner.node_account_name());
+    metadata.annotations = spec
+        .pod_template
+        .as_ref()
+        .and_then(|t| t.service_account_annotations.clone())
+        .filter(|a| !a.is_empty());
     ServiceAccount {
-        metadata: owner.meta(owner.node_account_name()),
+        metadata,
         ..ServiceAccount::default()
     }
 }
@@ -58,8 +66,43 @@ mod tests {
         assert_eq!(s.name, "orders-node");
         assert_eq!(s.namespace.as_deref(), Some("shop"));
         assert_eq!(
-            desired_service_account(&o).metadata.name.as_deref(),
+            desired_service_account(&o, &ActorClusterSpec::default())
+                .metadata
+                .name
+                .as_deref(),
             Some("orders-node")
         );
+    }
+
+    #[test]
+    fn service_account_carries_the_users_annotations_and_no_empty_map() {
+        use crate::crd::PodTemplateOverrides;
+        use std::collections::BTreeMap;
+        let o = owner();
+        let with = |annotations: Option<BTreeMap<String, String>>| ActorClusterSpec {
+            pod_template: Some(PodTemplateOverrides {
+                service_account_annotations: annotations,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let role = BTreeMap::from([(
+            "eks.amazonaws.com/role-arn".to_owned(),
+            "arn:aws:iam::1:role/orders".to_owned(),
+        )]);
+        let sa = desired_service_account(&o, &with(Some(role.clone())));
+        assert_eq!(sa.metadata.annotations, Some(role));
+        // The owner's labels and reference stay.
+        assert_eq!(sa.metadata.owner_references.map(|r| r.len()), Some(1));
+        for spec in [
+            with(None),
+            with(Some(BTreeMap::new())),
+            ActorClusterSpec::default(),
+        ] {
+            assert_eq!(
+                desired_service_account(&o, &spec).metadata.annotations,
+                None
+            );
+        }
     }
 }
