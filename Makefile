@@ -19,7 +19,7 @@ demo: ## Bring up the local cluster, install the operator, apply the example, sh
 	hack/demo.sh
 
 .PHONY: lint
-lint: ## cargo fmt --check, clippy -D warnings, generated CRDs up to date, docker/Dockerfile agrees with hack/images.sh
+lint: ## cargo fmt --check, clippy -D warnings, generated CRDs and reference up to date, docker/Dockerfile agrees with hack/images.sh
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	hack/check-crds.sh
@@ -93,9 +93,10 @@ cluster-env: ## Print export lines for eval: KUBECONFIG and the project's kubect
 	@hack/cluster-env.sh
 
 .PHONY: crds
-crds: ## Regenerate crds/ (and the chart's copy) from the Rust types
+crds: ## Regenerate crds/ (and the chart's copy) and docs/reference/actorcluster.md from the Rust types
 	$(CARGO) run --quiet --locked -p troupe-operator --bin crdgen > crds/actorcluster.yaml
 	cp crds/actorcluster.yaml charts/troupe/files/actorcluster.yaml
+	$(CARGO) run --quiet --locked -p troupe-operator --bin crddoc > docs/reference/actorcluster.md
 
 .PHONY: check-crd-schema
 check-crd-schema: ## kube-apiserver's own CRD validation on crds/ (structural schema, CEL cost), offline (needs the module cache make cluster-up fills)

@@ -15,7 +15,8 @@
 //!   status::compute (pure) ── changed? ──► patch /status, Event
 //! ```
 //!
-//! Pure modules: [`crd`], [`validate`], [`build`], [`drift`], [`status`].
+//! Pure modules: [`crd`], [`validate`], [`build`], [`drift`], [`status`], [`reference`] (the
+//! ActorCluster reference document rendered from the CRD).
 //! Edges: [`controller`] (kube client), [`server`] (HTTP), [`leader`] (Lease election);
 //! [`watches`] says how every watch lists and retries (quick recovery after an outage).
 //! Autoscaling support (node scraping, the `custom.metrics.k8s.io` API, depth in status and
@@ -28,6 +29,7 @@ pub mod drift;
 pub mod leader;
 pub mod member_leases;
 pub mod metrics;
+pub mod reference;
 pub mod server;
 pub mod status;
 pub mod validate;
