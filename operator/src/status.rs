@@ -367,6 +367,17 @@ mod tests {
         (c.status.clone(), c.reason.clone())
     }
 
+    /// Asserts each `(condition, status, reason)` of `expected`.
+    fn assert_conditions(s: &ActorClusterStatus, expected: &[(&str, &str, &str)]) {
+        for (type_, status, reason) in expected {
+            assert_eq!(
+                status_of(s, type_),
+                ((*status).to_owned(), (*reason).to_owned()),
+                "condition {type_}"
+            );
+        }
+    }
+
     #[test]
     fn all_ready_is_ready_and_not_progressing() {
         let sp = spec(3);
@@ -387,17 +398,13 @@ mod tests {
             s.selector,
             "app.kubernetes.io/name=troupe-node,app.kubernetes.io/instance=orders"
         );
-        assert_eq!(
-            status_of(&s, "Ready"),
-            ("True".into(), "AllReplicasReady".into())
-        );
-        assert_eq!(
-            status_of(&s, "Progressing"),
-            ("False".into(), "RolloutComplete".into())
-        );
-        assert_eq!(
-            status_of(&s, "Degraded"),
-            ("False".into(), "AsExpected".into())
+        assert_conditions(
+            &s,
+            &[
+                ("Ready", "True", "AllReplicasReady"),
+                ("Progressing", "False", "RolloutComplete"),
+                ("Degraded", "False", "AsExpected"),
+            ],
         );
         assert!(condition(&s, "ScalingLimited").is_none());
         assert!(
@@ -599,17 +606,13 @@ mod tests {
         let d = deployment(5, 5, 5);
         let m = MemberTable::default();
         let s = compute(&observe(&sp, Some(&d), &m, None), None, &t(1));
-        assert_eq!(
-            status_of(&s, "Ready"),
-            ("True".into(), "AllReplicasReady".into())
-        );
-        assert_eq!(
-            status_of(&s, "Progressing"),
-            ("False".into(), "RolloutComplete".into())
-        );
-        assert_eq!(
-            status_of(&s, "ScalingLimited"),
-            ("True".into(), "AtMinReplicas".into())
+        assert_conditions(
+            &s,
+            &[
+                ("Ready", "True", "AllReplicasReady"),
+                ("Progressing", "False", "RolloutComplete"),
+                ("ScalingLimited", "True", "AtMinReplicas"),
+            ],
         );
         // Above maxReplicas: 10 pods are all that is asked for.
         sp.replicas = 50;
